@@ -1,0 +1,28 @@
+# Two commands: `make run` (serve on the embedded defaults) and `make test` (the whole suite).
+# Both create .venv, install requirements.txt and build the sandbox image when missing or stale.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+
+.PHONY: run test build lint bench clean
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+build: $(VENV)/.installed
+	$(PY) build.py
+
+run: build
+	$(PY) center.py
+
+test: build
+	$(PY) -m ruff check .
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: build
+	$(PY) bench/latency.py
+
+clean:
+	rm -rf $(VENV) .build .pytest_cache

@@ -1,0 +1,300 @@
+"""Configuration: config.yaml plus CIA_* environment overrides, validated into one frozen Config."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import yaml
+
+PROJECT_DIR = Path(__file__).resolve().parent
+DEFAULT_CONFIG_FILE = PROJECT_DIR / "config.yaml"
+DEFAULT_DATA_DIR = PROJECT_DIR / "data"
+ENV_PREFIX = "CIA_"
+
+DEFAULT_DEPENDENCIES = (
+    "numpy", "pandas", "scipy", "matplotlib", "seaborn", "scikit-learn",
+    "sympy", "pillow", "statsmodels", "openpyxl",
+)
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or of the wrong type; the message names the key."""
+
+
+@dataclass(frozen=True)
+class PortRange:
+    """Inclusive range of sandbox ports: one warm sandbox slot per port."""
+
+    start: int = 8001
+    end: int = 8004
+
+    @property
+    def ports(self) -> list[int]:
+        """Every port of the range, both ends included."""
+        return list(range(self.start, self.end + 1))
+
+
+@dataclass(frozen=True)
+class ResourceLimits:
+    """Limits applied to each sandbox container ("" for memory or cpus means no limit, as in the seed)."""
+
+    memory: str = "512m"
+    cpus: str = "1"
+    pids: int = 128
+    disk: str = "100m"
+    tmp: str = "64m"
+    shm: str = "16m"
+    file_size: str = "50m"
+    open_files: int = 256
+
+
+@dataclass(frozen=True)
+class PostgresSettings:
+    """The seed's `postgres` section."""
+
+    user: str = "postgres"
+    password: str = ""
+    db: str = "code_interpreter_db"
+    host: str = "localhost"
+    port: int = 5432
+
+    def url(self) -> str:
+        """SQLAlchemy URL for these settings."""
+        auth = quote(self.user, safe="")
+        if self.password:
+            auth += ":" + quote(self.password, safe="")
+        return f"postgresql+psycopg2://{auth}@{self.host}:{self.port}/{quote(self.db, safe='')}"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting of the center; built by load_config(), never read at import time."""
+
+    host: str = "127.0.0.1"
+    scheduler_port: int = 5000
+    domain: str = ""
+    auth_tokens: tuple[str, ...] = ()
+    database_url: str = ""
+    postgres: PostgresSettings | None = None
+    interpreter_image: str = "code-interpreter-sandbox:latest"
+    interpreter_port_range: PortRange = field(default_factory=PortRange)
+    timeout_seconds: float = 30.0
+    resource_limits: ResourceLimits = field(default_factory=ResourceLimits)
+    dependencies: tuple[str, ...] = DEFAULT_DEPENDENCIES
+    max_request_bytes: int = 10 * 1024 * 1024
+    queue_wait_seconds: float = 10.0
+    sandbox_runtime: str = "runc"
+    cors_origins: tuple[str, ...] = ()
+    image_retention_days: float = 0.0
+    max_output_bytes: int = 1024 * 1024
+    max_images: int = 20
+    max_image_bytes: int = 10 * 1024 * 1024
+    sandbox_network: str = "code-interpreter-sandboxes"
+    deployment: str = ""
+    sandbox_start_timeout: float = 60.0
+    server_threads: int = 32
+    data_dir: str = str(DEFAULT_DATA_DIR)
+    # Keys of the seed's file that this center accepts and ignores (it always runs on Docker).
+    mode: str = "docker"
+    kubeconfig_path: str = ""
+    k8s_interpreter_yaml: str = ""
+
+    @property
+    def deployment_label(self) -> str:
+        """Label value marking this deployment's containers (defaults to one per center port)."""
+        return self.deployment or f"center-{self.scheduler_port}"
+
+    def resolved_database_url(self) -> str:
+        """database_url, else the seed's postgres section, else the embedded SQLite file."""
+        if self.database_url:
+            return self.database_url
+        if self.postgres is not None:
+            return self.postgres.url()
+        return f"sqlite:///{Path(self.data_dir) / 'code_interpreter.db'}"
+
+
+# --- value parsers: each takes (key, raw value) and returns the typed value or raises ConfigError ---
+
+def _fail(key: str, expected: str, value: Any) -> ConfigError:
+    return ConfigError(f"config key '{key}': expected {expected}, got {value!r}")
+
+
+def _string(key: str, value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise _fail(key, "a string", value)
+    return str(value)
+
+
+def _integer(minimum: int) -> Callable[[str, Any], int]:
+    def parse(key: str, value: Any) -> int:
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise _fail(key, f"an integer >= {minimum}", value)
+        return value
+    return parse
+
+
+def _number(minimum: float, exclusive: bool = False) -> Callable[[str, Any], float]:
+    def parse(key: str, value: Any) -> float:
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise _fail(key, "a number", value) from None
+        too_small = isinstance(value, (int, float)) and (value <= minimum if exclusive else value < minimum)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or too_small:
+            raise _fail(key, f"a number {'>' if exclusive else '>='} {minimum}", value)
+        return float(value)
+    return parse
+
+
+def _string_list(key: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):  # comma-separated, handy in environment variables
+        return tuple(item.strip() for item in value.split(",") if item.strip())
+    if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+        raise _fail(key, "a list of non-empty strings", value)
+    return tuple(value)
+
+
+def _choice(*allowed: str) -> Callable[[str, Any], str]:
+    def parse(key: str, value: Any) -> str:
+        if value not in allowed:
+            raise _fail(key, " or ".join(repr(a) for a in allowed), value)
+        return value
+    return parse
+
+
+_SIZE = re.compile(r"^\d+(\.\d+)?[bkmg]?$", re.IGNORECASE)
+
+
+def _size(key: str, value: Any) -> str:
+    """A Docker-style size such as '512m' (or '' for the seed's 'no limit', allowed on memory only)."""
+    text = _string(key, value).strip().lower()
+    if not _SIZE.match(text) and not (text == "" and key == "resource_limits.memory"):
+        raise _fail(key, "a size such as '512m' or '1g'", value)
+    return text
+
+
+def _cpus(key: str, value: Any) -> str:
+    text = _string(key, value).strip()
+    if text == "":
+        return text
+    _number(0, exclusive=True)(key, text)
+    return text
+
+
+def _section(cls: type, parsers: Mapping[str, Callable[[str, Any], Any]]) -> Callable[[str, Any], Any]:
+    """Parse a nested mapping into the dataclass cls, field by field."""
+    def parse(key: str, value: Any) -> Any:
+        if not isinstance(value, Mapping):
+            raise _fail(key, "a mapping", value)
+        values = {}
+        for name, raw in value.items():
+            if name not in parsers:
+                raise ConfigError(f"config key '{key}.{name}' is unknown")
+            values[name] = parsers[name](f"{key}.{name}", raw)
+        return replace(cls(), **values)
+    return parse
+
+
+def _non_empty(parse: Callable[[str, Any], str]) -> Callable[[str, Any], str]:
+    def wrapped(key: str, value: Any) -> str:
+        text = parse(key, value)
+        if not text:
+            raise _fail(key, "a non-empty string", value)
+        return text
+    return wrapped
+
+
+PARSERS: dict[str, Callable[[str, Any], Any]] = {
+    "host": _non_empty(_string),
+    "scheduler_port": _integer(0),
+    "domain": _string,
+    "auth_tokens": _string_list,
+    "database_url": _string,
+    "postgres": _section(PostgresSettings, {
+        "user": _string, "password": _string, "db": _string, "host": _string, "port": _integer(1),
+    }),
+    "interpreter_image": _non_empty(_string),
+    "interpreter_port_range": _section(PortRange, {"start": _integer(1), "end": _integer(1)}),
+    "timeout_seconds": _number(0, exclusive=True),
+    "resource_limits": _section(ResourceLimits, {
+        "memory": _size, "cpus": _cpus, "pids": _integer(8), "disk": _size, "tmp": _size,
+        "shm": _size, "file_size": _size, "open_files": _integer(16),
+    }),
+    "dependencies": _string_list,
+    "max_request_bytes": _integer(1024),
+    "queue_wait_seconds": _number(0),
+    "sandbox_runtime": _choice("runc", "runsc"),
+    "cors_origins": _string_list,
+    "image_retention_days": _number(0),
+    "max_output_bytes": _integer(1024),
+    "max_images": _integer(0),
+    "max_image_bytes": _integer(1024),
+    "sandbox_network": _non_empty(_string),
+    "deployment": _string,
+    "sandbox_start_timeout": _number(0, exclusive=True),
+    "server_threads": _integer(1),
+    "data_dir": _non_empty(_string),
+    "mode": _choice("docker"),
+    "kubeconfig_path": _string,
+    "k8s_interpreter_yaml": _string,
+}
+assert set(PARSERS) == {f.name for f in fields(Config)}, "every Config field needs a parser"
+
+
+def parse_config(raw: Mapping[str, Any]) -> Config:
+    """Validate a mapping of config keys (as in config.yaml) into a Config."""
+    values = {}
+    for key, value in raw.items():
+        if key not in PARSERS:
+            raise ConfigError(f"config key '{key}' is unknown")
+        values[key] = None if value is None and key == "postgres" else PARSERS[key](key, value)
+    config = Config(**values)
+    port_range = config.interpreter_port_range
+    if port_range.end < port_range.start:
+        raise ConfigError(
+            f"config key 'interpreter_port_range': end {port_range.end} is below start {port_range.start}"
+        )
+    return config
+
+
+def environment_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """CIA_<KEY> variables as config values; each value is read as YAML (CIA_TIMEOUT_SECONDS=5)."""
+    overrides = {}
+    for name, text in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        key = name[len(ENV_PREFIX):].lower()
+        try:
+            overrides[key] = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            overrides[key] = text
+        if isinstance(overrides[key], (int, float)) and key in ("auth_tokens", "cors_origins", "dependencies"):
+            overrides[key] = str(overrides[key])
+    return overrides
+
+
+def load_config(path: str | os.PathLike | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read the YAML file (config.yaml by default), apply CIA_* overrides and validate."""
+    path = Path(path) if path is not None else DEFAULT_CONFIG_FILE
+    raw: Any = {}
+    if path.exists():
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+    elif path != DEFAULT_CONFIG_FILE:
+        raise ConfigError(f"config file {path} does not exist")
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"config file {path} must hold a mapping of keys")
+    merged = dict(raw)
+    merged.update(environment_overrides(os.environ if environ is None else environ))
+    return parse_config(merged)

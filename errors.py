@@ -1,0 +1,59 @@
+"""The service's errors: one root, a few subclasses that carry their HTTP status.
+
+Low-level failures (Docker, requests, SQLAlchemy) are translated into these once, where they
+happen (`raise SandboxFailed(...) from e`); center.py turns any of them into a JSON answer.
+"""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """Root of every error the center reports to a client; `message` is one sentence for the user."""
+
+    status = 500
+    headers: dict[str, str] = {}
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(ServiceError):
+    """The request is malformed: not JSON, a missing or mistyped field, a bad value."""
+
+    status = 400
+
+
+class Unauthorized(ServiceError):
+    """No bearer token, or one that is not accepted."""
+
+    status = 401
+    headers = {"WWW-Authenticate": 'Bearer realm="code-interpreter"'}
+
+
+class NotFound(ServiceError):
+    """No such route or image."""
+
+    status = 404
+
+
+class PoolExhausted(ServiceError):
+    """No sandbox became free within the configured wait."""
+
+    status = 503
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.headers = {"Retry-After": str(retry_after)}
+
+
+class SandboxFailed(ServiceError):
+    """The sandbox container or its agent failed (died, answered garbage, could not be reached)."""
+
+    status = 502
+
+
+class StorageFailed(ServiceError):
+    """The image database could not store or load an image."""
+
+    status = 500

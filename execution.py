@@ -1,0 +1,119 @@
+"""A run request from its HTTP form to the agent's job: validation, fence unwrapping, the result body."""
+
+from __future__ import annotations
+
+import json
+import keyword
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from config import Config
+from errors import BadRequest
+
+LANGUAGES = ("python", "bash")
+FENCE_LANGUAGES = {"python": "python", "py": "python", "python3": "python",
+                   "bash": "bash", "sh": "bash", "shell": "bash"}
+# A whole program wrapped in one Markdown fence, as LLMs like to send it: ```python ... ```
+FENCE = re.compile(r"\A\s*```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\r?\n(.*?)\r?\n?[ \t]*```\s*\Z", re.DOTALL)
+VARIABLE_NAME = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*\Z")  # valid in Python and as a bash variable
+STATUSES = ("ok", "error", "timeout", "oom", "output_limit")
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What the client asked for, validated."""
+
+    code: str
+    language: str
+    variables: dict[str, Any]
+    timeout: float
+
+    def job(self, config: Config) -> dict[str, Any]:
+        """The agent's job: the program plus the configured output and image limits."""
+        return {
+            "language": self.language, "code": self.code, "variables": self.variables,
+            "timeout": self.timeout, "max_output_bytes": config.max_output_bytes,
+            "max_images": config.max_images, "max_image_bytes": config.max_image_bytes,
+        }
+
+
+def unwrap_fence(code: str) -> tuple[str, str | None]:
+    """Strip one enclosing ``` fence; return the code and the fence's language (if it names one)."""
+    match = FENCE.match(code)
+    if not match:
+        return code, None
+    return match.group(2), FENCE_LANGUAGES.get(match.group(1).lower())
+
+
+def _parse_variables(raw: Any) -> dict[str, Any]:
+    if raw is None or raw == "":
+        return {}
+    if isinstance(raw, str):  # GET requests (and some POST clients) send the object as JSON text
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            raise BadRequest("variables must be a JSON object, e.g. {\"n\": 3}") from None
+    if not isinstance(raw, dict):
+        raise BadRequest("variables must be a JSON object, e.g. {\"n\": 3}")
+    for name in raw:
+        if not VARIABLE_NAME.match(name) or keyword.iskeyword(name) or name.startswith("__"):
+            raise BadRequest(f"variable name {name!r} is not allowed: use letters, digits and _, "
+                             "not starting with a digit or __, and not a Python keyword")
+    return raw
+
+
+def _parse_timeout(raw: Any, limit: float) -> float:
+    if raw is None or raw == "":
+        return limit
+    if isinstance(raw, str):
+        try:
+            raw = float(raw)
+        except ValueError:
+            raise BadRequest("timeout must be a number of seconds") from None
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw) or raw <= 0:
+        raise BadRequest("timeout must be a positive number of seconds")
+    return min(float(raw), limit)  # a request may lower the configured limit, never raise it
+
+
+def parse_run_request(fields: Any, config: Config) -> RunRequest:
+    """Validate /runcode's fields (a JSON object or the query parameters); BadRequest says what is wrong."""
+    if not isinstance(fields, Mapping):
+        raise BadRequest("the request body must be a JSON object with a 'code' field")
+    code = fields.get("code")
+    if code is None:
+        raise BadRequest("the 'code' field is required")
+    if not isinstance(code, str):
+        raise BadRequest("the 'code' field must be a string")
+    code, fence_language = unwrap_fence(code)
+    language = fields.get("languageType")
+    if language is None or language == "":
+        language = fence_language or "python"
+    if not isinstance(language, str) or language.strip().lower() not in LANGUAGES:
+        raise BadRequest(f"languageType must be one of {', '.join(LANGUAGES)}, not {language!r}")
+    return RunRequest(
+        code=code,
+        language=language.strip().lower(),
+        variables=_parse_variables(fields.get("variables")),
+        timeout=_parse_timeout(fields.get("timeout"), config.timeout_seconds),
+    )
+
+
+def result_body(report: Mapping[str, Any], image_urls: dict[str, str]) -> dict[str, Any]:
+    """The client's view of an agent report (SPEC: output, stderr, exit_code, status, duration_ms, images, error)."""
+    status = report.get("status")
+    if status not in STATUSES:
+        status = "error"
+    body: dict[str, Any] = {
+        "output": str(report.get("stdout", "")),
+        "stderr": str(report.get("stderr", "")),
+        "exit_code": report.get("exit_code"),
+        "status": status,
+        "duration_ms": report.get("duration_ms"),
+        "images": image_urls,
+    }
+    if status != "ok":
+        body["error"] = str(report.get("error") or f"the run ended with status {status}")
+    return body

@@ -1,0 +1,75 @@
+"""Image storage: programs' images into the database under unguessable names, and back out."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+import secrets
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from errors import StorageFailed
+from models import Image
+
+EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/gif": "gif", "image/svg+xml": "svg",
+              "image/webp": "webp"}
+STORED_NAME = re.compile(r"\A[A-Za-z0-9_-]{32}\.(png|jpg|gif|svg|webp)\Z")
+
+
+def new_filename(mime_type: str) -> str:
+    """32 random URL-safe characters (192 bits) plus the extension of the type."""
+    return f"{secrets.token_urlsafe(24)}.{EXTENSIONS[mime_type]}"
+
+
+def store_images(session: Session, images: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    """Save the agent's base64 images; return {name the program gave: stored file name}."""
+    stored: dict[str, str] = {}
+    rows = []
+    for image in images:
+        mime_type = image.get("mime")
+        if mime_type not in EXTENSIONS:
+            continue
+        try:
+            data = base64.b64decode(image.get("data", ""), validate=True)
+        except (binascii.Error, TypeError, ValueError):
+            continue
+        filename = new_filename(mime_type)
+        rows.append(Image(filename=filename, original_name=str(image.get("name", ""))[:255],
+                          mime_type=mime_type, size=len(data), sha256=hashlib.sha256(data).hexdigest(),
+                          data=data))
+        stored[str(image.get("name", filename))] = filename
+    if not rows:
+        return {}
+    try:
+        session.add_all(rows)
+        session.commit()
+    except SQLAlchemyError as e:
+        session.rollback()
+        raise StorageFailed("the images could not be stored: the database is unavailable") from e
+    return stored
+
+
+def find_image(session: Session, filename: str) -> Image | None:
+    """The stored image of that name, or None (malformed names are never looked up)."""
+    if not STORED_NAME.match(filename):
+        return None
+    try:
+        return session.scalars(select(Image).where(Image.filename == filename)).first()
+    except SQLAlchemyError as e:
+        session.rollback()
+        raise StorageFailed("the image could not be loaded: the database is unavailable") from e
+
+
+def delete_images_older_than(session: Session, days: float) -> int:
+    """Delete images stored more than `days` ago; return how many."""
+    cutoff = datetime.now(timezone.utc) - timedelta(days=days)
+    result = session.execute(delete(Image).where(Image.created_at < cutoff))
+    session.commit()
+    return result.rowcount or 0

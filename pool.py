@@ -1,0 +1,174 @@
+"""The warm pool: one slot per port, each holding a fresh sandbox started ahead of demand.
+
+As in urllib3's connection pool, one queue is both the semaphore and the free list: it holds
+the slots whose sandbox is ready. `acquire()` takes one or raises PoolExhausted after the wait;
+`sandbox()` is the context manager that gives the slot back. A sandbox runs one program only:
+giving a slot back retires its container, and the slot's own thread starts a replacement,
+which joins the queue only once its agent answers.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Generic, Protocol, TypeVar
+
+from errors import PoolExhausted
+
+log = logging.getLogger(__name__)
+
+S = TypeVar("S")
+
+
+class Launcher(Protocol[S]):
+    """What the pool needs from the container side (DockerSandboxes in production)."""
+
+    def launch(self, port: int, deadline_seconds: float | None = None,
+               cancelled: threading.Event | None = None) -> S: ...
+
+    def destroy(self, sandbox: S) -> None: ...
+
+
+class SlotState(enum.Enum):
+    """Where a slot is in its cycle: starting -> ready -> busy -> (retired) -> starting."""
+
+    STARTING = "starting"
+    READY = "ready"
+    BUSY = "busy"
+    STOPPED = "stopped"
+
+
+class Slot(Generic[S]):
+    """One port of the range and the sandbox currently living on it."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.state = SlotState.STARTING
+        self.sandbox: S | None = None
+        self.released = threading.Event()
+        self.failures = 0
+
+
+class SandboxPool(Generic[S]):
+    """Hands out ready sandboxes, one program each, and keeps every slot refilled."""
+
+    def __init__(self, launcher: Launcher[S], ports: list[int], *, backoff_initial: float = 0.5,
+                 backoff_max: float = 30.0) -> None:
+        self.launcher = launcher
+        self.slots = [Slot[S](port) for port in ports]
+        self._ready: queue.Queue[Slot[S]] = queue.Queue()  # FIFO: the longest-warmed sandbox first
+        self._closing = threading.Event()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        # Retiring a container is slow-ish Docker work that must not delay its replacement.
+        self._reaper = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sandbox-reaper")
+        self.backoff_initial, self.backoff_max = backoff_initial, backoff_max
+        self.started_total = 0
+        self.failed_total = 0
+
+    # --- life cycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start every slot's thread; sandboxes come up in the background."""
+        for slot in self.slots:
+            thread = threading.Thread(target=self._keep_filled, args=(slot,), name=f"slot-{slot.port}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def close(self, timeout: float = 15.0) -> None:
+        """Stop refilling, remove every sandbox the pool holds, wait for the slot threads."""
+        self._closing.set()
+        for slot in self.slots:
+            slot.released.set()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self._reaper.shutdown(wait=True)
+
+    @property
+    def closing(self) -> bool:
+        """True once close() was called."""
+        return self._closing.is_set()
+
+    # --- handing out -------------------------------------------------------------------------
+
+    def acquire(self, timeout: float) -> Slot[S]:
+        """A slot with a ready sandbox, marked busy; PoolExhausted if none frees up in time."""
+        try:
+            slot = self._ready.get(timeout=timeout) if timeout > 0 else self._ready.get_nowait()
+        except queue.Empty:
+            raise PoolExhausted(
+                f"all {len(self.slots)} sandboxes are busy; try again shortly",
+                retry_after=max(1, round(timeout) or 1),
+            ) from None
+        slot.state = SlotState.BUSY
+        return slot
+
+    def release(self, slot: Slot[S]) -> None:
+        """Give the slot back: its sandbox is retired and a fresh one started in its place."""
+        slot.released.set()
+
+    @contextmanager
+    def sandbox(self, timeout: float) -> Iterator[S]:
+        """`with pool.sandbox(wait) as sandbox:` one ready sandbox for one program."""
+        slot = self.acquire(timeout)
+        try:
+            assert slot.sandbox is not None
+            yield slot.sandbox
+        finally:
+            self.release(slot)
+
+    def stats(self) -> dict[str, int]:
+        """Counts for /readyz and /metrics."""
+        states = [slot.state for slot in self.slots]
+        return {
+            "slots": len(self.slots),
+            "ready": states.count(SlotState.READY),
+            "busy": states.count(SlotState.BUSY),
+            "starting": states.count(SlotState.STARTING),
+            "started_total": self.started_total,
+            "failed_total": self.failed_total,
+        }
+
+    # --- one slot's thread -------------------------------------------------------------------
+
+    def _keep_filled(self, slot: Slot[S]) -> None:
+        """Loop: start a sandbox, offer it, wait until it is used, retire it, start the next."""
+        while not self.closing:
+            slot.state = SlotState.STARTING
+            try:
+                sandbox = self.launcher.launch(slot.port, cancelled=self._closing)
+            except Exception as e:  # noqa: BLE001 - any start failure is retried with backoff
+                slot.failures += 1
+                self.failed_total += 1
+                delay = min(self.backoff_max, self.backoff_initial * 2 ** (slot.failures - 1))
+                log.warning("sandbox on port %d failed to start (%s); retrying in %.1f s", slot.port, e, delay)
+                self._closing.wait(delay)
+                continue
+            slot.failures = 0
+            self.started_total += 1
+            slot.sandbox = sandbox
+            slot.released.clear()
+            if self.closing:
+                self._retire(slot)
+                break
+            slot.state = SlotState.READY
+            self._ready.put(slot)
+            slot.released.wait()
+            self._retire(slot)
+        slot.state = SlotState.STOPPED
+
+    def _retire(self, slot: Slot[S]) -> None:
+        sandbox, slot.sandbox = slot.sandbox, None
+        if sandbox is None:
+            return
+        if self.closing:
+            self.launcher.destroy(sandbox)
+        else:
+            self._reaper.submit(self.launcher.destroy, sandbox)

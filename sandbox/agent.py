@@ -1,0 +1,321 @@
+"""In-container agent: a small Flask app that runs exactly one program in this container, then is done.
+
+GET /healthz answers {"ok": true, "warm": bool} as soon as the agent listens. POST /run takes
+{"language", "code", "variables", "timeout", "max_output_bytes", "max_images", "max_image_bytes"}
+and answers {"stdout", "stderr", "exit_code", "status", "error"?, "duration_ms", "images": [...]}.
+The program runs as the unprivileged `sandbox` user (see worker.py); this agent runs as root with
+only the capabilities to start that user's process and to kill it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import pwd
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import IO, Any
+
+from flask import Flask, jsonify, request
+from werkzeug.serving import make_server
+
+SANDBOX_USER = "sandbox"
+WORKDIR = "/workspace"
+WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py")
+IMAGE_TYPES = {
+    ".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
+    ".svg": "image/svg+xml", ".webp": "image/webp",
+}
+COLD_START_SECONDS = 10.0
+STATUS_MESSAGES = {
+    "timeout": "execution exceeded the time limit of {timeout:g} s and was killed",
+    "output_limit": "output exceeded {max_output_bytes} bytes and was cut; the program was stopped",
+    "oom": "the program ran out of memory and was killed",
+}
+
+
+def worker_environment() -> dict[str, str]:
+    """The program's whole environment: nothing of the agent's (or the center's) leaks into it."""
+    return {
+        "PATH": "/opt/venv/bin:/usr/local/bin:/usr/bin:/bin",
+        "HOME": WORKDIR,
+        "USER": SANDBOX_USER,
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "TMPDIR": "/tmp",
+        "MPLCONFIGDIR": "/tmp/.matplotlib",
+        "MPLBACKEND": "module://capture_backend",
+        "MATPLOTLIBRC": "/opt/sandbox/matplotlibrc",
+        "PYTHONUNBUFFERED": "1",  # output printed before a timeout is not lost in a buffer
+        "PYTHONIOENCODING": "utf-8",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+
+
+def kill_sandbox_processes() -> None:
+    """SIGKILL every process but PID 1 and this agent: all of them belong to the program.
+
+    kill(-1) is one atomic sweep in the kernel, so a fork bomb cannot outrun it, and it needs
+    no fork of its own (which a program holding every allowed PID would make fail).
+    """
+    try:
+        os.kill(-1, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+class Worker:
+    """The unprivileged child process that will run the program, started before the request."""
+
+    def __init__(self, mode: str) -> None:
+        user = pwd.getpwnam(SANDBOX_USER)
+        ready_read, ready_write = os.pipe()
+        self.process = subprocess.Popen(
+            # Not -I: that would drop the PYTHON* settings of worker_environment() (unbuffered output).
+            [sys.executable, WORKER, str(ready_write), mode],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            user=user.pw_uid, group=user.pw_gid, extra_groups=[], start_new_session=True,
+            cwd=WORKDIR, env=worker_environment(), pass_fds=(ready_write,), close_fds=True,
+        )
+        os.close(ready_write)
+        self.mode = mode
+        self.ready = threading.Event()
+        threading.Thread(target=self._await_ready, args=(ready_read,), daemon=True).start()
+
+    def _await_ready(self, fd: int) -> None:
+        with os.fdopen(fd, "rb") as pipe:
+            if pipe.read(1):
+                self.ready.set()
+
+
+class CappedReader(threading.Thread):
+    """Drains one output pipe, keeping at most `limit` bytes; says when the limit was passed."""
+
+    def __init__(self, pipe: IO[bytes], limit: int, overflow: threading.Event) -> None:
+        super().__init__(daemon=True)
+        self.pipe, self.limit, self.overflow = pipe, limit, overflow
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.truncated = False
+
+    def run(self) -> None:
+        fd = self.pipe.fileno()
+        while chunk := os.read(fd, 65536):
+            room = self.limit - self.size
+            if room > 0:
+                self.chunks.append(chunk[:room])
+                self.size += min(len(chunk), room)
+            if len(chunk) > room and not self.truncated:
+                self.truncated = True
+                self.overflow.set()  # keep draining so writers never block; the run is stopped
+
+    def text(self) -> str:
+        """What was kept, decoded; bytes that are not UTF-8 become U+FFFD."""
+        return b"".join(self.chunks).decode("utf-8", errors="replace")
+
+
+def oom_kill_count() -> int:
+    """How many times this container's memory cgroup has OOM-killed a process (v1 or v2)."""
+    for path in ("/sys/fs/cgroup/memory/memory.oom_control", "/sys/fs/cgroup/memory.events"):
+        try:
+            with open(path) as f:
+                for line in f:
+                    name, _, value = line.partition(" ")
+                    if name == "oom_kill":
+                        return int(value)
+        except (OSError, ValueError):
+            continue
+    return 0
+
+
+def collect_images(max_images: int, max_bytes: int) -> tuple[list[dict[str, str]], list[str]]:
+    """Image files at the top of the working folder, never through a symlink; also what was skipped."""
+    images, skipped = [], []
+    total_budget = max_bytes * 2
+    dir_fd = os.open(WORKDIR, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for name in sorted(os.listdir(dir_fd)):
+            mime = IMAGE_TYPES.get(os.path.splitext(name)[1].lower())
+            if mime is None:
+                continue
+            if len(images) >= max_images:
+                skipped.append(f"{name}: more than {max_images} images")
+                continue
+            try:
+                # O_NOFOLLOW: a symlink is refused; O_NONBLOCK: a planted FIFO cannot hang us.
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+            except OSError as e:
+                skipped.append(f"{name}: {e.strerror}")
+                continue
+            with os.fdopen(fd, "rb") as f:
+                info = os.fstat(f.fileno())
+                if not stat.S_ISREG(info.st_mode):
+                    skipped.append(f"{name}: not a regular file")
+                    continue
+                if info.st_size > min(max_bytes, total_budget):
+                    skipped.append(f"{name}: {info.st_size} bytes is over the image size limit")
+                    continue
+                data = f.read(max_bytes + 1)
+            if len(data) > max_bytes:
+                skipped.append(f"{name}: over the image size limit")
+                continue
+            total_budget -= len(data)
+            images.append({"name": name, "mime": mime, "data": base64.b64encode(data).decode()})
+    finally:
+        os.close(dir_fd)
+    return images, skipped
+
+
+@dataclass
+class Job:
+    """A validated run request."""
+
+    language: str
+    code: str
+    variables: dict[str, Any]
+    timeout: float
+    max_output_bytes: int = 1024 * 1024
+    max_images: int = 20
+    max_image_bytes: int = 10 * 1024 * 1024
+
+    @classmethod
+    def from_json(cls, body: Any) -> Job:
+        """Check the center's request; raise ValueError naming the bad field."""
+        if not isinstance(body, dict):
+            raise ValueError("body must be a JSON object")
+        job = cls(
+            language=body.get("language", "python"), code=body.get("code"),
+            variables=body.get("variables") or {}, timeout=body.get("timeout", 30),
+            max_output_bytes=body.get("max_output_bytes", 1024 * 1024),
+            max_images=body.get("max_images", 20), max_image_bytes=body.get("max_image_bytes", 10 * 1024 * 1024),
+        )
+        if job.language not in ("python", "bash"):
+            raise ValueError("language must be python or bash")
+        if not isinstance(job.code, str):
+            raise ValueError("code must be a string")
+        if not isinstance(job.variables, dict) or not all(k.isidentifier() for k in job.variables):
+            raise ValueError("variables must be an object keyed by identifiers")
+        for name in ("timeout", "max_output_bytes", "max_images", "max_image_bytes"):
+            value = getattr(job, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(f"{name} must be a positive number")
+        return job
+
+
+class Agent:
+    """Holds this container's one worker and runs the one job it is given."""
+
+    def __init__(self) -> None:
+        self.worker = Worker("warm")
+        self.lock = threading.Lock()
+        self.used = False
+
+    def take_worker(self) -> Worker:
+        """The pre-warmed worker if it is ready; otherwise a cold one, at once, rather than wait."""
+        if self.worker.ready.is_set():
+            return self.worker
+        kill_sandbox_processes()
+        self.worker.process.wait()
+        self.worker = Worker("cold")
+        if not self.worker.ready.wait(COLD_START_SECONDS):
+            raise RuntimeError("the sandbox worker did not start")
+        return self.worker
+
+    def run(self, job: Job) -> dict[str, Any]:
+        """Run the job to its end (exit, timeout or output cap) and report what happened."""
+        worker = self.take_worker()
+        oom_before = oom_kill_count()
+        finished = threading.Event()
+        readers = [CappedReader(pipe, job.max_output_bytes, finished)
+                   for pipe in (worker.process.stdout, worker.process.stderr)]
+        for reader in readers:
+            reader.start()
+        threading.Thread(target=lambda: (worker.process.wait(), finished.set()), daemon=True).start()
+
+        started = time.monotonic()
+        payload = json.dumps({"language": job.language, "code": job.code, "variables": job.variables})
+        try:
+            worker.process.stdin.write(payload.encode())
+            worker.process.stdin.close()
+        except BrokenPipeError:
+            pass  # the worker is gone; its exit status tells why
+        timed_out = not finished.wait(job.timeout)
+        duration_ms = (time.monotonic() - started) * 1000
+        # Whatever ended the run, nothing of the program may outlive it (background jobs included).
+        kill_sandbox_processes()
+        returncode = worker.process.wait()
+        for reader in readers:
+            reader.join(timeout=2)
+        stdout, stderr = readers
+
+        exit_code = returncode if returncode >= 0 else 128 - returncode
+        if timed_out:
+            status = "timeout"
+        elif stdout.truncated or stderr.truncated:
+            status = "output_limit"
+        elif oom_kill_count() > oom_before:
+            status = "oom"
+        elif returncode != 0:
+            status = "error"
+        else:
+            status = "ok"
+        images, skipped = collect_images(int(job.max_images), int(job.max_image_bytes))
+        result: dict[str, Any] = {
+            "stdout": stdout.text(), "stderr": stderr.text(), "exit_code": exit_code,
+            "status": status, "duration_ms": round(duration_ms, 1), "images": images,
+            "skipped_images": skipped, "warm": worker.mode == "warm",
+        }
+        if status != "ok":
+            result["error"] = self.describe_error(status, returncode, result["stderr"], job)
+        return result
+
+    @staticmethod
+    def describe_error(status: str, returncode: int, stderr: str, job: Job) -> str:
+        """The traceback (stderr's tail) or a one-line reason."""
+        if status in STATUS_MESSAGES:
+            return STATUS_MESSAGES[status].format(timeout=job.timeout, max_output_bytes=job.max_output_bytes)
+        if returncode < 0:
+            return f"the program was killed by {signal.Signals(-returncode).name}"
+        return stderr.strip()[-8000:] or f"the program exited with code {returncode}"
+
+
+def create_app(agent: Agent) -> Flask:
+    """The agent's HTTP face."""
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = 64 * 1024 * 1024
+
+    @app.get("/healthz")
+    def healthz():
+        return jsonify(ok=True, warm=agent.worker.ready.is_set(), used=agent.used)
+
+    @app.post("/run")
+    def run():
+        try:
+            job = Job.from_json(request.get_json(silent=True))
+        except ValueError as e:
+            return jsonify(error=str(e)), 400
+        with agent.lock:
+            if agent.used:
+                return jsonify(error="this sandbox has already run a program"), 409
+            agent.used = True
+        return jsonify(agent.run(job))
+
+    return app
+
+
+def main() -> None:
+    """Serve on AGENT_PORT; each container serves one run for the center, so a small server does."""
+    port = int(os.environ.get("AGENT_PORT", "8000"))
+    server = make_server("0.0.0.0", port, create_app(Agent()), threaded=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

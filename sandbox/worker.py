@@ -1,0 +1,99 @@
+"""Runs one untrusted program as the unprivileged sandbox user; started by agent.py, one per container.
+
+Protocol: argv is [worker.py, READY_FD, "warm"|"cold"]. The worker offers itself first to the
+out-of-memory killer, optionally imports the heavy modules ahead of time, writes one byte to
+READY_FD, then reads a JSON job from stdin:
+{"language": "python"|"bash", "code": str, "variables": {name: JSON value}}.
+Python runs in this very process (so pre-imports pay off); bash replaces it with exec.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import traceback
+import types
+
+SANDBOX_DIR = os.path.dirname(os.path.abspath(__file__))
+FONT_CACHE = "/opt/matplotlib-cache"
+
+
+def volunteer_for_oom_killer() -> None:
+    """Raise our OOM score so a memory bomb kills the program, not the agent (raising needs no privilege)."""
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("1000")
+    except OSError:
+        pass  # some runtimes (gVisor) do not offer it; the agent's small size still protects it
+
+
+def prepare_matplotlib() -> None:
+    """Point matplotlib at our capture backend and a writable copy of the prebuilt font cache."""
+    config_dir = os.environ["MPLCONFIGDIR"]
+    if os.path.isdir(FONT_CACHE) and not os.path.exists(config_dir):
+        shutil.copytree(FONT_CACHE, config_dir)
+    sys.path.append(SANDBOX_DIR)  # so matplotlib can import module://capture_backend
+
+
+def preload() -> None:
+    """Import what data-science programs use, so that their run pays none of it."""
+    import matplotlib.pyplot  # noqa: F401
+    import numpy  # noqa: F401
+    import pandas  # noqa: F401
+
+
+def run_python(code: str, variables: dict) -> int:
+    """Execute code as __main__ with variables bound as globals; return the exit status."""
+    main = types.ModuleType("__main__")
+    main.__dict__.update(variables)
+    main.__dict__["__builtins__"] = __builtins__
+    sys.modules["__main__"] = main
+    sys.argv = ["<code>"]
+    status = 0
+    try:
+        exec(compile(code, "<code>", "exec"), main.__dict__)
+    except SystemExit as e:
+        if e.code is None or isinstance(e.code, int):
+            status = e.code or 0
+        else:
+            print(e.code, file=sys.stderr)
+            status = 1
+    except BaseException as e:  # noqa: BLE001 - whatever the program raised is its own error
+        # Skip this file's frame: the traceback starts at the user's code.
+        traceback.print_exception(type(e), e, e.__traceback__.tb_next)
+        status = 1
+    if "matplotlib.pyplot" in sys.modules:
+        try:
+            import capture_backend
+            capture_backend.save_open_figures()
+        except Exception:  # noqa: BLE001 - a figure that cannot be drawn is reported, not fatal
+            traceback.print_exc()
+    return status
+
+
+def main() -> None:
+    """Prepare, signal readiness, then run the job read from stdin."""
+    ready_fd, mode = int(sys.argv[1]), sys.argv[2]
+    volunteer_for_oom_killer()
+    prepare_matplotlib()
+    if mode == "warm":
+        preload()
+    os.write(ready_fd, b"1")
+    os.close(ready_fd)
+    job = json.loads(sys.stdin.buffer.read())
+    sys.stdin = open(os.devnull)  # the job pipe is drained; the program sees an empty stdin
+    if job["language"] == "bash":
+        env = dict(os.environ)
+        env.update({name: value if isinstance(value, str) else json.dumps(value)
+                    for name, value in job["variables"].items()})
+        os.execve("/bin/bash", ["bash", "-c", job["code"]], env)
+    status = run_python(job["code"], job["variables"])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    sys.exit(status)
+
+
+if __name__ == "__main__":
+    main()
