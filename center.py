@@ -43,6 +43,17 @@ class Services:
     sandboxes: DockerSandboxes
     pool: SandboxPool
     owns_pool: bool
+    tables_ready: bool = False
+
+    def ensure_tables(self) -> None:
+        """Create the tables once the database answers (it may be down when the center starts)."""
+        if self.tables_ready:
+            return
+        try:
+            create_tables(self.engine)
+        except SQLAlchemyError as e:
+            raise StorageFailed("the image database is unavailable") from e
+        self.tables_ready = True
 
     def close(self) -> None:
         """Release everything: the pool's containers (and any leftovers), the database connections."""
@@ -60,7 +71,9 @@ def services() -> Services:
 def db_session() -> Session:
     """This request's database session, opened on first use and closed in teardown."""
     if "db" not in g:
-        g.db = services().sessions()
+        svc = services()
+        svc.ensure_tables()
+        g.db = svc.sessions()
     return g.db
 
 
@@ -159,7 +172,7 @@ def readyz() -> tuple[Response, int]:
     try:
         db_session().execute(text("SELECT 1"))
         database = "ok"
-    except SQLAlchemyError as e:
+    except (SQLAlchemyError, StorageFailed) as e:
         database = f"unavailable ({type(e).__name__})"
     ready = database == "ok" and pool["ready"] > 0
     return jsonify(ready=ready, database=database, pool=pool), 200 if ready else 503
@@ -196,15 +209,18 @@ def create_app(config: Config | None = None, *, pool: SandboxPool | None = None)
     app.json.ensure_ascii = False
 
     engine = make_engine(config.resolved_database_url())
-    create_tables(engine)
     owns_pool = pool is None
     sandboxes = DockerSandboxes(config) if pool is None else pool.launcher
     if pool is None:
         sandboxes.prepare()
         pool = SandboxPool(sandboxes, config.interpreter_port_range.ports)
         pool.start()
-    app.extensions[EXTENSION_KEY] = Services(config, engine, make_session_factory(engine), sandboxes, pool,
-                                             owns_pool)
+    svc = Services(config, engine, make_session_factory(engine), sandboxes, pool, owns_pool)
+    try:
+        svc.ensure_tables()
+    except StorageFailed as e:
+        log.warning("%s at start (%s); the tables will be created when it answers", e.message, e.__cause__)
+    app.extensions[EXTENSION_KEY] = svc
 
     app.add_url_rule("/runcode", view_func=run_code, methods=["GET", "POST"])
     app.add_url_rule("/image/<path:filename>", view_func=serve_image, methods=["GET"])

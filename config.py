@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -131,14 +132,22 @@ def _string(key: str, value: Any) -> str:
     return str(value)
 
 
-def _integer(minimum: int) -> Callable[[str, Any], int]:
+def _integer(minimum: int, maximum: int | None = None) -> Callable[[str, Any], int]:
+    expected = f"an integer >= {minimum}" if maximum is None else f"an integer from {minimum} to {maximum}"
+
     def parse(key: str, value: Any) -> int:
         if isinstance(value, str) and value.strip().isdigit():
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise _fail(key, f"an integer >= {minimum}", value)
+            raise _fail(key, expected, value)
+        if maximum is not None and value > maximum:
+            raise _fail(key, expected, value)
         return value
     return parse
+
+
+def _port(minimum: int) -> Callable[[str, Any], int]:
+    return _integer(minimum, 65535)
 
 
 def _number(minimum: float, exclusive: bool = False) -> Callable[[str, Any], float]:
@@ -148,9 +157,9 @@ def _number(minimum: float, exclusive: bool = False) -> Callable[[str, Any], flo
                 value = float(value)
             except ValueError:
                 raise _fail(key, "a number", value) from None
-        too_small = isinstance(value, (int, float)) and (value <= minimum if exclusive else value < minimum)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or too_small:
-            raise _fail(key, f"a number {'>' if exclusive else '>='} {minimum}", value)
+        numeric = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if not numeric or (value <= minimum if exclusive else value < minimum):
+                raise _fail(key, f"a finite number {'>' if exclusive else '>='} {minimum}", value)
         return float(value)
     return parse
 
@@ -215,15 +224,15 @@ def _non_empty(parse: Callable[[str, Any], str]) -> Callable[[str, Any], str]:
 
 PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "host": _non_empty(_string),
-    "scheduler_port": _integer(0),
+    "scheduler_port": _port(0),
     "domain": _string,
     "auth_tokens": _string_list,
     "database_url": _string,
     "postgres": _section(PostgresSettings, {
-        "user": _string, "password": _string, "db": _string, "host": _string, "port": _integer(1),
+        "user": _string, "password": _string, "db": _string, "host": _string, "port": _port(1),
     }),
     "interpreter_image": _non_empty(_string),
-    "interpreter_port_range": _section(PortRange, {"start": _integer(1), "end": _integer(1)}),
+    "interpreter_port_range": _section(PortRange, {"start": _port(1), "end": _port(1)}),
     "timeout_seconds": _number(0, exclusive=True),
     "resource_limits": _section(ResourceLimits, {
         "memory": _size, "cpus": _cpus, "pids": _integer(8), "disk": _size, "tmp": _size,
@@ -266,19 +275,26 @@ def parse_config(raw: Mapping[str, Any]) -> Config:
     return config
 
 
+def yaml_error_summary(error: yaml.YAMLError) -> str:
+    """PyYAML's multi-line message (with its caret drawing) as one line: the problem and where."""
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    mark = getattr(error, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
+
+
 def environment_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
-    """CIA_<KEY> variables as config values; each value is read as YAML (CIA_TIMEOUT_SECONDS=5)."""
-    overrides = {}
+    """CIA_<KEY> variables as config values: text as is (lists comma-separated), `{...}`/`[...]` as YAML."""
+    overrides: dict[str, Any] = {}
     for name, text in environ.items():
         if not name.startswith(ENV_PREFIX):
             continue
         key = name[len(ENV_PREFIX):].lower()
-        try:
-            overrides[key] = yaml.safe_load(text) if text.strip() else ""
-        except yaml.YAMLError:
-            overrides[key] = text
-        if isinstance(overrides[key], (int, float)) and key in ("auth_tokens", "cors_origins", "dependencies"):
-            overrides[key] = str(overrides[key])
+        overrides[key] = text
+        if text.lstrip()[:1] in ("{", "["):  # e.g. CIA_INTERPRETER_PORT_RANGE="{start: 9001, end: 9004}"
+            try:
+                overrides[key] = yaml.safe_load(text)
+            except yaml.YAMLError as e:
+                raise ConfigError(f"config key '{key}' (from {name}) is not valid YAML: {yaml_error_summary(e)}") from e
     return overrides
 
 
@@ -290,7 +306,7 @@ def load_config(path: str | os.PathLike | None = None, environ: Mapping[str, str
         try:
             raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+            raise ConfigError(f"config file {path} is not valid YAML: {yaml_error_summary(e)}") from e
     elif path != DEFAULT_CONFIG_FILE:
         raise ConfigError(f"config file {path} does not exist")
     if not isinstance(raw, Mapping):

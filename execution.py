@@ -73,9 +73,11 @@ def _parse_timeout(raw: Any, limit: float) -> float:
             raw = float(raw)
         except ValueError:
             raise BadRequest("timeout must be a number of seconds") from None
-    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw) or raw <= 0:
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or raw <= 0:
         raise BadRequest("timeout must be a positive number of seconds")
-    return min(float(raw), limit)  # a request may lower the configured limit, never raise it
+    if isinstance(raw, float) and not math.isfinite(raw):
+        raise BadRequest("timeout must be a finite number of seconds")
+    return float(min(raw, limit))  # a request may lower the configured limit, never raise it
 
 
 def parse_run_request(fields: Any, config: Config) -> RunRequest:

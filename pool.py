@@ -107,11 +107,17 @@ class SandboxPool(Generic[S]):
                 f"all {len(self.slots)} sandboxes are busy; try again shortly",
                 retry_after=max(1, round(timeout) or 1),
             ) from None
+        if self.closing or slot.sandbox is None:
+            raise PoolExhausted("the center is shutting down; try again shortly")
         slot.state = SlotState.BUSY
         return slot
 
     def release(self, slot: Slot[S]) -> None:
-        """Give the slot back: its sandbox is retired and a fresh one started in its place."""
+        """Give the slot back: its sandbox is retired and a fresh one started in its place (once)."""
+        with self._lock:
+            if slot.state is not SlotState.BUSY:
+                return
+            slot.state = SlotState.STARTING
         slot.released.set()
 
     @contextmanager
@@ -145,6 +151,8 @@ class SandboxPool(Generic[S]):
             try:
                 sandbox = self.launcher.launch(slot.port, cancelled=self._closing)
             except Exception as e:  # noqa: BLE001 - any start failure is retried with backoff
+                if self.closing:
+                    break
                 slot.failures += 1
                 self.failed_total += 1
                 delay = min(self.backoff_max, self.backoff_initial * 2 ** (slot.failures - 1))

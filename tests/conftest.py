@@ -186,8 +186,9 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 class CenterProcess:
     """A real `python3 center.py --config FILE` process, as a user starts it."""
 
-    def __init__(self, config_path: Path, port: int) -> None:
+    def __init__(self, config_path: Path, port: int, env: dict[str, str] | None = None) -> None:
         self.config_path, self.port = config_path, port
+        self.env = {**os.environ, **(env or {})}
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = config_path.with_suffix(".log")
         self.process: subprocess.Popen | None = None
@@ -196,7 +197,8 @@ class CenterProcess:
         """Start the process and (by default) wait until /readyz answers 200."""
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen([sys.executable, str(PROJECT_DIR / "center.py"), "--config",
-                                         str(self.config_path)], cwd=PROJECT_DIR, stdout=log, stderr=log)
+                                         str(self.config_path)], cwd=PROJECT_DIR, stdout=log, stderr=log,
+                                        env=self.env)
         log.close()
         if wait_ready and not wait_until(self.ready, 120, 0.2):
             self.stop()
@@ -232,7 +234,7 @@ def center_process(base_config: Config, tmp_path: Path) -> Iterator[Callable[...
     """Factory: write a config file (its own deployment label, port and data) and make a CenterProcess."""
     made: list[CenterProcess] = []
 
-    def factory(**settings: object) -> CenterProcess:
+    def factory(env: dict[str, str] | None = None, **settings: object) -> CenterProcess:
         port = free_port()
         values = {
             "host": "127.0.0.1", "scheduler_port": port, "interpreter_image": base_config.interpreter_image,
@@ -243,7 +245,7 @@ def center_process(base_config: Config, tmp_path: Path) -> Iterator[Callable[...
         values.update(settings)
         config_path = tmp_path / f"center-{port}.yaml"
         config_path.write_text(yaml.safe_dump(values))
-        center = CenterProcess(config_path, port)
+        center = CenterProcess(config_path, port, env)
         made.append(center)
         return center
 

@@ -1,0 +1,194 @@
+"""The in-container agent, called directly in a container started exactly as the center starts them."""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from sandboxes import DockerSandboxes
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def run_in_sandbox(sandboxes: DockerSandboxes) -> Iterator[Callable[..., dict[str, Any]]]:
+    """Factory: start a fresh sandbox on its own, run one job in it, remove it, return the agent's report."""
+    def run(code: str, language: str = "python", variables: dict | None = None, timeout: float = 10,
+            **limits: int) -> dict[str, Any]:
+        sandbox = sandboxes.launch(9150)
+        try:
+            job = {"language": language, "code": code, "variables": variables or {}, "timeout": timeout, **limits}
+            return sandbox.run(job)
+        finally:
+            sandboxes.destroy(sandbox)
+
+    yield run
+
+
+def images_by_name(report: dict[str, Any]) -> dict[str, bytes]:
+    """The report's images, decoded."""
+    return {image["name"]: base64.b64decode(image["data"]) for image in report["images"]}
+
+
+def test_hello_world(run_in_sandbox: Callable[..., dict[str, Any]]) -> None:
+    report = run_in_sandbox("print('Hello, World!')")
+    assert report["stdout"] == "Hello, World!\n"
+    assert report["stderr"] == ""
+    assert report["exit_code"] == 0
+    assert report["status"] == "ok"
+    assert "error" not in report
+    assert report["duration_ms"] > 0
+
+
+def test_exception_reports_traceback_and_exit_code(run_in_sandbox: Callable[..., dict[str, Any]]) -> None:
+    report = run_in_sandbox("def f():\n    raise ValueError('boom')\nf()")
+    assert report["status"] == "error"
+    assert report["exit_code"] == 1
+    assert "Traceback" in report["stderr"] and "ValueError: boom" in report["stderr"]
+    assert 'File "<code>", line 3' in report["stderr"]
+    assert "worker.py" not in report["stderr"], "the traceback starts at the user's code"
+    assert "ValueError: boom" in report["error"]
+
+
+def test_sys_exit_code_is_reported(run_in_sandbox: Callable[..., dict[str, Any]]) -> None:
+    report = run_in_sandbox("import sys\nprint('bye')\nsys.exit(3)")
+    assert (report["status"], report["exit_code"], report["stdout"]) == ("error", 3, "bye\n")
+
+
+def test_timeout_kills_children_that_ignore_sigterm(run_in_sandbox: Callable[..., dict[str, Any]]) -> None:
+    code = (
+        "import os, signal, subprocess, sys, time\n"
+        "child = 'import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)'\n"
+        "subprocess.Popen([sys.executable, '-c', child], start_new_session=True)\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "print('started', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    started = time.monotonic()
+    report = run_in_sandbox(code, timeout=2)
+    elapsed = time.monotonic() - started
+    assert report["status"] == "timeout"
+    assert report["stdout"] == "started\n", "output produced before the kill is kept"
+    assert "time limit" in report["error"]
+    assert elapsed < 2 + 2 + 1.5, f"the run took {elapsed:.1f} s for a 2 s limit (container start included)"
+
+
+def test_output_cap(run_in_sandbox: Callable[..., dict[str, Any]]) -> None:
+    report = run_in_sandbox("while True:\n    print('x' * 1000)", max_output_bytes=10_000)
+    assert report["status"] == "output_limit"
+    assert len(report["stdout"].encode()) == 10_000
+    assert "10000 bytes" in report["error"]
+
+
+def test_plot_captured_without_savefig(run_in_sandbox: Callable[..., dict[str, Any]]) -> None:
+    code = (
+        "import matplotlib.pyplot as plt\n"
+        "plt.plot([1, 2, 3], [3, 1, 2])\n"
+        "plt.title('销售额 by month')\n"
+        "plt.show()\n"
+        "plt.figure()\n"
+        "plt.bar(['a', 'b'], [1, 2])\n"
+    )
+    report = run_in_sandbox(code)
+    assert report["status"] == "ok", report
+    images = images_by_name(report)
+    assert sorted(images) == ["figure_1.png", "figure_2.png"], "the shown figure and the one left open"
+    assert all(data.startswith(PNG_MAGIC) for data in images.values())
+    assert "Glyph" not in report["stderr"], "Chinese labels render with the CJK fallback font"
+    assert "non-interactive" not in report["stderr"]
+
+
+@pytest.mark.parametrize("extension, mime", [
+    ("png", "image/png"), ("jpg", "image/jpeg"), ("jpeg", "image/jpeg"), ("gif", "image/gif"),
+    ("svg", "image/svg+xml"), ("webp", "image/webp"),
+])
+def test_written_image_files_are_collected(run_in_sandbox: Callable[..., dict[str, Any]], extension: str,
+                                           mime: str) -> None:
+    code = (
+        "from PIL import Image\n"
+        f"name = 'out.{extension}'\n"
+        "if name.endswith('svg'):\n"
+        "    open(name, 'w').write('<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"4\" height=\"4\"/>')\n"
+        "else:\n"
+        "    Image.new('RGB', (8, 8), 'red').save(name)\n"
+        "open('notes.txt', 'w').write('not an image')\n"
+    )
+    report = run_in_sandbox(code)
+    assert report["status"] == "ok", report
+    assert [(image["name"], image["mime"]) for image in report["images"]] == [(f"out.{extension}", mime)]
+
+
+def test_symlink_planted_as_image_is_not_followed(run_in_sandbox: Callable[..., dict[str, Any]]) -> None:
+    code = (
+        "import os\n"
+        "os.symlink('/etc/shadow', 'shadow.png')\n"
+        "os.symlink('/opt/sandbox/agent.py', 'agent.png')\n"
+        "os.mkfifo('fifo.png')\n"
+        "open('real.png', 'wb').write(b'\\x89PNG\\r\\n\\x1a\\nreal')\n"
+    )
+    report = run_in_sandbox(code)
+    assert report["status"] == "ok", report
+    assert images_by_name(report) == {"real.png": b"\x89PNG\r\n\x1a\nreal"}
+
+
+def test_image_count_and_size_caps(run_in_sandbox: Callable[..., dict[str, Any]]) -> None:
+    code = (
+        "for i in range(6):\n"
+        "    open(f'small{i}.png', 'wb').write(b'x' * 100)\n"
+        "open('big.png', 'wb').write(b'x' * 5000)\n"
+    )
+    report = run_in_sandbox(code, max_images=3, max_image_bytes=1000)
+    names = [image["name"] for image in report["images"]]
+    assert len(names) == 3 and "big.png" not in names
+
+
+def test_python_variables_are_globals_holding_json_values(run_in_sandbox: Callable[..., dict[str, Any]]) -> None:
+    variables = {"s": "hi; import os", "n": 7, "xs": [1, 2.5, None], "d": {"k": True}}
+    code = "print(repr(s), n * 6, xs, d['k'] is True)"
+    report = run_in_sandbox(code, variables=variables)
+    assert report["stdout"] == "'hi; import os' 42 [1, 2.5, None] True\n"
+
+
+def test_bash_runs_with_variables_in_environment(run_in_sandbox: Callable[..., dict[str, Any]]) -> None:
+    report = run_in_sandbox('echo "$greeting $n $obj"; echo oops >&2; exit 4', language="bash",
+                            variables={"greeting": "hello world", "n": 5, "obj": {"a": [1]}})
+    assert report["stdout"] == 'hello world 5 {"a": [1]}\n'
+    assert report["stderr"] == "oops\n"
+    assert (report["status"], report["exit_code"]) == ("error", 4)
+
+
+def test_user_code_is_unprivileged_and_not_the_agent(run_in_sandbox: Callable[..., dict[str, Any]]) -> None:
+    code = (
+        "import os\n"
+        "print(os.getuid(), os.geteuid(), os.getgid(), os.getgroups())\n"
+        "print([l for l in open('/proc/self/status') if l.startswith('CapEff')][0].split()[1])\n"
+    )
+    report = run_in_sandbox(code)
+    ids, capabilities = report["stdout"].splitlines()
+    uid, euid, gid, groups = ids.split(" ", 3)
+    assert uid == euid and uid not in ("0",)
+    assert gid != "0" and groups == "[]"
+    assert int(capabilities, 16) == 0, "user code holds no capability"
+    agent_uid = run_in_sandbox("import os\nprint(os.stat(f'/proc/{os.getppid()}').st_uid)")["stdout"].strip()
+    assert agent_uid != uid, "the agent runs as a different user than the program"
+
+
+def test_non_utf8_output_is_replaced_not_fatal(run_in_sandbox: Callable[..., dict[str, Any]]) -> None:
+    report = run_in_sandbox("import sys\nsys.stdout.buffer.write(b'ok \\xff\\xfe end\\n')\nprint('中文')")
+    assert report["status"] == "ok"
+    assert report["stdout"] == "ok \ufffd\ufffd end\n中文\n"
+
+
+def test_agent_runs_only_one_program(sandboxes: DockerSandboxes) -> None:
+    sandbox = sandboxes.launch(9151)
+    try:
+        job = {"language": "python", "code": "print(1)", "variables": {}, "timeout": 5}
+        assert sandbox.run(job)["stdout"] == "1\n"
+        response = sandbox.http.post(f"{sandbox.url}/run", json=job, timeout=5)
+        assert response.status_code == 409
+    finally:
+        sandboxes.destroy(sandbox)

@@ -1,0 +1,271 @@
+"""Pure-logic tests of execution.py: fence unwrapping, /runcode field validation and the result body."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from config import Config
+from errors import BadRequest
+from execution import STATUSES, parse_run_request, result_body, unwrap_fence
+
+CONFIG = replace(Config(), timeout_seconds=30.0)
+
+
+def bad_request(fields: Any, config: Config = CONFIG) -> BadRequest:
+    """parse_run_request must refuse these fields with a 400 and a one-sentence message; return the error."""
+    with pytest.raises(BadRequest) as excinfo:
+        parse_run_request(fields, config)
+    error = excinfo.value
+    assert error.status == 400
+    assert error.message.strip()
+    assert "\n" not in error.message
+    assert str(error) == error.message
+    return error
+
+
+# --- fences --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("code", "body", "language"), [
+    ("```python\nprint(1)\n```", "print(1)", "python"),
+    ("```bash\necho hi\n```", "echo hi", "bash"),
+    ("```\nprint(1)\n```", "print(1)", None),
+    ("```py\nprint(1)\n```", "print(1)", "python"),
+    ("```python3\nprint(1)\n```", "print(1)", "python"),
+    ("```sh\nls -l\n```", "ls -l", "bash"),
+    ("```Python\r\nprint(1)\r\n```", "print(1)", "python"),
+    ("\n  ```python\nprint(1)\n```\n\n", "print(1)", "python"),
+    ("```python\nfor i in range(2):\n    print(i)\n```", "for i in range(2):\n    print(i)", "python"),
+    ("```python\ns = '``'\nprint(s)\n```", "s = '``'\nprint(s)", "python"),
+    ("```javascript\nconsole.log(1)\n```", "console.log(1)", None),
+], ids=["python", "bash", "bare", "py", "python3", "sh", "crlf-any-case", "surrounding-blank", "indent", "backticks",
+        "unknown-lang"])
+def test_fence_is_unwrapped(code: str, body: str, language: str | None) -> None:
+    assert unwrap_fence(code) == (body, language)
+
+
+@pytest.mark.parametrize("code", [
+    "print(1)",
+    "print('```')",
+    "print(1)\n```python\nprint(2)\n```",
+    "```python\nprint(1)\n```\nprint(2)",
+    "```python print(1)```",
+    "",
+])
+def test_code_that_is_not_one_fenced_block_is_left_alone(code: str) -> None:
+    assert unwrap_fence(code) == (code, None)
+
+
+def test_fenced_bash_runs_as_bash_when_language_is_absent() -> None:
+    run = parse_run_request({"code": "```bash\necho hi\n```"}, CONFIG)
+    assert (run.code, run.language) == ("echo hi", "bash")
+
+
+def test_explicit_language_wins_over_the_fence() -> None:
+    run = parse_run_request({"code": "```bash\nprint(1)\n```", "languageType": "python"}, CONFIG)
+    assert (run.code, run.language) == ("print(1)", "python")
+
+
+def test_fenced_python_is_unwrapped_in_a_request() -> None:
+    run = parse_run_request({"code": "```python\nprint('Hello, World!')\n```"}, CONFIG)
+    assert (run.code, run.language) == ("print('Hello, World!')", "python")
+
+
+# --- languageType --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("given", "expected"), [
+    ("python", "python"), ("PYTHON", "python"), ("Python", "python"),
+    ("bash", "bash"), ("Bash", "bash"), ("BASH", "bash"), (" python ", "python"),
+])
+def test_language_in_any_case(given: str, expected: str) -> None:
+    assert parse_run_request({"code": "x", "languageType": given}, CONFIG).language == expected
+
+
+@pytest.mark.parametrize("fields", [{"code": "print(1)"}, {"code": "print(1)", "languageType": ""},
+                                    {"code": "print(1)", "languageType": None}])
+def test_language_defaults_to_python(fields: dict[str, Any]) -> None:
+    assert parse_run_request(fields, CONFIG).language == "python"
+
+
+@pytest.mark.parametrize("language", ["ruby", "javascript", "py", "python2", 5, ["python"], {"name": "python"}])
+def test_unknown_language_is_a_bad_request(language: Any) -> None:
+    error = bad_request({"code": "print(1)", "languageType": language})
+    assert "languageType" in error.message
+
+
+# --- code ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fields", [
+    {}, {"languageType": "python"}, {"code": None}, {"code": 5}, {"code": ["print(1)"]},
+    {"code": {"src": "print(1)"}}, {"code": b"print(1)"}, {"code": True},
+], ids=["empty", "no-code", "null", "int", "list", "object", "bytes", "bool"])
+def test_code_missing_or_not_a_string_is_a_bad_request(fields: dict[str, Any]) -> None:
+    assert "code" in bad_request(fields).message
+
+
+@pytest.mark.parametrize("fields", [None, [], ["print(1)"], "print(1)", 3])
+def test_body_that_is_not_an_object_is_a_bad_request(fields: Any) -> None:
+    bad_request(fields)
+
+
+def test_code_is_kept_verbatim() -> None:
+    code = "import sys\n\nprint('a\\tb', file=sys.stderr)  # ünïcode\n"
+    assert parse_run_request({"code": code}, CONFIG).code == code
+
+
+# --- variables -----------------------------------------------------------------------------------
+
+def test_variables_as_an_object() -> None:
+    variables = {"n": 3, "s": "hi", "xs": [1, 2], "d": {"k": None}, "_private": True, "Name2": 1.5}
+    assert parse_run_request({"code": "x", "variables": variables}, CONFIG).variables == variables
+
+
+def test_variables_as_json_text() -> None:
+    run = parse_run_request({"code": "x", "variables": '{"n": 3, "s": "hi", "xs": [1, 2]}'}, CONFIG)
+    assert run.variables == {"n": 3, "s": "hi", "xs": [1, 2]}
+
+
+@pytest.mark.parametrize("fields", [{"code": "x"}, {"code": "x", "variables": ""}, {"code": "x", "variables": None},
+                                    {"code": "x", "variables": {}}, {"code": "x", "variables": "{}"}],
+                         ids=["absent", "empty-string", "null", "empty-object", "empty-json"])
+def test_no_variables_give_an_empty_object(fields: dict[str, Any]) -> None:
+    assert parse_run_request(fields, CONFIG).variables == {}
+
+
+@pytest.mark.parametrize("variables", ["[1]", "3", '"text"', "null", "true", [1], 3, "x", True],
+                         ids=["json-list", "json-number", "json-string", "json-null", "json-bool", "list", "int",
+                              "bare-word", "bool"])
+def test_variables_not_an_object_is_a_bad_request(variables: Any) -> None:
+    assert "variables" in bad_request({"code": "x", "variables": variables}).message
+
+
+@pytest.mark.parametrize("variables", ["{bad json", "{'n': 3}", '{"n": }', "{"])
+def test_variables_invalid_json_is_a_bad_request(variables: str) -> None:
+    assert "variables" in bad_request({"code": "x", "variables": variables}).message
+
+
+@pytest.mark.parametrize("name", ["1a", "a-b", "class", "__x", "with space", "", "None", "a.b", "x\n", "é"])
+def test_bad_variable_name_is_a_bad_request(name: str) -> None:
+    error = bad_request({"code": "x", "variables": {name: 1}})
+    assert repr(name) in error.message
+
+
+def test_bad_variable_name_in_json_text_is_a_bad_request() -> None:
+    bad_request({"code": "x", "variables": '{"ok": 1, "not-ok": 2}'})
+
+
+# --- timeout -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("timeout", "expected"), [
+    (5, 5.0), (2.5, 2.5), (30, 30.0), (31, 30.0), (1000, 30.0), (1e300, 30.0),
+    ("2.5", 2.5), ("5", 5.0), (" 7 ", 7.0), ("100", 30.0), (0.001, 0.001),
+])
+def test_timeout_may_only_lower_the_limit(timeout: Any, expected: float) -> None:
+    assert parse_run_request({"code": "x", "timeout": timeout}, CONFIG).timeout == expected
+
+
+@pytest.mark.parametrize("fields", [{"code": "x"}, {"code": "x", "timeout": None}, {"code": "x", "timeout": ""}],
+                         ids=["absent", "null", "empty-string"])
+def test_timeout_absent_is_the_configured_limit(fields: dict[str, Any]) -> None:
+    assert parse_run_request(fields, CONFIG).timeout == 30.0
+    assert parse_run_request(fields, replace(CONFIG, timeout_seconds=4.0)).timeout == 4.0
+
+
+def test_timeout_is_clamped_to_a_lower_configured_limit() -> None:
+    assert parse_run_request({"code": "x", "timeout": 10}, replace(CONFIG, timeout_seconds=4.0)).timeout == 4.0
+
+
+@pytest.mark.parametrize("timeout", [0, -1, -0.5, "0", "-1", "abc", True, False, math.nan, math.inf, -math.inf,
+                                     "nan", "inf", "1e999", [5], {"s": 5}, "5s"],
+                         ids=lambda value: repr(value))
+def test_bad_timeout_is_a_bad_request(timeout: Any) -> None:
+    assert "timeout" in bad_request({"code": "x", "timeout": timeout}).message
+
+
+def test_huge_integer_timeout_is_clamped() -> None:
+    assert parse_run_request({"code": "x", "timeout": 10**400}, CONFIG).timeout == 30.0
+
+
+# --- the GET form and the agent's job ------------------------------------------------------------
+
+def test_get_form_fields_are_all_strings() -> None:
+    fields = {"languageType": "Bash", "variables": '{"name": "world"}', "code": "echo hello $name", "timeout": "5"}
+    run = parse_run_request(fields, CONFIG)
+    assert (run.language, run.code, run.variables, run.timeout) == ("bash", "echo hello $name", {"name": "world"}, 5.0)
+
+
+def test_job_carries_the_request_and_the_configured_limits() -> None:
+    config = replace(CONFIG, max_output_bytes=4096, max_images=3, max_image_bytes=2048)
+    job = parse_run_request({"code": "print(n)", "variables": {"n": 1}, "timeout": 3}, config).job(config)
+    assert job == {"language": "python", "code": "print(n)", "variables": {"n": 1}, "timeout": 3.0,
+                   "max_output_bytes": 4096, "max_images": 3, "max_image_bytes": 2048}
+
+
+# --- result body ---------------------------------------------------------------------------------
+
+def report(**overrides: Any) -> dict[str, Any]:
+    """An agent report as sandbox/agent.py sends it."""
+    base: dict[str, Any] = {"stdout": "Hello, World!\n", "stderr": "", "exit_code": 0, "status": "ok",
+                            "duration_ms": 41.7, "images": []}
+    base.update(overrides)
+    return base
+
+
+def test_ok_result_has_the_spec_fields_and_no_error() -> None:
+    body = result_body(report(), {})
+    assert body == {"output": "Hello, World!\n", "stderr": "", "exit_code": 0, "status": "ok",
+                    "duration_ms": 41.7, "images": {}}
+
+
+def test_ok_result_drops_a_stray_error() -> None:
+    assert "error" not in result_body(report(error="ignored"), {})
+
+
+@pytest.mark.parametrize("status", STATUSES)
+def test_error_is_present_exactly_when_status_is_not_ok(status: str) -> None:
+    body = result_body(report(status=status), {})
+    assert body["status"] == status
+    assert ("error" in body) == (status != "ok")
+    if status != "ok":
+        assert isinstance(body["error"], str) and body["error"].strip()
+
+
+def test_spec_statuses_are_the_five_known_ones() -> None:
+    assert set(STATUSES) == {"ok", "error", "timeout", "oom", "output_limit"}
+
+
+def test_error_message_of_the_report_is_passed_through() -> None:
+    traceback = "Traceback (most recent call last):\nZeroDivisionError: division by zero"
+    body = result_body(report(status="error", exit_code=1, error=traceback, stderr=traceback), {})
+    assert body["error"] == traceback
+    assert body["exit_code"] == 1
+    assert body["stderr"] == traceback
+
+
+@pytest.mark.parametrize("status", ["crashed", "OK", "", None, 3])
+def test_unknown_status_is_reported_as_error(status: Any) -> None:
+    body = result_body(report(status=status), {})
+    assert body["status"] == "error"
+    assert body["error"].strip()
+
+
+def test_missing_status_is_reported_as_error() -> None:
+    incomplete = report()
+    del incomplete["status"]
+    body = result_body(incomplete, {})
+    assert body["status"] == "error"
+    assert body["error"].strip()
+
+
+def test_images_are_passed_through() -> None:
+    urls = {"figure_1.png": "http://127.0.0.1:5000/image/abc.png", "plot.svg": "http://127.0.0.1:5000/image/d.svg"}
+    body = result_body(report(images=[{"name": "figure_1.png"}]), urls)
+    assert body["images"] == urls
+
+
+def test_timeout_result_keeps_partial_output() -> None:
+    body = result_body(report(status="timeout", stdout="partial\n", exit_code=None, error="time limit of 2 s"), {})
+    assert (body["status"], body["output"], body["error"]) == ("timeout", "partial\n", "time limit of 2 s")
