@@ -16,6 +16,7 @@ from docker.types import LogConfig, Ulimit
 
 from config import Config
 from errors import SandboxFailed
+from host_firewall import protect_host
 
 log = logging.getLogger(__name__)
 
@@ -114,23 +115,26 @@ class DockerSandboxes:
         """An internal bridge with inter-container traffic off: no egress, no sandbox-to-sandbox."""
         name = self.config.sandbox_network
         with self._network_lock:
-            if self.client.networks.list(names=[name]):
-                return
-            try:
-                self.client.networks.create(
-                    name, driver="bridge", internal=True, check_duplicate=True,
-                    options={"com.docker.network.bridge.enable_icc": "false"},
-                    labels={"code-interpreter.network": "sandboxes"},
-                )
-            except docker.errors.APIError as e:
-                if not self.client.networks.list(names=[name]):  # not a lost race with another center
-                    raise SandboxStartError(f"cannot create network {name}: {e}") from e
+            if not self.client.networks.list(names=[name]):
+                try:
+                    self.client.networks.create(
+                        name, driver="bridge", internal=True, check_duplicate=True,
+                        options={"com.docker.network.bridge.enable_icc": "false"},
+                        labels={"code-interpreter.network": "sandboxes"},
+                    )
+                except docker.errors.APIError as e:
+                    if not self.client.networks.list(names=[name]):  # not a lost race with another center
+                        raise SandboxStartError(f"cannot create network {name}: {e}") from e
+            network = self.client.networks.get(name)
+        if self.config.block_host_access:
+            options = network.attrs.get("Options") or {}
+            protect_host(options.get("com.docker.network.bridge.name") or f"br-{network.id[:12]}")
 
     def remove_leftovers(self) -> int:
         """Force-remove every container labelled with this deployment; return how many."""
-        containers = self.client.containers.list(all=True, filters={"label": f"{DEPLOYMENT_LABEL}={self.label}"})
+        containers = self.client.api.containers(all=True, filters={"label": f"{DEPLOYMENT_LABEL}={self.label}"})
         for container in containers:
-            self._remove(container.id)
+            self._remove(container["Id"])
         return len(containers)
 
     # --- one sandbox -----------------------------------------------------------------------
@@ -145,6 +149,8 @@ class DockerSandboxes:
             labels={DEPLOYMENT_LABEL: self.label, PORT_LABEL: str(port)},
             environment={"AGENT_PORT": str(port)},
             hostname="sandbox",
+            # Names cannot resolve on an internal network; fail fast instead of after 10 s of retries.
+            dns_opt=["timeout:1", "attempts:1"],
             network=self.config.sandbox_network,
             runtime=self.config.sandbox_runtime,
             init=True,

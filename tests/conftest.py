@@ -60,9 +60,12 @@ def wait_until(predicate: Callable[[], object], timeout: float, interval: float 
     return bool(predicate())
 
 
-def containers_of(client: docker.DockerClient, deployment: str) -> list:
-    """Every container (running or not) labelled with this deployment."""
-    return client.containers.list(all=True, filters={"label": f"{DEPLOYMENT_LABEL}={deployment}"})
+def containers_of(client: docker.DockerClient, deployment: str) -> list[dict]:
+    """Every container (running or not) labelled with this deployment, as the engine's list entries.
+
+    The low-level list does not inspect each container, so one removed meanwhile cannot make it fail.
+    """
+    return client.api.containers(all=True, filters={"label": f"{DEPLOYMENT_LABEL}={deployment}"})
 
 
 @pytest.fixture(scope="session")

@@ -38,13 +38,13 @@ def test_stop_signal_leaves_no_container(center_process: Callable[..., CenterPro
 def test_leftovers_of_a_killed_center_are_removed_at_next_start(center_process: Callable[..., CenterProcess],
                                                                 docker_client: docker.DockerClient) -> None:
     center = center_process().start()
-    orphans = {c.id for c in containers_of(docker_client, deployment(center))}
+    orphans = {c["Id"] for c in containers_of(docker_client, deployment(center))}
     assert len(orphans) == 2
     center.signal(signal.SIGKILL)
     center.process.wait(30)
-    assert {c.id for c in containers_of(docker_client, deployment(center))} == orphans, "SIGKILL cleans nothing"
+    assert {c["Id"] for c in containers_of(docker_client, deployment(center))} == orphans, "SIGKILL cleans nothing"
     center.start()
-    remaining = {c.id for c in containers_of(docker_client, deployment(center))}
+    remaining = {c["Id"] for c in containers_of(docker_client, deployment(center))}
     assert remaining and not remaining & orphans
     assert requests.post(f"{center.url}/runcode", json={"code": "print(3)"}, timeout=60).json()["output"] == "3\n"
 

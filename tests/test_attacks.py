@@ -1,0 +1,441 @@
+"""The attack suite: hostile programs and hostile requests. Each test fails if its attack succeeds.
+
+After every attack the center must answer an ordinary request correctly, and no container may be
+left beyond the pool's own. Run under runc and under gVisor (CIA_TEST_RUNTIME=runsc) in CI.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import docker
+import pytest
+import requests
+from conftest import containers_of, wait_until
+from flask import Flask
+from flask.testing import FlaskClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from config import Config
+from sandboxes import PORT_LABEL
+
+Run = Callable[..., tuple[int, dict[str, Any]]]
+
+
+@pytest.fixture
+def run(client: FlaskClient) -> Run:
+    """POST /runcode and return (HTTP status, JSON body)."""
+    def post(code: str, language: str = "python", **fields: Any) -> tuple[int, dict[str, Any]]:
+        response = client.post("/runcode", json={"code": code, "languageType": language, **fields})
+        return response.status_code, response.get_json()
+    return post
+
+
+@pytest.fixture(autouse=True)
+def center_survives(client: FlaskClient, docker_client: docker.DockerClient, base_config: Config) -> Iterator[None]:
+    """After the attack: an ordinary request is answered correctly, and no container is left behind."""
+    yield
+    started = time.monotonic()
+    response = client.post("/runcode", json={"code": "print('still serving')"})
+    assert response.status_code == 200 and response.get_json()["output"] == "still serving\n"
+    assert time.monotonic() - started < base_config.timeout_seconds + 15
+    slots = len(base_config.interpreter_port_range.ports)
+    assert wait_until(lambda: len(containers_of(docker_client, base_config.deployment_label)) <= slots, 30), \
+        "containers were left behind"
+
+
+# --- processes, memory, CPU, time -------------------------------------------------------------
+
+@pytest.mark.parametrize("language, code", [
+    ("python", "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"),
+    ("bash", ":(){ :|:& };:"),
+])
+def test_fork_bomb_is_contained(run: Run, language: str, code: str) -> None:
+    status, body = run(code, language, timeout=3)
+    assert body["status"] in ("timeout", "error", "ok"), body
+    assert status in (200, 504)
+
+
+def test_memory_bomb_answers_oom(run: Run) -> None:
+    status, body = run("chunks = []\nwhile True:\n    chunks.append(b'x' * (32 * 1024 * 1024))", timeout=20)
+    assert status == 200
+    assert body["status"] == "oom", body
+    assert "memory" in body["error"]
+
+
+def test_memory_bomb_in_many_processes_answers_oom(run: Run) -> None:
+    code = (
+        "import multiprocessing, time\n"
+        "def hog():\n"
+        "    data = []\n"
+        "    while True:\n"
+        "        data.append(b'y' * (16 * 1024 * 1024))\n"
+        "procs = [multiprocessing.Process(target=hog) for _ in range(4)]\n"
+        "[p.start() for p in procs]\n"
+        "[p.join() for p in procs]\n"
+        "time.sleep(30)\n"
+    )
+    status, body = run(code, timeout=8)
+    assert body["status"] in ("oom", "timeout"), body
+
+
+@pytest.mark.parametrize("code", ["while True:\n    pass", "import time\ntime.sleep(3600)"])
+def test_cpu_loop_and_long_sleep_are_stopped_at_the_limit(run: Run, code: str) -> None:
+    started = time.monotonic()
+    status, body = run(code, timeout=2)
+    assert (status, body["status"]) == (504, "timeout")
+    assert time.monotonic() - started < 2 + 10
+
+
+def test_children_that_ignore_sigterm_or_start_new_sessions_do_not_outlive_the_run(run: Run) -> None:
+    code = (
+        "import os, subprocess, sys\n"
+        "subprocess.Popen(['setsid', 'bash', '-c', 'trap \"\" TERM HUP; sleep 600'])\n"
+        "subprocess.Popen([sys.executable, '-c', 'import os, time; os.setsid(); time.sleep(600)'])\n"
+        "subprocess.Popen(['nohup', 'sleep', '600'], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+        "print('main done')\n"
+    )
+    status, body = run(code, timeout=5)
+    assert (status, body["status"], body["output"]) == (200, "ok", "main done\n"), body
+
+
+# --- output and disks ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("stream", ["stdout", "stderr"])
+def test_endless_output_is_cut(run: Run, stream: str) -> None:
+    status, body = run(f"import sys\nwhile True:\n    sys.{stream}.write('z' * 65536)", timeout=10)
+    assert status == 200 and body["status"] == "output_limit"
+    field = "output" if stream == "stdout" else "stderr"
+    assert len(body[field]) <= 1024 * 1024
+
+
+@pytest.mark.parametrize("folder", ["/tmp", "/workspace", "/dev/shm"])
+def test_filling_a_folder_ends_with_no_space(run: Run, folder: str) -> None:
+    code = (
+        "import errno\n"
+        "i = 0\n"
+        "try:\n"
+        "    while True:\n"
+        f"        with open(f'{folder}/fill{{i}}', 'wb') as f:\n"
+        "            f.write(b'0' * (8 * 1024 * 1024))\n"
+        "        i += 1\n"
+        "except OSError as e:\n"
+        "    print(errno.errorcode[e.errno], i)\n"
+    )
+    status, body = run(code, timeout=20)
+    assert status == 200, body
+    code_name, files = body["output"].split()
+    assert code_name == "ENOSPC", body
+    assert int(files) * 8 <= 128, "a folder held more than its configured size"
+
+
+def test_one_huge_file_hits_the_file_size_limit(run: Run) -> None:
+    code = (
+        "import errno\n"
+        "try:\n"
+        "    with open('/workspace/big', 'wb') as f:\n"
+        "        for _ in range(80):\n"
+        "            f.write(b'1' * (1024 * 1024))\n"
+        "except OSError as e:\n"
+        "    print(errno.errorcode[e.errno])\n"
+    )
+    assert run(code)[1]["output"] == "EFBIG\n"
+
+
+def test_root_file_system_is_read_only(run: Run) -> None:
+    code = (
+        "import os\n"
+        "for path in ['/etc/passwd', '/usr/bin/evil', '/opt/sandbox/agent.py', '/opt/venv/lib/x.py', '/root/x']:\n"
+        "    try:\n"
+        "        open(path, 'a').write('pwned')\n"
+        "        print('WROTE', path)\n"
+        "    except OSError as e:\n"
+        "        print('denied', e.errno)\n"
+    )
+    body = run(code)[1]
+    assert "WROTE" not in body["output"] and body["output"].count("denied") == 5
+
+
+# --- network ---------------------------------------------------------------------------------
+
+CONNECT = (
+    "import socket\n"
+    "results = []\n"
+    "for host, port in targets:\n"
+    "    try:\n"
+    "        socket.create_connection((host, port), timeout=2).close()\n"
+    "        results.append('CONNECTED')\n"
+    "    except OSError as e:\n"
+    "        results.append(type(e).__name__)\n"
+    "print(results)\n"
+)
+
+
+def sandbox_network_gateway(docker_client: docker.DockerClient, config: Config) -> str:
+    """The host's address on the sandbox bridge."""
+    return docker_client.networks.get(config.sandbox_network).attrs["IPAM"]["Config"][0]["Gateway"]
+
+
+def test_no_route_out_no_metadata_no_dns(run: Run) -> None:
+    # 192.0.2.1 (TEST-NET-1) stands for the internet: no packet can leave, so none goes anywhere.
+    targets = [["192.0.2.1", 80], ["192.0.2.1", 443], ["169.254.169.254", 80]]
+    body = run(CONNECT, variables={"targets": targets})[1]
+    assert "CONNECTED" not in body["output"], body
+    dns = run("import socket\ntry:\n    print(socket.getaddrinfo('example.com', 80))\nexcept OSError as e:\n"
+              "    print('no dns', type(e).__name__)", timeout=10)[1]
+    assert dns["output"].startswith("no dns"), dns
+
+
+def test_host_services_are_unreachable_from_the_bridge(run: Run, docker_client: docker.DockerClient,
+                                                       base_config: Config) -> None:
+    gateway = sandbox_network_gateway(docker_client, base_config)
+    # A service on all addresses of the host, as a careless database or center would be.
+    listener = socket.create_server(("0.0.0.0", 0))
+    port = listener.getsockname()[1]
+    accepted: list[object] = []
+    listener.settimeout(0.2)
+
+    def accept() -> None:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not accepted:
+            try:
+                accepted.append(listener.accept())
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=accept)
+    thread.start()
+    targets = [[gateway, port], [gateway, 5432], [gateway, 5000], [gateway, 22], ["172.17.0.1", port]]
+    body = run(CONNECT, variables={"targets": targets}, timeout=15)[1]
+    thread.join()
+    listener.close()
+    assert "CONNECTED" not in body["output"], body
+    assert accepted == []
+
+
+def test_other_sandboxes_are_unreachable(run: Run, docker_client: docker.DockerClient, base_config: Config) -> None:
+    others = [c for c in containers_of(docker_client, base_config.deployment_label) if c["State"] == "running"]
+    assert others, "the pool has running sandboxes"
+    network = base_config.sandbox_network
+    targets = [[c["NetworkSettings"]["Networks"][network]["IPAddress"], int(c["Labels"][PORT_LABEL])] for c in others]
+    # The list holds this run's own container too: the program leaves its own address out.
+    own_address = "own = open('/etc/hosts').read().split()\ntargets = [t for t in targets if t[0] not in own]\n"
+    body = run(own_address + CONNECT, variables={"targets": targets}, timeout=15)[1]
+    assert body["status"] == "ok" and "CONNECTED" not in body["output"], body
+    assert body["output"].count("Error") >= len(targets) - 1
+
+
+def test_program_cannot_use_its_own_agent(run: Run) -> None:
+    code = (
+        "import json, urllib.request\n"
+        "ports = set()\n"
+        "for line in open('/proc/net/tcp').readlines()[1:]:\n"
+        "    local, state = line.split()[1], line.split()[3]\n"
+        "    if state == '0A':\n"
+        "        ports.add(int(local.split(':')[1], 16))\n"
+        "for port in sorted(ports):\n"
+        "    body = json.dumps({'code': 'print(666)', 'timeout': 5}).encode()\n"
+        "    req = urllib.request.Request(f'http://127.0.0.1:{port}/run', body, {'Content-Type': 'application/json'})\n"
+        "    try:\n"
+        "        print(port, urllib.request.urlopen(req, timeout=3).read()[:200])\n"
+        "    except Exception as e:\n"
+        "        print(port, 'refused', getattr(e, 'code', type(e).__name__))\n"
+    )
+    body = run(code)[1]
+    assert "666" not in body["output"], body
+
+
+# --- secrets and privileges ------------------------------------------------------------------
+
+def test_no_secret_in_environment_or_other_processes(make_app: Callable[..., Flask]) -> None:
+    secret = "tok-very-secret-42"
+    client = make_app(auth_tokens=(secret,),
+                      database_url="postgresql+psycopg2://u:pw-secret-43@127.0.0.1:1/db").test_client()
+    code = (
+        "import os\n"
+        "seen = repr(dict(os.environ))\n"
+        "for pid in filter(str.isdigit, os.listdir('/proc')):\n"
+        "    for name in ('environ', 'cmdline'):\n"
+        "        try:\n"
+        "            seen += open(f'/proc/{pid}/{name}', 'rb').read().decode(errors='replace')\n"
+        "        except OSError:\n"
+        "            pass\n"
+        "print('AGENT_PORT' in seen, 'PROXY' in seen.upper(), len(seen) > 0)\n"
+        "print(seen)\n"
+    )
+    response = client.post("/runcode", json={"code": code}, headers={"Authorization": f"Bearer {secret}"})
+    output = response.get_json()["output"]
+    assert output.splitlines()[0] == "False False True", "the agent's environment is unreadable"
+    assert secret not in output and "pw-secret-43" not in output
+
+
+def test_program_is_unprivileged(run: Run) -> None:
+    code = (
+        "import os\n"
+        "status = dict(l.split(':\\t') for l in open('/proc/self/status').read().splitlines() if ':\\t' in l)\n"
+        "print(os.getuid(), os.geteuid(), [status[k].strip() for k in ('CapEff', 'CapPrm', 'CapAmb', 'NoNewPrivs')])\n"
+        "try:\n"
+        "    os.setuid(0)\n"
+        "    print('BECAME ROOT')\n"
+        "except PermissionError:\n"
+        "    print('setuid denied')\n"
+        "print(os.path.exists('/var/run/docker.sock'), os.path.exists('/run/docker.sock'))\n"
+    )
+    lines = run(code)[1]["output"].splitlines()
+    uid, euid, flags = lines[0].split(" ", 2)
+    assert uid == euid and uid != "0"
+    assert flags == "['0000000000000000', '0000000000000000', '0000000000000000', '1']"
+    assert lines[1:] == ["setuid denied", "False False"]
+
+
+def test_no_setuid_programs_and_no_mount(run: Run) -> None:
+    script = ("find / -xdev -perm /6000 -type f 2>/dev/null | head\n"
+              "mount -t tmpfs none /mnt 2>&1 || echo mount-denied\n"
+              "su -c id root </dev/null 2>&1 | tail -1\n"
+              "id -u\n")
+    body = run(script, "bash")[1]
+    lines = body["output"].splitlines()
+    assert "mount-denied" in lines and lines[-1] != "0"
+    assert not [line for line in lines if line.startswith("/")], f"setuid/setgid programs: {lines}"
+
+
+def test_cannot_raise_rlimits(run: Run) -> None:
+    code = (
+        "import resource\n"
+        "for name in ('RLIMIT_NOFILE', 'RLIMIT_FSIZE', 'RLIMIT_CORE'):\n"
+        "    limit = getattr(resource, name)\n"
+        "    soft, hard = resource.getrlimit(limit)\n"
+        "    try:\n"
+        "        resource.setrlimit(limit, (hard + 1, hard + 1) if hard != resource.RLIM_INFINITY else (soft, hard))\n"
+        "        print(name, 'RAISED', hard)\n"
+        "    except (ValueError, OSError):\n"
+        "        print(name, 'kept', hard)\n"
+    )
+    lines = run(code)[1]["output"].splitlines()
+    assert all(" kept " in line for line in lines) and len(lines) == 3, lines
+    assert "RLIMIT_CORE kept 0" in lines
+
+
+def test_killing_the_agent_pid1_and_everything(run: Run) -> None:
+    code = (
+        "import os, signal\n"
+        "for pid in (1, os.getppid()):\n"
+        "    try:\n"
+        "        os.kill(pid, signal.SIGKILL)\n"
+        "        print('KILLED', pid)\n"
+        "    except PermissionError:\n"
+        "        print('denied')\n"
+        "os.kill(-1, signal.SIGKILL)  # every process this user may signal: its own only\n"
+        "print('alone')\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    status, body = run(code)
+    assert status == 200
+    assert body["output"] == "denied\ndenied\nalone\n"
+    assert body["status"] == "error" and "SIGKILL" in body["error"]
+
+
+# --- images and output ---------------------------------------------------------------------
+
+def test_symlinks_planted_as_images_are_not_served(run: Run, client: FlaskClient) -> None:
+    code = (
+        "import os\n"
+        "os.symlink('/etc/passwd', 'passwd.png')\n"
+        "os.symlink('/proc/1/environ', 'environ.svg')\n"
+        "os.link('/etc/hostname', 'hard.png') if False else None\n"
+        "os.mkfifo('pipe.gif')\n"
+    )
+    body = run(code)[1]
+    assert body["status"] == "ok" and body["images"] == {}
+
+
+def test_huge_and_very_many_images_are_capped(run: Run, client: FlaskClient) -> None:
+    code = (
+        "for i in range(200):\n"
+        "    open(f'img{i:03}.png', 'wb').write(b'\\x89PNG\\r\\n\\x1a\\n' + bytes(100))\n"
+        "with open('huge.png', 'wb') as f:\n"
+        "    f.write(b'\\x89PNG\\r\\n\\x1a\\n' + bytes(30 * 1024 * 1024))\n"
+    )
+    status, body = run(code)
+    assert status == 200 and body["status"] == "ok"
+    assert len(body["images"]) == 20 and "huge.png" not in body["images"]
+    first = next(iter(body["images"].values()))
+    assert client.get(first.removeprefix("http://localhost")).status_code == 200
+
+
+def test_binary_output_is_returned_as_text(run: Run) -> None:
+    status, body = run("import os, sys\nsys.stdout.buffer.write(os.urandom(4096))\nsys.stderr.buffer.write(b'\\xff')")
+    assert status == 200 and body["status"] == "ok"
+    assert isinstance(body["output"], str) and body["stderr"] == "\ufffd"
+
+
+# --- hostile requests ------------------------------------------------------------------------
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=12,
+)
+REQUEST_FIELDS = st.fixed_dictionaries({}, optional={
+    "code": st.one_of(st.text(max_size=30), JSON_VALUES),
+    "languageType": st.one_of(st.sampled_from(["python", "bash", "PYTHON", "ruby", ""]), JSON_VALUES),
+    "variables": st.one_of(st.dictionaries(st.text(max_size=8), JSON_VALUES, max_size=3), JSON_VALUES,
+                           st.text(max_size=20)),
+    "timeout": st.one_of(st.floats(), st.integers(), st.text(max_size=5), JSON_VALUES),
+})
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(fields=REQUEST_FIELDS)
+def test_fuzzed_json_bodies_never_get_a_5xx(client: FlaskClient, fields: dict[str, Any]) -> None:
+    if isinstance(fields.get("code"), str):
+        fields["code"] = "print(1)"  # a valid request runs a harmless program, not random text
+    response = client.post("/runcode", data=json.dumps(fields), content_type="application/json")
+    assert response.status_code < 500 or response.status_code == 504, response.get_data(as_text=True)
+    assert "error" in response.get_json() or response.get_json()["status"] == "ok"
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.binary(max_size=200))
+def test_fuzzed_raw_bodies_never_get_a_5xx(client: FlaskClient, body: bytes) -> None:
+    response = client.post("/runcode", data=body, content_type="application/json")
+    assert response.status_code < 500 or response.status_code == 504
+    assert response.is_json
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(query=st.dictionaries(st.sampled_from(["languageType", "variables", "timeout", "other"]),
+                             st.text(max_size=20), max_size=4))
+def test_fuzzed_query_strings_never_get_a_5xx(client: FlaskClient, query: dict[str, str]) -> None:
+    response = client.get("/runcode", query_string=query)  # no code: always a clean 400
+    assert response.status_code == 400 and response.is_json
+
+
+def test_request_storm(live_server: Callable[..., str]) -> None:
+    url = live_server(queue_wait_seconds=2)
+    statuses: list[int] = []
+    lock = threading.Lock()
+
+    def fire(i: int) -> None:
+        code = ["print('ok')", "import time; time.sleep(0.5)", "1/0", "x = 'a' * 10**6"][i % 4]
+        try:
+            status = requests.post(f"{url}/runcode", json={"code": code}, timeout=120).status_code
+        except requests.RequestException as e:
+            status = f"connection error {e}"
+        with lock:
+            statuses.append(status)
+
+    threads = [threading.Thread(target=fire, args=(i,)) for i in range(30)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert set(statuses) <= {200, 503}, statuses
+    assert statuses.count(200) >= 3
+    assert wait_until(lambda: requests.get(f"{url}/readyz", timeout=5).status_code == 200, 60)
