@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: run test build lint bench clean
+.PHONY: run test test-gvisor build lint bench clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ run: build
 test: build
 	$(PY) -m ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The attack suite again with sandboxes under gVisor (needs the runsc runtime registered with Docker).
+test-gvisor: build
+	TEST_SANDBOX_RUNTIME=runsc $(PY) -m pytest tests/test_attacks.py tests/test_agent.py tests/test_isolation.py
 
 bench: build
 	$(PY) bench/latency.py

@@ -27,6 +27,7 @@ SANDBOX_UID = 61000  # the image's `sandbox` user (Dockerfile.sandbox)
 # sandbox user (SETUID, SETGID) and kill it (KILL). The program itself ends up with no capability.
 AGENT_CAPABILITIES = ["SETUID", "SETGID", "KILL"]
 HEALTH_POLL_SECONDS = 0.02
+GVISOR_THREAD_HEADROOM = 1024
 RUN_GRACE_SECONDS = 15.0  # beyond the program's own limit, for the agent to collect and answer
 
 
@@ -139,6 +140,16 @@ class DockerSandboxes:
 
     # --- one sandbox -----------------------------------------------------------------------
 
+    def agent_arguments(self, port: int) -> list[str]:
+        """The agent's command line: its port and, under gVisor, the program's process limit."""
+        arguments = ["--port", str(port)]
+        if self.config.sandbox_runtime == "runsc":
+            # gVisor's own threads count against the container's pids limit, so that limit gets
+            # headroom and the program's processes are capped inside instead, by RLIMIT_NPROC
+            # (which gVisor counts per sandbox; under runc it would be shared across the host).
+            arguments += ["--max-processes", str(self.config.resource_limits.pids)]
+        return arguments
+
     def container_options(self, port: int) -> dict[str, Any]:
         """Everything that locks a sandbox down; see README's security section."""
         limits = self.config.resource_limits
@@ -147,7 +158,9 @@ class DockerSandboxes:
             name=f"cia-{self.label}-{port}-{secrets.token_hex(4)}",
             detach=True,
             labels={DEPLOYMENT_LABEL: self.label, PORT_LABEL: str(port)},
-            environment={"AGENT_PORT": str(port)},
+            command=self.agent_arguments(port),
+            environment={},
+            use_config_proxy=False,  # never hand the host's proxy settings to untrusted code
             hostname="sandbox",
             # Names cannot resolve on an internal network; fail fast instead of after 10 s of retries.
             dns_opt=["timeout:1", "attempts:1"],
@@ -164,7 +177,7 @@ class DockerSandboxes:
                 "/tmp": f"size={limits.tmp},mode=1777",
             },
             shm_size=limits.shm,
-            pids_limit=limits.pids,
+            pids_limit=limits.pids + (GVISOR_THREAD_HEADROOM if self.config.sandbox_runtime == "runsc" else 0),
             ulimits=[
                 Ulimit(name="nofile", soft=limits.open_files, hard=limits.open_files),
                 Ulimit(name="fsize", soft=size_in_bytes(limits.file_size), hard=size_in_bytes(limits.file_size)),
@@ -216,11 +229,19 @@ class DockerSandboxes:
                         "error": "the program ran out of memory and was killed", "images": []}
             raise SandboxFailed(f"the sandbox failed while running the program ({type(e).__name__})") from e
 
-    def _was_oom_killed(self, sandbox: Sandbox) -> bool:
-        try:
-            return bool(self.client.api.inspect_container(sandbox.container_id)["State"].get("OOMKilled"))
-        except docker.errors.DockerException:
-            return False
+    def _was_oom_killed(self, sandbox: Sandbox, settle_seconds: float = 3.0) -> bool:
+        """Whether the memory limit killed the container (the engine may take a moment to notice)."""
+        deadline = time.monotonic() + settle_seconds
+        while True:
+            try:
+                state = self.client.api.inspect_container(sandbox.container_id)["State"]
+            except docker.errors.DockerException:
+                return False
+            if state.get("OOMKilled"):
+                return True
+            if not state.get("Running") or time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
 
     def _is_running(self, container_id: str) -> bool:
         try:

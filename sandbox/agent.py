@@ -9,6 +9,7 @@ only the capabilities to start that user's process and to kill it.
 
 from __future__ import annotations
 
+import argparse
 import base64
 import json
 import os
@@ -73,12 +74,12 @@ def kill_sandbox_processes() -> None:
 class Worker:
     """The unprivileged child process that will run the program, started before the request."""
 
-    def __init__(self, mode: str) -> None:
+    def __init__(self, mode: str, max_processes: int = 0) -> None:
         user = pwd.getpwnam(SANDBOX_USER)
         ready_read, ready_write = os.pipe()
         self.process = subprocess.Popen(
             # Not -I: that would drop the PYTHON* settings of worker_environment() (unbuffered output).
-            [sys.executable, WORKER, str(ready_write), mode],
+            [sys.executable, WORKER, str(ready_write), mode, str(max_processes)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             user=user.pw_uid, group=user.pw_gid, extra_groups=[], start_new_session=True,
             cwd=WORKDIR, env=worker_environment(), pass_fds=(ready_write,), close_fds=True,
@@ -211,8 +212,9 @@ class Job:
 class Agent:
     """Holds this container's one worker and runs the one job it is given."""
 
-    def __init__(self) -> None:
-        self.worker = Worker("warm")
+    def __init__(self, max_processes: int = 0) -> None:
+        self.max_processes = max_processes
+        self.worker = Worker("warm", max_processes)
         self.lock = threading.Lock()
         self.used = False
 
@@ -222,7 +224,7 @@ class Agent:
             return self.worker
         kill_sandbox_processes()
         self.worker.process.wait()
-        self.worker = Worker("cold")
+        self.worker = Worker("cold", self.max_processes)
         if not self.worker.ready.wait(COLD_START_SECONDS):
             raise RuntimeError("the sandbox worker did not start")
         return self.worker
@@ -309,10 +311,13 @@ def create_app(agent: Agent) -> Flask:
     return app
 
 
-def main() -> None:
-    """Serve on AGENT_PORT; each container serves one run for the center, so a small server does."""
-    port = int(os.environ.get("AGENT_PORT", "8000"))
-    server = make_server("0.0.0.0", port, create_app(Agent()), threaded=True)
+def main(argv: list[str] | None = None) -> None:
+    """Serve on --port; each container serves one run for the center, so a small server does."""
+    parser = argparse.ArgumentParser(description="sandbox agent")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--max-processes", type=int, default=0, help="RLIMIT_NPROC of the program (0: none)")
+    args = parser.parse_args(argv)
+    server = make_server("0.0.0.0", args.port, create_app(Agent(args.max_processes)), threaded=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     server.serve_forever()
 

@@ -1,8 +1,8 @@
 """Runs one untrusted program as the unprivileged sandbox user; started by agent.py, one per container.
 
-Protocol: argv is [worker.py, READY_FD, "warm"|"cold"]. The worker offers itself first to the
-out-of-memory killer, optionally imports the heavy modules ahead of time, writes one byte to
-READY_FD, then reads a JSON job from stdin:
+Protocol: argv is [worker.py, READY_FD, "warm"|"cold", MAX_PROCESSES (0: no RLIMIT_NPROC)].
+The worker offers itself first to the out-of-memory killer, optionally imports the heavy modules
+ahead of time, writes one byte to READY_FD, then reads a JSON job from stdin:
 {"language": "python"|"bash", "code": str, "variables": {name: JSON value}}.
 Python runs in this very process (so pre-imports pay off); bash replaces it with exec.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import sys
 import traceback
@@ -75,8 +76,10 @@ def run_python(code: str, variables: dict) -> int:
 
 def main() -> None:
     """Prepare, signal readiness, then run the job read from stdin."""
-    ready_fd, mode = int(sys.argv[1]), sys.argv[2]
+    ready_fd, mode, max_processes = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
     volunteer_for_oom_killer()
+    if max_processes:  # a hard limit: the program cannot raise it
+        resource.setrlimit(resource.RLIMIT_NPROC, (max_processes, max_processes))
     prepare_matplotlib()
     if mode == "warm":
         preload()

@@ -32,7 +32,7 @@ from pool import SandboxPool
 from sandboxes import DEPLOYMENT_LABEL, DockerSandboxes
 
 CI = os.environ.get("CI", "").lower() == "true"
-RUNTIME = os.environ.get("CIA_TEST_RUNTIME", "runc")
+RUNTIME = os.environ.get("TEST_SANDBOX_RUNTIME", "runc")
 DEFAULT_TEST_POSTGRES_URL = "postgresql+psycopg2://cia:cia@127.0.0.1:5432/cia_test"
 
 
