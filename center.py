@@ -19,12 +19,12 @@ from flask import Flask, Response, current_app, g, jsonify, request
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from config import Config, ConfigError, load_config
 from errors import BadRequest, NotFound, ServiceError, StorageFailed, Unauthorized
 from execution import parse_run_request, result_body
-from images import find_image, store_images
+from images import RetentionSweeper, find_image, store_images
 from models import create_tables, make_engine, make_session_factory
 from pool import SandboxPool
 from sandboxes import DockerSandboxes, SandboxStartError
@@ -43,6 +43,7 @@ class Services:
     sandboxes: DockerSandboxes
     pool: SandboxPool
     owns_pool: bool
+    retention: RetentionSweeper | None = None
     tables_ready: bool = False
 
     def ensure_tables(self) -> None:
@@ -57,6 +58,8 @@ class Services:
 
     def close(self) -> None:
         """Release everything: the pool's containers (and any leftovers), the database connections."""
+        if self.retention is not None:
+            self.retention.stop()
         if self.owns_pool:
             self.pool.close()
             self.sandboxes.remove_leftovers()
@@ -119,6 +122,8 @@ def public_base_url(config: Config) -> str:
 def run_code() -> tuple[Response, int]:
     """POST/GET /runcode: validate, run in a fresh sandbox, store images, answer (504 on timeout)."""
     svc = services()
+    if request.method == "HEAD":  # Flask adds HEAD to GET routes; a HEAD must never run a program
+        raise MethodNotAllowed(valid_methods=["GET", "POST"])
     check_token(svc.config)
     if request.method == "POST":
         fields: Any = request.get_json(force=True, silent=True)
@@ -158,6 +163,21 @@ def serve_image(filename: str) -> Response:
     response.headers["Content-Security-Policy"] = "default-src 'none'; style-src 'unsafe-inline'; sandbox"
     response.set_etag(image.sha256)
     return response.make_conditional(request)
+
+
+def add_cors_headers(response: Response) -> Response:
+    """after_request: grant CORS (preflight included) to the configured browser origins only."""
+    origins = services().config.cors_origins
+    origin = request.headers.get("Origin")
+    if origin and (origin in origins or "*" in origins):
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Expose-Headers"] = "Retry-After, X-Request-ID"
+        response.vary.add("Origin")
+        if request.method == "OPTIONS":
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+            response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, X-Request-ID"
+            response.headers["Access-Control-Max-Age"] = "600"
+    return response
 
 
 def healthz() -> Response:
@@ -220,6 +240,9 @@ def create_app(config: Config | None = None, *, pool: SandboxPool | None = None)
         svc.ensure_tables()
     except StorageFailed as e:
         log.warning("%s at start (%s); the tables will be created when it answers", e.message, e.__cause__)
+    if config.image_retention_days > 0:
+        svc.retention = RetentionSweeper(svc.sessions, config.image_retention_days)
+        svc.retention.start()
     app.extensions[EXTENSION_KEY] = svc
 
     app.add_url_rule("/runcode", view_func=run_code, methods=["GET", "POST"])
@@ -227,6 +250,7 @@ def create_app(config: Config | None = None, *, pool: SandboxPool | None = None)
     app.add_url_rule("/healthz", view_func=healthz)
     app.add_url_rule("/readyz", view_func=readyz)
     app.teardown_appcontext(close_db_session)
+    app.after_request(add_cors_headers)
     register_error_handlers(app)
     return app
 

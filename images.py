@@ -5,21 +5,24 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import logging
 import re
 import secrets
+import threading
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import delete, select
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from errors import StorageFailed
 from models import Image
 
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/gif": "gif", "image/svg+xml": "svg",
               "image/webp": "webp"}
+log = logging.getLogger(__name__)
 STORED_NAME = re.compile(r"\A[A-Za-z0-9_-]{32}\.(png|jpg|gif|svg|webp)\Z")
 
 
@@ -73,3 +76,40 @@ def delete_images_older_than(session: Session, days: float) -> int:
     result = session.execute(delete(Image).where(Image.created_at < cutoff))
     session.commit()
     return result.rowcount or 0
+
+
+class RetentionSweeper:
+    """Deletes images older than the retention period: once at start, then every `interval` seconds."""
+
+    def __init__(self, sessions: sessionmaker, days: float, interval: float = 3600.0) -> None:
+        self.sessions, self.days, self.interval = sessions, days, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="image-retention", daemon=True)
+
+    def start(self) -> None:
+        """Begin sweeping in the background."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop sweeping (waits for a sweep in progress)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+    def sweep(self) -> int:
+        """One sweep; a database that is down is tried again at the next one."""
+        try:
+            with self.sessions() as session:
+                deleted = delete_images_older_than(session, self.days)
+        except SQLAlchemyError as e:
+            log.warning("image retention sweep failed: %s", type(e).__name__)
+            return 0
+        if deleted:
+            log.info("deleted %d images older than %g days", deleted, self.days)
+        return deleted
+
+    def _loop(self) -> None:
+        while True:
+            self.sweep()
+            if self._stop.wait(self.interval):
+                return

@@ -127,8 +127,11 @@ class DockerSandboxes:
                     if not self.client.networks.list(names=[name]):  # not a lost race with another center
                         raise SandboxStartError(f"cannot create network {name}: {e}") from e
             network = self.client.networks.get(name)
+        options = network.attrs.get("Options") or {}
+        if not network.attrs.get("Internal") or options.get("com.docker.network.bridge.enable_icc") != "false":
+            raise SandboxStartError(f"network {name} exists but is not internal with inter-container traffic off; "
+                                    f"remove it (docker network rm {name}) or set sandbox_network to another name")
         if self.config.block_host_access:
-            options = network.attrs.get("Options") or {}
             protect_host(options.get("com.docker.network.bridge.name") or f"br-{network.id[:12]}")
 
     def remove_leftovers(self) -> int:
@@ -221,11 +224,13 @@ class DockerSandboxes:
 
     def run(self, sandbox: Sandbox, job: dict[str, Any]) -> dict[str, Any]:
         """Run a job in the sandbox; a sandbox that fails is reported as SandboxFailed (or as an oom run)."""
+        started = time.monotonic()
         try:
             return sandbox.run(job)
         except (requests.RequestException, ValueError) as e:
             if self._was_oom_killed(sandbox):  # the memory limit took the agent down with the program
                 return {"stdout": "", "stderr": "", "exit_code": 137, "status": "oom",
+                        "duration_ms": round((time.monotonic() - started) * 1000, 1),
                         "error": "the program ran out of memory and was killed", "images": []}
             raise SandboxFailed(f"the sandbox failed while running the program ({type(e).__name__})") from e
 

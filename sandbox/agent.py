@@ -204,7 +204,8 @@ class Job:
             raise ValueError("variables must be an object keyed by identifiers")
         for name in ("timeout", "max_output_bytes", "max_images", "max_image_bytes"):
             value = getattr(job, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            lowest_allowed = 0 if name == "max_images" else 1e-9  # max_images 0: collect none
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < lowest_allowed:
                 raise ValueError(f"{name} must be a positive number")
         return job
 

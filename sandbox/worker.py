@@ -9,11 +9,13 @@ Python runs in this very process (so pre-imports pay off); bash replaces it with
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import resource
 import shutil
 import sys
+import threading
 import traceback
 import types
 
@@ -39,10 +41,37 @@ def prepare_matplotlib() -> None:
 
 
 def preload() -> None:
-    """Import what data-science programs use, so that their run pays none of it."""
-    import matplotlib.pyplot  # noqa: F401
+    """Import what data-science programs use and draw one throw-away figure, so their run pays none of it.
+
+    The figure loads the fonts (the CJK fallback too), the Agg renderer and the PNG encoder.
+    """
+    import io
+
+    import matplotlib.pyplot as plt
     import numpy  # noqa: F401
     import pandas  # noqa: F401
+
+    figure = plt.figure()
+    plt.plot([1, 2, 3], [3, 1, 2])
+    plt.title("warm-up 预热")
+    figure.savefig(io.BytesIO(), format="png", bbox_inches="tight")
+    plt.close("all")
+
+
+def finish(status: int) -> None:
+    """Exit as the interpreter would (threads joined, atexit run, output flushed), minus module teardown.
+
+    Tearing down numpy, pandas and matplotlib costs tens of milliseconds nobody needs: the
+    container is thrown away right after.
+    """
+    threading._shutdown()  # waits for the program's non-daemon threads, as interpreter exit does
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(status & 0xFF)
 
 
 def run_python(code: str, variables: dict) -> int:
@@ -92,10 +121,7 @@ def main() -> None:
         env.update({name: value if isinstance(value, str) else json.dumps(value)
                     for name, value in job["variables"].items()})
         os.execve("/bin/bash", ["bash", "-c", job["code"]], env)
-    status = run_python(job["code"], job["variables"])
-    sys.stdout.flush()
-    sys.stderr.flush()
-    sys.exit(status)
+    finish(run_python(job["code"], job["variables"]))
 
 
 if __name__ == "__main__":

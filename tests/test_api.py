@@ -269,3 +269,54 @@ def test_readyz_is_503_when_the_database_is_unreachable(make_app: Callable[..., 
     response = client.get("/readyz")
     assert response.status_code == 503
     assert response.get_json()["database"].startswith("unavailable")
+
+
+def test_head_on_runcode_never_runs_a_program(client: FlaskClient) -> None:
+    response = client.head("/runcode", query_string={"code": "print(1)"})
+    assert response.status_code == 405
+
+
+def test_cors_is_granted_to_listed_origins_only(make_app: Callable[..., Flask]) -> None:
+    client = make_app(cors_origins=("https://app.example",)).test_client()
+    preflight = client.options("/runcode", headers={
+        "Origin": "https://app.example", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type"})
+    assert preflight.status_code == 200
+    assert preflight.headers["Access-Control-Allow-Origin"] == "https://app.example"
+    assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
+    assert "Authorization" in preflight.headers["Access-Control-Allow-Headers"]
+    granted = client.post("/runcode", json={"code": "print(1)"}, headers={"Origin": "https://app.example"})
+    assert granted.headers["Access-Control-Allow-Origin"] == "https://app.example"
+    refused = client.options("/runcode", headers={"Origin": "https://evil.example",
+                                                  "Access-Control-Request-Method": "POST"})
+    assert "Access-Control-Allow-Origin" not in refused.headers
+    default_client = make_app().test_client()
+    response = default_client.post("/runcode", json={"code": "print(1)"}, headers={"Origin": "https://app.example"})
+    assert "Access-Control-Allow-Origin" not in response.headers
+
+
+def test_no_images_collected_when_max_images_is_zero(make_app: Callable[..., Flask]) -> None:
+    body = run(make_app(max_images=0).test_client(), code=PLOT).get_json()
+    assert body["status"] == "ok" and body["images"] == {}
+
+
+def test_images_older_than_the_retention_period_are_deleted(make_app: Callable[..., Flask], tmp_path) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from sqlalchemy import update
+
+    from center import EXTENSION_KEY
+    from models import Image
+
+    keeper = make_app()
+    client = keeper.test_client()
+    old_url, new_url = (next(iter(run(client, code=PLOT).get_json()["images"].values())) for _ in range(2))
+    old_name = old_url.rsplit("/", 1)[1]
+    with keeper.extensions[EXTENSION_KEY].sessions() as session:
+        session.execute(update(Image).where(Image.filename == old_name)
+                        .values(created_at=datetime.now(timezone.utc) - timedelta(days=10)))
+        session.commit()
+    assert client.get(old_url.removeprefix("http://localhost")).status_code == 200
+    sweeping = make_app(image_retention_days=7).test_client()  # same data folder: the same SQLite file
+    assert wait_until(lambda: sweeping.get(old_url.removeprefix("http://localhost")).status_code == 404, 10)
+    assert sweeping.get(new_url.removeprefix("http://localhost")).status_code == 200

@@ -1,0 +1,212 @@
+"""Latency, throughput and memory of the center, side by side with `docker run --rm` of the same image.
+
+Usage (after `make test` or `python3 build.py` has built the image):
+    python3 bench/latency.py [--requests 30] [--throughput-requests 48] [--concurrency 8] [--runtime runc]
+
+It starts its own center (`center.py --config <temp file>`, 4 slots, SQLite in a temp folder),
+measures a print, a matplotlib plot and a pandas group-by one request at a time (light load),
+the throughput of prints at concurrency 8 and the memory of a warm sandbox; then the same
+programs with `docker run --rm --network none IMAGE python3 -c CODE`. It prints every figure
+and the ratios. Nothing is asserted: the machines are shared and noisy; read the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import docker
+import requests
+import yaml
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT_DIR))
+
+from concurrent_test import PRESETS, Plan, percentile, run_all  # noqa: E402
+from config import load_config  # noqa: E402
+from sandboxes import DEPLOYMENT_LABEL  # noqa: E402
+
+KINDS = ("print", "plot", "pandas")
+# The baseline has no capture backend: the plot is saved explicitly, as such a user would.
+BASELINE_CODE = {
+    "print": PRESETS["print"].code,
+    "plot": "import matplotlib\nmatplotlib.use('Agg')\n" + PRESETS["plot"].code + "plt.savefig('/tmp/plot.png')\n",
+    "pandas": PRESETS["pandas"].code,
+}
+IDLE_BASELINE = "import numpy, pandas, matplotlib.pyplot, time\ntime.sleep(30)"
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_center(workdir: Path, image: str, runtime: str, slots: int) -> tuple[subprocess.Popen, str, str]:
+    """Run center.py on a temp config; return the process, its URL and its deployment label."""
+    port = free_port()
+    deployment = f"bench-{port}"
+    config = {
+        "scheduler_port": port, "interpreter_image": image, "sandbox_runtime": runtime, "deployment": deployment,
+        "interpreter_port_range": {"start": 9301, "end": 9300 + slots}, "data_dir": str(workdir / "data"),
+        "queue_wait_seconds": 60,
+    }
+    config_path = workdir / "bench.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    log = open(workdir / "center.log", "wb")
+    process = subprocess.Popen([sys.executable, str(PROJECT_DIR / "center.py"), "--config", str(config_path)],
+                               stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url, slots)
+    return process, url, deployment
+
+
+def wait_ready(url: str, slots: int, timeout: float = 120) -> None:
+    """Until every slot of the pool holds a ready (and, after a pause, warmed-up) sandbox."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{url}/readyz", timeout=2).json()["pool"]["ready"] == slots:
+                return
+        except (requests.RequestException, ValueError, KeyError):
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"the center at {url} did not get {slots} ready sandboxes in {timeout} s")
+
+
+def center_plan(url: str, kind: str) -> Plan:
+    """A request plan for one of concurrent_test.py's presets."""
+    preset = PRESETS[kind]
+    return Plan(url=url, headers={}, body={"code": preset.code, "languageType": "python"}, expected=preset,
+                http_timeout=120, fetch_images=False)
+
+
+def center_latencies(url: str, kind: str, count: int, gap: float, slots: int) -> list[float]:
+    """Light load: one request at a time, each once the pool is refilled (as between an LLM's tool calls)."""
+    latencies = []
+    for _ in range(count):
+        wait_ready(url, slots)
+        time.sleep(gap)
+        summary = run_all(center_plan(url, kind), 1, 1, allow_busy=False)
+        result = summary.results[0]
+        if result.outcome != "ok":
+            raise SystemExit(f"center answered wrongly to a {kind}: {result.reason}")
+        latencies.append(result.latency_ms)
+    return latencies
+
+
+def docker_run(image: str, runtime: str, code: str) -> float:
+    """Milliseconds of one `docker run --rm` of the program (the user's alternative)."""
+    started = time.perf_counter()
+    result = subprocess.run(["docker", "run", "--rm", "--network", "none", f"--runtime={runtime}",
+                             "--entrypoint", "python3", image, "-c", code], capture_output=True, text=True)
+    elapsed = (time.perf_counter() - started) * 1000
+    if result.returncode != 0:
+        raise SystemExit(f"docker run failed: {result.stderr[-500:]}")
+    return elapsed
+
+
+def throughput(call: Any, total: int, concurrency: int) -> float:
+    """Completed calls per second with `concurrency` callers."""
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        list(pool.map(lambda _: call(), range(total)))
+    return total / (time.perf_counter() - started)
+
+
+def container_memory_mb(client: docker.DockerClient, container_ids: list[str]) -> float | None:
+    """Median memory use (RSS + page cache minus inactive files, as `docker stats` shows) of the containers."""
+    values = []
+    for container_id in container_ids:
+        stats = client.api.stats(container_id, stream=False, one_shot=True)["memory_stats"]
+        usage = stats.get("usage")
+        if usage is None:
+            continue
+        inactive = stats.get("stats", {}).get("total_inactive_file", 0)
+        values.append((usage - inactive) / 2**20)
+    return sorted(values)[len(values) // 2] if values else None
+
+
+def summarize(values: list[float]) -> dict[str, float]:
+    """p50 and p95 (nearest rank), milliseconds."""
+    return {"p50": round(percentile(values, 50), 1), "p95": round(percentile(values, 95), 1)}
+
+
+def ratio(baseline: float, ours: float) -> str:
+    """'6.3x' style ratio, or n/a."""
+    return f"{baseline / ours:.1f}x" if ours else "n/a"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the whole comparison and print it (and JSON with --json)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=30, help="light-load requests per program")
+    parser.add_argument("--baseline-requests", type=int, default=10, help="docker run --rm per program")
+    parser.add_argument("--throughput-requests", type=int, default=48)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--slots", type=int, default=4)
+    parser.add_argument("--gap", type=float, default=0.5, help="pause between light-load requests (s)")
+    parser.add_argument("--runtime", default="runc", choices=("runc", "runsc"))
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+
+    image = load_config().interpreter_image
+    client = docker.from_env()
+    figures: dict[str, Any] = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+                               "runtime": args.runtime, "image": image}
+    with tempfile.TemporaryDirectory() as tmp:
+        process, url, deployment = start_center(Path(tmp), image, args.runtime, args.slots)
+        try:
+            time.sleep(3)  # let the fresh pool finish its warm-up imports before measuring memory
+            ids = [c["Id"] for c in client.api.containers(filters={"label": f"{DEPLOYMENT_LABEL}={deployment}"})]
+            figures["center_memory_per_warm_container_mb"] = container_memory_mb(client, ids)
+            for kind in KINDS:
+                figures[f"center_{kind}_ms"] = summarize(center_latencies(url, kind, args.requests, args.gap,
+                                                                          args.slots))
+            wait_ready(url, args.slots)
+            summary = run_all(center_plan(url, "print"), args.throughput_requests, args.concurrency, False)
+            if summary.count("ok") != args.throughput_requests:
+                raise SystemExit(f"wrong answers under load: {summary.count('ok')} of {args.throughput_requests} ok")
+            figures["center_print_throughput_rps"] = round(args.throughput_requests / summary.elapsed_s, 2)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(60)
+
+    for kind in KINDS:
+        figures[f"docker_run_{kind}_ms"] = summarize(
+            [docker_run(image, args.runtime, BASELINE_CODE[kind]) for _ in range(args.baseline_requests)])
+    figures["docker_run_print_throughput_rps"] = round(throughput(
+        lambda: docker_run(image, args.runtime, BASELINE_CODE["print"]), args.throughput_requests, args.concurrency), 2)
+    idle = client.containers.run(image, entrypoint="python3", command=["-c", IDLE_BASELINE], detach=True,
+                                 network_mode="none", runtime=args.runtime, remove=True)
+    time.sleep(4)
+    figures["docker_run_memory_with_imports_mb"] = container_memory_mb(client, [idle.id])
+    idle.kill()
+
+    for kind in KINDS:
+        baseline, ours = figures[f"docker_run_{kind}_ms"]["p50"], figures[f"center_{kind}_ms"]["p50"]
+        figures[f"ratio_{kind}_p50"] = ratio(baseline, ours)
+    figures["ratio_print_throughput"] = ratio(figures["center_print_throughput_rps"],
+                                              figures["docker_run_print_throughput_rps"])
+    if args.json:
+        print(json.dumps(figures, indent=2))
+    else:
+        for key, value in figures.items():
+            print(f"{key:40} {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""The Docker side on its own: how sandbox containers are set up, and refusing an unsafe network."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import docker
+import pytest
+
+from config import Config
+from sandboxes import DockerSandboxes, SandboxStartError
+
+
+def test_existing_network_that_is_not_internal_is_refused(docker_client: docker.DockerClient,
+                                                          base_config: Config) -> None:
+    name = f"{base_config.deployment_label}-open-net"
+    network = docker_client.networks.create(name, driver="bridge")
+    try:
+        with pytest.raises(SandboxStartError, match="not internal"):
+            DockerSandboxes(replace(base_config, sandbox_network=name)).prepare()
+    finally:
+        network.remove()
+
+
+def test_container_is_locked_down(docker_client: docker.DockerClient, sandboxes: DockerSandboxes) -> None:
+    sandbox = sandboxes.launch(9160)
+    try:
+        host = docker_client.api.inspect_container(sandbox.container_id)["HostConfig"]
+        assert host["PortBindings"] in (None, {}), "nothing is published on the host"
+        assert host["CapDrop"] == ["ALL"] and sorted(host["CapAdd"]) == ["KILL", "SETGID", "SETUID"]
+        assert host["Privileged"] is False and host["ReadonlyRootfs"] is True
+        assert "no-new-privileges" in host["SecurityOpt"]
+        assert host["Memory"] == host["MemorySwap"] == 512 * 1024**2, "memory limit with no swap"
+        assert host["NanoCpus"] == 10**9 and host["PidsLimit"] >= 128
+        assert host["Init"] is True
+        assert not any("docker.sock" in bind for bind in host.get("Binds") or [])
+        config = docker_client.api.inspect_container(sandbox.container_id)["Config"]
+        assert not [e for e in config["Env"] if not e.startswith(("PATH=", "LANG=", "LC_ALL=", "MATPLOTLIBRC=",
+                                                                     "PYTHONDONTWRITEBYTECODE=", "DEBIAN_FRONTEND=",
+                                                                     "HOSTNAME="))]
+    finally:
+        sandboxes.destroy(sandbox)
