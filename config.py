@@ -96,8 +96,7 @@ class Config:
     max_output_bytes: int = 1024 * 1024
     max_images: int = 20
     max_image_bytes: int = 10 * 1024 * 1024
-    sandbox_network: str = "code-interpreter-sandboxes"
-    block_host_access: bool = True
+    sandbox_socket_dir: str = ""
     deployment: str = ""
     sandbox_start_timeout: float = 60.0
     server_threads: int = 32
@@ -171,14 +170,6 @@ def _string_list(key: str, value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
         raise _fail(key, "a list of non-empty strings", value)
     return tuple(value)
-
-
-def _boolean(key: str, value: Any) -> bool:
-    if isinstance(value, str) and value.strip().lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
-        return value.strip().lower() in ("true", "yes", "on", "1")
-    if not isinstance(value, bool):
-        raise _fail(key, "true or false", value)
-    return value
 
 
 def _choice(*allowed: str) -> Callable[[str, Any], str]:
@@ -256,8 +247,7 @@ PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "max_output_bytes": _integer(1024),
     "max_images": _integer(0),
     "max_image_bytes": _integer(1024),
-    "sandbox_network": _non_empty(_string),
-    "block_host_access": _boolean,
+    "sandbox_socket_dir": _string,
     "deployment": _string,
     "sandbox_start_timeout": _number(0, exclusive=True),
     "server_threads": _integer(1),

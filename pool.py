@@ -34,6 +34,8 @@ class Launcher(Protocol[S]):
 
     def destroy(self, sandbox: S) -> None: ...
 
+    def is_healthy(self, sandbox: S) -> bool: ...
+
 
 class SlotState(enum.Enum):
     """Where a slot is in its cycle: starting -> ready -> busy -> (retired) -> starting."""
@@ -71,6 +73,7 @@ class SandboxPool(Generic[S]):
         self.backoff_initial, self.backoff_max = backoff_initial, backoff_max
         self.started_total = 0
         self.failed_total = 0
+        self.dead_total = 0
 
     # --- life cycle ------------------------------------------------------------------------
 
@@ -99,18 +102,29 @@ class SandboxPool(Generic[S]):
     # --- handing out -------------------------------------------------------------------------
 
     def acquire(self, timeout: float) -> Slot[S]:
-        """A slot with a ready sandbox, marked busy; PoolExhausted if none frees up in time."""
-        try:
-            slot = self._ready.get(timeout=timeout) if timeout > 0 else self._ready.get_nowait()
-        except queue.Empty:
-            raise PoolExhausted(
-                f"all {len(self.slots)} sandboxes are busy; try again shortly",
-                retry_after=max(1, round(timeout) or 1),
-            ) from None
-        if self.closing or slot.sandbox is None:
-            raise PoolExhausted("the center is shutting down; try again shortly")
-        slot.state = SlotState.BUSY
-        return slot
+        """A slot with a ready, live sandbox, marked busy; PoolExhausted if none frees up in time.
+
+        A sandbox that died while it waited in the queue (killed, or the Docker daemon restarted)
+        is retired on the spot and the next one is tried.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                slot = self._ready.get(timeout=remaining) if remaining > 0 else self._ready.get_nowait()
+            except queue.Empty:
+                raise PoolExhausted(
+                    f"all {len(self.slots)} sandboxes are busy; try again shortly",
+                    retry_after=max(1, round(timeout) or 1),
+                ) from None
+            if self.closing or slot.sandbox is None:
+                raise PoolExhausted("the center is shutting down; try again shortly")
+            slot.state = SlotState.BUSY
+            if self.launcher.is_healthy(slot.sandbox):
+                return slot
+            log.warning("the sandbox on slot %d died while it waited; replacing it", slot.port)
+            self.dead_total += 1
+            self.release(slot)
 
     def release(self, slot: Slot[S]) -> None:
         """Give the slot back: its sandbox is retired and a fresh one started in its place (once)."""
@@ -140,6 +154,7 @@ class SandboxPool(Generic[S]):
             "starting": states.count(SlotState.STARTING),
             "started_total": self.started_total,
             "failed_total": self.failed_total,
+            "dead_total": self.dead_total,
         }
 
     # --- one slot's thread -------------------------------------------------------------------

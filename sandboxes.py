@@ -1,38 +1,56 @@
-"""Docker side of the sandboxes: start a locked-down container, wait for its agent, talk to it, remove it."""
+"""Docker side of the sandboxes: start a locked-down container, wait for its agent, talk to it, remove it.
+
+Sandboxes have no network at all (`--network none`: a loopback interface and nothing else). The
+center talks to each agent over a Unix socket in a host folder bind-mounted into the container
+under /agent, a folder that only the container's root (the agent) may enter. So no port exists
+to publish, no address can be reached from inside, and no firewall rule is needed.
+"""
 
 from __future__ import annotations
 
+import http.client
+import json
 import logging
+import os
 import secrets
+import shutil
+import socket
+import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import docker
 import docker.errors
-import requests
-from docker.types import LogConfig, Ulimit
+from docker.types import LogConfig, Mount, Ulimit
 
 from config import Config
 from errors import SandboxFailed
-from host_firewall import protect_host
 
 log = logging.getLogger(__name__)
 
 DEPLOYMENT_LABEL = "code-interpreter.deployment"
 PORT_LABEL = "code-interpreter.port"
 SANDBOX_UID = 61000  # the image's `sandbox` user (Dockerfile.sandbox)
+AGENT_SOCKET_DIR = "/agent/sock"  # inside the container; /agent is root's only (Dockerfile.sandbox)
+SOCKET_NAME = "agent.sock"
 # The agent runs as root inside the container with only what it needs: start the program as the
 # sandbox user (SETUID, SETGID) and kill it (KILL). The program itself ends up with no capability.
 AGENT_CAPABILITIES = ["SETUID", "SETGID", "KILL"]
-HEALTH_POLL_SECONDS = 0.02
+HEALTH_POLL_SECONDS = 0.01
 GVISOR_THREAD_HEADROOM = 1024
 RUN_GRACE_SECONDS = 15.0  # beyond the program's own limit, for the agent to collect and answer
+MAX_SOCKET_PATH = 100  # sockaddr_un holds 108 bytes
 
 
 class SandboxStartError(Exception):
     """A container could not be started or its agent never answered."""
+
+
+class AgentUnreachable(Exception):
+    """The agent did not answer, or answered something that is not its JSON."""
 
 
 def size_in_bytes(size: str) -> int:
@@ -44,39 +62,76 @@ def size_in_bytes(size: str) -> int:
     return int(float(size))
 
 
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP/1.1 over a Unix socket."""
+
+    def __init__(self, socket_path: str, timeout: float) -> None:
+        super().__init__("agent", timeout=timeout)
+        self.socket_path = socket_path
+
+    def connect(self) -> None:
+        """Connect to the socket file instead of a TCP address."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.socket_path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
 @dataclass
 class Sandbox:
     """One running container whose agent is ready to run one program."""
 
     container_id: str
     name: str
-    port: int
-    address: str
-    started_at: float = field(default_factory=time.monotonic)
-    http: requests.Session = field(default_factory=requests.Session, repr=False)
+    port: int  # the slot's number, from interpreter_port_range
+    socket_dir: str  # on the host
 
     @property
-    def url(self) -> str:
-        """Base URL of the agent, reachable from this host only (internal network, no published port)."""
-        return f"http://{self.address}:{self.port}"
+    def socket_path(self) -> str:
+        """The agent's socket, as the host sees it."""
+        return os.path.join(self.socket_dir, SOCKET_NAME)
+
+    def request(self, method: str, path: str, body: dict[str, Any] | None, timeout: float) -> tuple[int, Any]:
+        """One HTTP exchange with the agent: (status, decoded JSON); AgentUnreachable on any failure."""
+        connection = UnixHTTPConnection(self.socket_path, timeout)
+        try:
+            payload = json.dumps(body).encode() if body is not None else None
+            headers = {"Content-Type": "application/json"} if payload is not None else {}
+            connection.request(method, path, body=payload, headers=headers)
+            response = connection.getresponse()
+            return response.status, json.loads(response.read())
+        except (OSError, http.client.HTTPException, ValueError) as e:
+            raise AgentUnreachable(f"{type(e).__name__}: {e}") from e
+        finally:
+            connection.close()
 
     def health(self) -> dict[str, Any] | None:
         """The agent's /healthz answer, or None while it does not answer."""
-        try:
-            response = self.http.get(f"{self.url}/healthz", timeout=1)
-            return response.json() if response.status_code == 200 else None
-        except (requests.RequestException, ValueError):
+        if not os.path.exists(self.socket_path):  # cheap: no connection attempt before the agent binds
             return None
+        try:
+            status, body = self.request("GET", "/healthz", None, timeout=1)
+        except AgentUnreachable:
+            return None
+        return body if status == 200 else None
 
     def run(self, job: dict[str, Any]) -> dict[str, Any]:
-        """Send the job to the agent and return its JSON report; any failure is the raised exception."""
-        response = self.http.post(f"{self.url}/run", json=job, timeout=(5, job["timeout"] + RUN_GRACE_SECONDS))
-        response.raise_for_status()
-        return response.json()
+        """Send the job to the agent and return its JSON report."""
+        status, body = self.request("POST", "/run", job, timeout=job["timeout"] + RUN_GRACE_SECONDS)
+        if status != 200 or not isinstance(body, dict):
+            raise AgentUnreachable(f"the agent answered HTTP {status}: {str(body)[:200]}")
+        return body
 
-    def close(self) -> None:
-        """Drop the HTTP connection."""
-        self.http.close()
+
+def default_socket_root() -> Path:
+    """Where the agents' socket folders live on the host: /run when root, else a private temp folder."""
+    if os.geteuid() == 0:
+        return Path("/run/code-interpreter")
+    return Path(tempfile.gettempdir()) / f"code-interpreter-{os.geteuid()}"
 
 
 class DockerSandboxes:
@@ -86,12 +141,13 @@ class DockerSandboxes:
         self.config = config
         self.client = client or docker.from_env(timeout=60)
         self.label = config.deployment_label
-        self._network_lock = threading.Lock()
+        self.socket_root = (Path(config.sandbox_socket_dir) if config.sandbox_socket_dir
+                            else default_socket_root()) / self.label
 
     # --- set-up and clean-up -------------------------------------------------------------
 
     def prepare(self) -> None:
-        """Check the engine, image and runtime; make the network; remove a previous run's leftovers."""
+        """Check the engine, image and runtime; remove a previous run's leftovers."""
         try:
             self.client.ping()
         except docker.errors.DockerException as e:
@@ -107,45 +163,27 @@ class DockerSandboxes:
             raise SandboxStartError(
                 f"Docker has no runtime '{self.config.sandbox_runtime}' (known: {', '.join(sorted(runtimes))})"
             )
-        self.ensure_network()
+        longest = self.socket_root / f"{65535}-{'0' * 8}" / SOCKET_NAME
+        if len(str(longest)) > MAX_SOCKET_PATH:
+            raise SandboxStartError(f"socket folder {self.socket_root} is too deep for a Unix socket path; "
+                                    "set sandbox_socket_dir to a shorter folder")
         removed = self.remove_leftovers()
         if removed:
             log.info("removed %d leftover sandbox containers of deployment %s", removed, self.label)
 
-    def ensure_network(self) -> None:
-        """An internal bridge with inter-container traffic off: no egress, no sandbox-to-sandbox."""
-        name = self.config.sandbox_network
-        with self._network_lock:
-            if not self.client.networks.list(names=[name]):
-                try:
-                    self.client.networks.create(
-                        name, driver="bridge", internal=True, check_duplicate=True,
-                        options={"com.docker.network.bridge.enable_icc": "false"},
-                        labels={"code-interpreter.network": "sandboxes"},
-                    )
-                except docker.errors.APIError as e:
-                    if not self.client.networks.list(names=[name]):  # not a lost race with another center
-                        raise SandboxStartError(f"cannot create network {name}: {e}") from e
-            network = self.client.networks.get(name)
-        options = network.attrs.get("Options") or {}
-        if not network.attrs.get("Internal") or options.get("com.docker.network.bridge.enable_icc") != "false":
-            raise SandboxStartError(f"network {name} exists but is not internal with inter-container traffic off; "
-                                    f"remove it (docker network rm {name}) or set sandbox_network to another name")
-        if self.config.block_host_access:
-            protect_host(options.get("com.docker.network.bridge.name") or f"br-{network.id[:12]}")
-
     def remove_leftovers(self) -> int:
-        """Force-remove every container labelled with this deployment; return how many."""
+        """Force-remove every container labelled with this deployment, and their socket folders."""
         containers = self.client.api.containers(all=True, filters={"label": f"{DEPLOYMENT_LABEL}={self.label}"})
         for container in containers:
             self._remove(container["Id"])
+        shutil.rmtree(self.socket_root, ignore_errors=True)
         return len(containers)
 
     # --- one sandbox -----------------------------------------------------------------------
 
-    def agent_arguments(self, port: int) -> list[str]:
-        """The agent's command line: its port and, under gVisor, the program's process limit."""
-        arguments = ["--port", str(port)]
+    def agent_arguments(self) -> list[str]:
+        """The agent's command line: its socket and, under gVisor, the program's process limit."""
+        arguments = ["--socket", f"{AGENT_SOCKET_DIR}/{SOCKET_NAME}"]
         if self.config.sandbox_runtime == "runsc":
             # gVisor's own threads count against the container's pids limit, so that limit gets
             # headroom and the program's processes are capped inside instead, by RLIMIT_NPROC
@@ -153,21 +191,20 @@ class DockerSandboxes:
             arguments += ["--max-processes", str(self.config.resource_limits.pids)]
         return arguments
 
-    def container_options(self, port: int) -> dict[str, Any]:
+    def container_options(self, port: int, socket_dir: str) -> dict[str, Any]:
         """Everything that locks a sandbox down; see README's security section."""
         limits = self.config.resource_limits
         options: dict[str, Any] = dict(
             image=self.config.interpreter_image,
             name=f"cia-{self.label}-{port}-{secrets.token_hex(4)}",
+            command=self.agent_arguments(),
             detach=True,
             labels={DEPLOYMENT_LABEL: self.label, PORT_LABEL: str(port)},
-            command=self.agent_arguments(port),
             environment={},
             use_config_proxy=False,  # never hand the host's proxy settings to untrusted code
             hostname="sandbox",
-            # Names cannot resolve on an internal network; fail fast instead of after 10 s of retries.
-            dns_opt=["timeout:1", "attempts:1"],
-            network=self.config.sandbox_network,
+            network_mode="none",
+            mounts=[Mount(target=AGENT_SOCKET_DIR, source=socket_dir, type="bind")],
             runtime=self.config.sandbox_runtime,
             init=True,
             user="0",
@@ -194,49 +231,68 @@ class DockerSandboxes:
             options["nano_cpus"] = int(float(limits.cpus) * 1e9)
         return options
 
+    def make_socket_dir(self, port: int) -> str:
+        """A fresh host folder for one agent's socket (the container's root must be able to write it)."""
+        self.socket_root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.socket_root.parent, 0o700)  # only this user (and root) can reach the sockets
+        os.chmod(self.socket_root, 0o700)
+        path = self.socket_root / f"{port}-{secrets.token_hex(4)}"
+        path.mkdir()
+        os.chmod(path, 0o777)  # not widened by this: the parents are private, /agent is the agent's only
+        return str(path)
+
     def launch(self, port: int, deadline_seconds: float | None = None,
                cancelled: threading.Event | None = None) -> Sandbox:
         """Start a container for this port and return it once its agent answers its health check."""
         deadline = time.monotonic() + (deadline_seconds or self.config.sandbox_start_timeout)
+        socket_dir = self.make_socket_dir(port)
         try:
-            container = self.client.containers.run(**self.container_options(port))
-            container.reload()
-            address = container.attrs["NetworkSettings"]["Networks"][self.config.sandbox_network]["IPAddress"]
-        except (docker.errors.DockerException, KeyError) as e:
+            container = self.client.containers.run(**self.container_options(port, socket_dir))
+        except docker.errors.DockerException as e:
+            shutil.rmtree(socket_dir, ignore_errors=True)
             raise SandboxStartError(f"cannot start a sandbox container: {e}") from e
-        sandbox = Sandbox(container_id=container.id, name=container.name, port=port, address=address)
+        sandbox = Sandbox(container_id=container.id, name=container.name, port=port, socket_dir=socket_dir)
         checks = 0
         while time.monotonic() < deadline and not (cancelled and cancelled.is_set()):
             if sandbox.health() is not None:
                 return sandbox
             checks += 1
-            if checks % 25 == 0 and not self._is_running(container.id):
+            if checks % 50 == 0 and not self._is_running(container.id):
                 break
             time.sleep(HEALTH_POLL_SECONDS)
         logs = self._logs(container.id)
         self.destroy(sandbox)
-        raise SandboxStartError(f"sandbox agent on port {port} did not become healthy: {logs}")
+        raise SandboxStartError(f"sandbox agent on slot {port} did not become healthy: {logs}")
 
     def destroy(self, sandbox: Sandbox) -> None:
-        """Remove the container at once (SIGKILL, no grace period) and forget its connection."""
-        sandbox.close()
+        """Remove the container at once (SIGKILL, no grace period) and its socket folder."""
         self._remove(sandbox.container_id)
+        shutil.rmtree(sandbox.socket_dir, ignore_errors=True)
+
+    def is_healthy(self, sandbox: Sandbox) -> bool:
+        """The agent answers (about a millisecond over its socket)."""
+        return sandbox.health() is not None
 
     def run(self, sandbox: Sandbox, job: dict[str, Any]) -> dict[str, Any]:
         """Run a job in the sandbox; a sandbox that fails is reported as SandboxFailed (or as an oom run)."""
         started = time.monotonic()
         try:
             return sandbox.run(job)
-        except (requests.RequestException, ValueError) as e:
+        except AgentUnreachable as e:
             if self._was_oom_killed(sandbox):  # the memory limit took the agent down with the program
                 return {"stdout": "", "stderr": "", "exit_code": 137, "status": "oom",
                         "duration_ms": round((time.monotonic() - started) * 1000, 1),
                         "error": "the program ran out of memory and was killed", "images": []}
-            raise SandboxFailed(f"the sandbox failed while running the program ({type(e).__name__})") from e
+            raise SandboxFailed(f"the sandbox failed while running the program ({e})") from e
 
-    def _was_oom_killed(self, sandbox: Sandbox, settle_seconds: float = 3.0) -> bool:
-        """Whether the memory limit killed the container (the engine may take a moment to notice)."""
+    def _was_oom_killed(self, sandbox: Sandbox, settle_seconds: float = 8.0, after_exit_seconds: float = 2.0) -> bool:
+        """Whether the memory limit killed the container.
+
+        The engine may take a moment to notice: the container can still look alive (gVisor winds
+        down), and the OOM event can land just after the exit event.
+        """
         deadline = time.monotonic() + settle_seconds
+        exited_at = None
         while True:
             try:
                 state = self.client.api.inspect_container(sandbox.container_id)["State"]
@@ -244,7 +300,12 @@ class DockerSandboxes:
                 return False
             if state.get("OOMKilled"):
                 return True
-            if not state.get("Running") or time.monotonic() > deadline:
+            now = time.monotonic()
+            if not state.get("Running"):
+                exited_at = exited_at or now
+                if now - exited_at > after_exit_seconds:
+                    return False
+            elif now > deadline:
                 return False
             time.sleep(0.1)
 

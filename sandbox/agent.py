@@ -34,6 +34,7 @@ IMAGE_TYPES = {
     ".svg": "image/svg+xml", ".webp": "image/webp",
 }
 COLD_START_SECONDS = 10.0
+WARM_DELAY_SECONDS = 0.5  # idle time before a sandbox warms up (see Agent.warm_up)
 STATUS_MESSAGES = {
     "timeout": "execution exceeded the time limit of {timeout:g} s and was killed",
     "output_limit": "output exceeded {max_output_bytes} bytes and was cut; the program was stopped",
@@ -72,27 +73,40 @@ def kill_sandbox_processes() -> None:
 
 
 class Worker:
-    """The unprivileged child process that will run the program, started before the request."""
+    """The unprivileged child process that will run the program, started before the request.
 
-    def __init__(self, mode: str, max_processes: int = 0) -> None:
+    It starts cold (a bare Python, ready in tens of milliseconds); the agent may tell it to warm
+    up (import numpy, pandas, matplotlib) while no request has come: see Agent.warm_up().
+    """
+
+    def __init__(self, max_processes: int = 0) -> None:
         user = pwd.getpwnam(SANDBOX_USER)
-        ready_read, ready_write = os.pipe()
+        status_read, status_write = os.pipe()
         self.process = subprocess.Popen(
             # Not -I: that would drop the PYTHON* settings of worker_environment() (unbuffered output).
-            [sys.executable, WORKER, str(ready_write), mode, str(max_processes)],
+            [sys.executable, WORKER, str(status_write), str(max_processes)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             user=user.pw_uid, group=user.pw_gid, extra_groups=[], start_new_session=True,
-            cwd=WORKDIR, env=worker_environment(), pass_fds=(ready_write,), close_fds=True,
+            cwd=WORKDIR, env=worker_environment(), pass_fds=(status_write,), close_fds=True,
         )
-        os.close(ready_write)
-        self.mode = mode
-        self.ready = threading.Event()
-        threading.Thread(target=self._await_ready, args=(ready_read,), daemon=True).start()
+        os.close(status_write)
+        self.started = threading.Event()
+        self.warm = threading.Event()
+        self.warming = False
+        threading.Thread(target=self._follow_status, args=(status_read,), daemon=True).start()
 
-    def _await_ready(self, fd: int) -> None:
+    def _follow_status(self, fd: int) -> None:
+        """The worker writes b"r" once it waits for input and b"w" once it has warmed up."""
+        events = {b"r": self.started, b"w": self.warm}
         with os.fdopen(fd, "rb") as pipe:
-            if pipe.read(1):
-                self.ready.set()
+            while byte := pipe.read(1):
+                if byte in events:
+                    events[byte].set()
+
+    def send_line(self, line: bytes) -> None:
+        """One line to the worker's stdin (a command or the job)."""
+        self.process.stdin.write(line)
+        self.process.stdin.flush()
 
 
 class CappedReader(threading.Thread):
@@ -213,22 +227,40 @@ class Job:
 class Agent:
     """Holds this container's one worker and runs the one job it is given."""
 
-    def __init__(self, max_processes: int = 0) -> None:
+    def __init__(self, max_processes: int = 0, warm_delay: float = WARM_DELAY_SECONDS) -> None:
         self.max_processes = max_processes
-        self.worker = Worker("warm", max_processes)
-        self.lock = threading.Lock()
+        self.worker = Worker(max_processes)
+        self.lock = threading.Lock()  # guards `used` and the decision to warm up
         self.used = False
+        timer = threading.Timer(warm_delay, self.warm_up)
+        timer.daemon = True
+        timer.start()
+
+    def warm_up(self) -> None:
+        """Import the heavy modules, but only in a sandbox that sat idle for a moment.
+
+        Under load a request takes the sandbox at once and a warm-up would only burn CPU that
+        other requests need; when idle, the next plot finds pandas and matplotlib loaded.
+        """
+        with self.lock:
+            if self.used or not self.worker.started.is_set():
+                return
+            self.worker.warming = True
+            try:
+                self.worker.send_line(b"warm\n")
+            except OSError:
+                pass
 
     def take_worker(self) -> Worker:
-        """The pre-warmed worker if it is ready; otherwise a cold one, at once, rather than wait."""
-        if self.worker.ready.is_set():
-            return self.worker
-        kill_sandbox_processes()
-        self.worker.process.wait()
-        self.worker = Worker("cold", self.max_processes)
-        if not self.worker.ready.wait(COLD_START_SECONDS):
+        """A worker waiting for the job: warm or never asked to warm; one still importing is replaced."""
+        worker = self.worker
+        if worker.warming and not worker.warm.is_set():
+            kill_sandbox_processes()  # a cold start beats waiting for the rest of the imports
+            worker.process.wait()
+            worker = self.worker = Worker(self.max_processes)
+        if not worker.started.wait(COLD_START_SECONDS):
             raise RuntimeError("the sandbox worker did not start")
-        return self.worker
+        return worker
 
     def run(self, job: Job) -> dict[str, Any]:
         """Run the job to its end (exit, timeout or output cap) and report what happened."""
@@ -244,7 +276,7 @@ class Agent:
         started = time.monotonic()
         payload = json.dumps({"language": job.language, "code": job.code, "variables": job.variables})
         try:
-            worker.process.stdin.write(payload.encode())
+            worker.send_line(payload.encode() + b"\n")
             worker.process.stdin.close()
         except BrokenPipeError:
             pass  # the worker is gone; its exit status tells why
@@ -272,7 +304,7 @@ class Agent:
         result: dict[str, Any] = {
             "stdout": stdout.text(), "stderr": stderr.text(), "exit_code": exit_code,
             "status": status, "duration_ms": round(duration_ms, 1), "images": images,
-            "skipped_images": skipped, "warm": worker.mode == "warm",
+            "skipped_images": skipped, "warm": worker.warm.is_set(),
         }
         if status != "ok":
             result["error"] = self.describe_error(status, returncode, result["stderr"], job)
@@ -295,7 +327,7 @@ def create_app(agent: Agent) -> Flask:
 
     @app.get("/healthz")
     def healthz():
-        return jsonify(ok=True, warm=agent.worker.ready.is_set(), used=agent.used)
+        return jsonify(ok=True, warm=agent.worker.warm.is_set(), used=agent.used)
 
     @app.post("/run")
     def run():
@@ -313,12 +345,23 @@ def create_app(agent: Agent) -> Flask:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Serve on --port; each container serves one run for the center, so a small server does."""
+    """Serve on the Unix socket the center reaches (the container has no network at all).
+
+    Each container serves one run for one client, the center, so werkzeug's small server does.
+    """
     parser = argparse.ArgumentParser(description="sandbox agent")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--socket", default="/agent/sock/agent.sock")
     parser.add_argument("--max-processes", type=int, default=0, help="RLIMIT_NPROC of the program (0: none)")
     args = parser.parse_args(argv)
-    server = make_server("0.0.0.0", args.port, create_app(Agent(args.max_processes)), threaded=True)
+    # The center may run as another user, so the socket is made connectable by all (umask 0 at
+    # bind time; a chmod afterwards is refused under gVisor): /agent, root's only, keeps the
+    # program away from it and the host folder's private parents keep other host users away.
+    app = create_app(Agent(args.max_processes))  # starts the worker: before the umask changes
+    previous_umask = os.umask(0)
+    try:
+        server = make_server(f"unix://{args.socket}", 0, app, threaded=True)
+    finally:
+        os.umask(previous_umask)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     server.serve_forever()
 

@@ -1,8 +1,9 @@
 """Runs one untrusted program as the unprivileged sandbox user; started by agent.py, one per container.
 
-Protocol: argv is [worker.py, READY_FD, "warm"|"cold", MAX_PROCESSES (0: no RLIMIT_NPROC)].
-The worker offers itself first to the out-of-memory killer, optionally imports the heavy modules
-ahead of time, writes one byte to READY_FD, then reads a JSON job from stdin:
+Protocol: argv is [worker.py, STATUS_FD, MAX_PROCESSES (0: no RLIMIT_NPROC)]. The worker offers
+itself first to the out-of-memory killer, writes b"r" to STATUS_FD and reads a line from stdin:
+"warm" makes it import the heavy modules ahead of time (then it writes b"w" and reads again);
+any other line is the job, one line of JSON:
 {"language": "python"|"bash", "code": str, "variables": {name: JSON value}}.
 Python runs in this very process (so pre-imports pay off); bash replaces it with exec.
 """
@@ -104,17 +105,20 @@ def run_python(code: str, variables: dict) -> int:
 
 
 def main() -> None:
-    """Prepare, signal readiness, then run the job read from stdin."""
-    ready_fd, mode, max_processes = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    """Prepare, say "r", warm up if told to (then say "w"), then run the job read from stdin."""
+    status_fd, max_processes = int(sys.argv[1]), int(sys.argv[2])
     volunteer_for_oom_killer()
     if max_processes:  # a hard limit: the program cannot raise it
         resource.setrlimit(resource.RLIMIT_NPROC, (max_processes, max_processes))
     prepare_matplotlib()
-    if mode == "warm":
+    os.write(status_fd, b"r")
+    line = sys.stdin.buffer.readline()
+    if line == b"warm\n":
         preload()
-    os.write(ready_fd, b"1")
-    os.close(ready_fd)
-    job = json.loads(sys.stdin.buffer.read())
+        os.write(status_fd, b"w")
+        line = sys.stdin.buffer.readline()
+    os.close(status_fd)
+    job = json.loads(line)
     sys.stdin = open(os.devnull)  # the job pipe is drained; the program sees an empty stdin
     if job["language"] == "bash":
         env = dict(os.environ)

@@ -188,7 +188,7 @@ def test_agent_runs_only_one_program(sandboxes: DockerSandboxes) -> None:
     try:
         job = {"language": "python", "code": "print(1)", "variables": {}, "timeout": 5}
         assert sandbox.run(job)["stdout"] == "1\n"
-        response = sandbox.http.post(f"{sandbox.url}/run", json=job, timeout=5)
-        assert response.status_code == 409
+        status, body = sandbox.request("POST", "/run", job, timeout=5)
+        assert status == 409 and "already" in body["error"]
     finally:
         sandboxes.destroy(sandbox)

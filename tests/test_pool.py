@@ -37,6 +37,7 @@ class FakeLauncher:
         self.attempts = 0
         self.launched: list[FakeSandbox] = []
         self.destroyed: list[FakeSandbox] = []
+        self.dead: set[int] = set()
 
     def launch(self, port: int, deadline_seconds: float | None = None,
                cancelled: threading.Event | None = None) -> FakeSandbox:
@@ -56,6 +57,15 @@ class FakeLauncher:
     def destroy(self, sandbox: FakeSandbox) -> None:
         with self._lock:
             self.destroyed.append(sandbox)
+
+    def is_healthy(self, sandbox: FakeSandbox) -> bool:
+        with self._lock:
+            return sandbox.serial not in self.dead
+
+    def kill(self, sandbox: FakeSandbox) -> None:
+        """Make a sandbox die while it waits in the pool."""
+        with self._lock:
+            self.dead.add(sandbox.serial)
 
     def was_destroyed(self, sandbox: FakeSandbox) -> bool:
         with self._lock:
@@ -106,7 +116,8 @@ def all_ready(pool: SandboxPool[FakeSandbox]) -> bool:
 def test_start_fills_every_slot(make_pool: PoolFactory) -> None:
     pool, launcher = make_pool(slots=3)
     assert eventually(lambda: all_ready(pool))
-    assert pool.stats() == {"slots": 3, "ready": 3, "busy": 0, "starting": 0, "started_total": 3, "failed_total": 0}
+    assert pool.stats() == {"slots": 3, "ready": 3, "busy": 0, "starting": 0, "started_total": 3, "failed_total": 0,
+                            "dead_total": 0}
     assert sorted(sandbox.port for sandbox in launcher.launched) == [9001, 9002, 9003]
     for slot in pool.slots:
         assert slot.state is SlotState.READY
@@ -381,3 +392,17 @@ def test_sandbox_context_manager_raises_pool_exhausted_without_releasing(make_po
                 pytest.fail("the body must not run when no sandbox is free")
         assert not launcher.was_destroyed(held)  # the failed attempt did not retire someone else's sandbox
         assert pool.stats()["busy"] == 1
+
+
+def test_a_sandbox_that_died_in_the_queue_is_replaced_not_handed_out(make_pool: PoolFactory) -> None:
+    pool, launcher = make_pool(slots=2)
+    assert eventually(lambda: all_ready(pool))
+    first_two = list(launcher.launched)
+    launcher.kill(first_two[0])
+    with pool.sandbox(WAIT) as sandbox:
+        assert sandbox is first_two[1], "the live sandbox is handed out, the dead one skipped"
+    assert eventually(lambda: launcher.was_destroyed(first_two[0]))
+    assert pool.stats()["dead_total"] == 1
+    assert eventually(lambda: all_ready(pool))
+    with pool.sandbox(WAIT) as sandbox:
+        assert sandbox not in first_two

@@ -11,21 +11,17 @@ from config import Config
 from sandboxes import DockerSandboxes, SandboxStartError
 
 
-def test_existing_network_that_is_not_internal_is_refused(docker_client: docker.DockerClient,
-                                                          base_config: Config) -> None:
-    name = f"{base_config.deployment_label}-open-net"
-    network = docker_client.networks.create(name, driver="bridge")
-    try:
-        with pytest.raises(SandboxStartError, match="not internal"):
-            DockerSandboxes(replace(base_config, sandbox_network=name)).prepare()
-    finally:
-        network.remove()
+def test_socket_folder_too_deep_is_refused(base_config: Config, tmp_path) -> None:
+    deep = tmp_path / ("d" * 90)
+    with pytest.raises(SandboxStartError, match="too deep"):
+        DockerSandboxes(replace(base_config, sandbox_socket_dir=str(deep))).prepare()
 
 
 def test_container_is_locked_down(docker_client: docker.DockerClient, sandboxes: DockerSandboxes) -> None:
     sandbox = sandboxes.launch(9160)
     try:
         host = docker_client.api.inspect_container(sandbox.container_id)["HostConfig"]
+        assert host["NetworkMode"] == "none", "no network at all: the agent is reached over a Unix socket"
         assert host["PortBindings"] in (None, {}), "nothing is published on the host"
         assert host["CapDrop"] == ["ALL"] and sorted(host["CapAdd"]) == ["KILL", "SETGID", "SETUID"]
         assert host["Privileged"] is False and host["ReadonlyRootfs"] is True
