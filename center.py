@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import argparse
 import hmac
+import json
 import logging
+import re
 import signal
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,15 +24,19 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
+import web
 from config import Config, ConfigError, load_config
 from errors import BadRequest, NotFound, ServiceError, StorageFailed, Unauthorized
 from execution import parse_run_request, result_body
 from images import RetentionSweeper, find_image, store_images
+from metrics import Metrics
 from models import create_tables, make_engine, make_session_factory
 from pool import SandboxPool
 from sandboxes import DockerSandboxes, SandboxStartError
 
 log = logging.getLogger("center")
+access_log = logging.getLogger("center.access")
+REQUEST_ID = re.compile(r"\A[A-Za-z0-9._-]{1,128}\Z")
 EXTENSION_KEY = "code_interpreter"
 
 
@@ -43,6 +50,7 @@ class Services:
     sandboxes: DockerSandboxes
     pool: SandboxPool
     owns_pool: bool
+    metrics: Metrics
     retention: RetentionSweeper | None = None
     tables_ready: bool = False
 
@@ -133,21 +141,25 @@ def run_code() -> tuple[Response, int]:
         fields = request.args.to_dict()
     run = parse_run_request(fields, svc.config)
     with svc.pool.sandbox(svc.config.queue_wait_seconds) as sandbox:
+        g.slot = sandbox.port
         report = svc.sandboxes.run(sandbox, run.job(svc.config))
     image_urls: dict[str, str] = {}
     image_error = None
     if report.get("images"):
         try:
-            stored = store_images(db_session(), report["images"])
+            stored, stored_bytes = store_images(db_session(), report["images"])
         except StorageFailed as e:
             log.error("%s: %s", e.message, e.__cause__)
             image_error = e.message
         else:
+            svc.metrics.image_bytes.inc(stored_bytes)
             base = public_base_url(svc.config)
             image_urls = {name: f"{base}/image/{filename}" for name, filename in stored.items()}
     body = result_body(report, image_urls)
     if image_error:
         body["image_error"] = image_error
+    g.run_status = body["status"]
+    svc.metrics.observe_run(run.language, body["status"], body["duration_ms"])
     return jsonify(body), 504 if body["status"] == "timeout" else 200
 
 
@@ -177,6 +189,32 @@ def add_cors_headers(response: Response) -> Response:
             response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
             response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, X-Request-ID"
             response.headers["Access-Control-Max-Age"] = "600"
+    return response
+
+
+def metrics_page() -> Response:
+    """Prometheus exposition of this app's metrics."""
+    payload, content_type = services().metrics.render()
+    return Response(payload, content_type=content_type)
+
+
+def begin_request() -> None:
+    """before_request: a request id (the client's X-Request-ID when it is sane) and the start time."""
+    incoming = request.headers.get("X-Request-ID", "")
+    g.request_id = incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    g.started = time.perf_counter()
+
+
+def finish_request(response: Response) -> Response:
+    """after_request: echo the request id, count the answer, write one structured log line."""
+    response.headers["X-Request-ID"] = g.get("request_id", "")
+    services().metrics.http_requests.labels(method=request.method, status=str(response.status_code)).inc()
+    access_log.info(json.dumps({
+        "request_id": g.get("request_id"), "method": request.method, "path": request.path,
+        "status": response.status_code,
+        "duration_ms": round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 1),
+        "slot": g.get("slot"), "run_status": g.get("run_status"),
+    }))
     return response
 
 
@@ -235,7 +273,7 @@ def create_app(config: Config | None = None, *, pool: SandboxPool | None = None)
         sandboxes.prepare()
         pool = SandboxPool(sandboxes, config.interpreter_port_range.ports)
         pool.start()
-    svc = Services(config, engine, make_session_factory(engine), sandboxes, pool, owns_pool)
+    svc = Services(config, engine, make_session_factory(engine), sandboxes, pool, owns_pool, Metrics(pool))
     try:
         svc.ensure_tables()
     except StorageFailed as e:
@@ -249,6 +287,10 @@ def create_app(config: Config | None = None, *, pool: SandboxPool | None = None)
     app.add_url_rule("/image/<path:filename>", view_func=serve_image, methods=["GET"])
     app.add_url_rule("/healthz", view_func=healthz)
     app.add_url_rule("/readyz", view_func=readyz)
+    app.add_url_rule("/metrics", view_func=metrics_page)
+    app.before_request(begin_request)
+    app.after_request(finish_request)
+    app.register_blueprint(web.blueprint)
     app.teardown_appcontext(close_db_session)
     app.after_request(add_cors_headers)
     register_error_handlers(app)

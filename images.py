@@ -31,8 +31,8 @@ def new_filename(mime_type: str) -> str:
     return f"{secrets.token_urlsafe(24)}.{EXTENSIONS[mime_type]}"
 
 
-def store_images(session: Session, images: Iterable[Mapping[str, Any]]) -> dict[str, str]:
-    """Save the agent's base64 images; return {name the program gave: stored file name}."""
+def store_images(session: Session, images: Iterable[Mapping[str, Any]]) -> tuple[dict[str, str], int]:
+    """Save the agent's base64 images; return ({name the program gave: stored file name}, bytes stored)."""
     stored: dict[str, str] = {}
     rows = []
     for image in images:
@@ -49,14 +49,14 @@ def store_images(session: Session, images: Iterable[Mapping[str, Any]]) -> dict[
                           data=data))
         stored[str(image.get("name", filename))] = filename
     if not rows:
-        return {}
+        return {}, 0
     try:
         session.add_all(rows)
         session.commit()
     except SQLAlchemyError as e:
         session.rollback()
         raise StorageFailed("the images could not be stored: the database is unavailable") from e
-    return stored
+    return stored, sum(row.size for row in rows)
 
 
 def find_image(session: Session, filename: str) -> Image | None:

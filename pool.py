@@ -55,22 +55,25 @@ class Slot(Generic[S]):
         self.sandbox: S | None = None
         self.released = threading.Event()
         self.failures = 0
+        self.generation = 0  # bumped for each new sandbox: queue entries of an older one are stale
 
 
 class SandboxPool(Generic[S]):
     """Hands out ready sandboxes, one program each, and keeps every slot refilled."""
 
     def __init__(self, launcher: Launcher[S], ports: list[int], *, backoff_initial: float = 0.5,
-                 backoff_max: float = 30.0) -> None:
+                 backoff_max: float = 10.0, check_interval: float = 2.0) -> None:
         self.launcher = launcher
         self.slots = [Slot[S](port) for port in ports]
-        self._ready: queue.Queue[Slot[S]] = queue.Queue()  # FIFO: the longest-warmed sandbox first
+        # FIFO of (slot, generation): the longest-warmed sandbox first.
+        self._ready: queue.Queue[tuple[Slot[S], int]] = queue.Queue()
         self._closing = threading.Event()
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         # Retiring a container is slow-ish Docker work that must not delay its replacement.
         self._reaper = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sandbox-reaper")
         self.backoff_initial, self.backoff_max = backoff_initial, backoff_max
+        self.check_interval = check_interval
         self.started_total = 0
         self.failed_total = 0
         self.dead_total = 0
@@ -78,11 +81,14 @@ class SandboxPool(Generic[S]):
     # --- life cycle ------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start every slot's thread; sandboxes come up in the background."""
+        """Start every slot's thread and the watcher; sandboxes come up in the background."""
         for slot in self.slots:
             thread = threading.Thread(target=self._keep_filled, args=(slot,), name=f"slot-{slot.port}", daemon=True)
             thread.start()
             self._threads.append(thread)
+        watcher = threading.Thread(target=self._watch, name="pool-watcher", daemon=True)
+        watcher.start()
+        self._threads.append(watcher)
 
     def close(self, timeout: float = 15.0) -> None:
         """Stop refilling, remove every sandbox the pool holds, wait for the slot threads."""
@@ -111,15 +117,18 @@ class SandboxPool(Generic[S]):
         while True:
             remaining = deadline - time.monotonic()
             try:
-                slot = self._ready.get(timeout=remaining) if remaining > 0 else self._ready.get_nowait()
+                slot, generation = self._ready.get(timeout=remaining) if remaining > 0 else self._ready.get_nowait()
             except queue.Empty:
                 raise PoolExhausted(
                     f"all {len(self.slots)} sandboxes are busy; try again shortly",
                     retry_after=max(1, round(timeout) or 1),
                 ) from None
-            if self.closing or slot.sandbox is None:
+            if self.closing:
                 raise PoolExhausted("the center is shutting down; try again shortly")
-            slot.state = SlotState.BUSY
+            with self._lock:
+                if generation != slot.generation or slot.state is not SlotState.READY:
+                    continue  # stale: the watcher retired that sandbox already
+                slot.state = SlotState.BUSY
             if self.launcher.is_healthy(slot.sandbox):
                 return slot
             log.warning("the sandbox on slot %d died while it waited; replacing it", slot.port)
@@ -128,11 +137,16 @@ class SandboxPool(Generic[S]):
 
     def release(self, slot: Slot[S]) -> None:
         """Give the slot back: its sandbox is retired and a fresh one started in its place (once)."""
+        self._retire_if(slot, SlotState.BUSY)
+
+    def _retire_if(self, slot: Slot[S], expected: SlotState) -> bool:
+        """Move the slot from `expected` to STARTING and wake its thread; False if it was elsewhere."""
         with self._lock:
-            if slot.state is not SlotState.BUSY:
-                return
+            if slot.state is not expected:
+                return False
             slot.state = SlotState.STARTING
         slot.released.set()
+        return True
 
     @contextmanager
     def sandbox(self, timeout: float) -> Iterator[S]:
@@ -176,16 +190,30 @@ class SandboxPool(Generic[S]):
                 continue
             slot.failures = 0
             self.started_total += 1
-            slot.sandbox = sandbox
             slot.released.clear()
             if self.closing:
+                slot.sandbox = sandbox
                 self._retire(slot)
                 break
-            slot.state = SlotState.READY
-            self._ready.put(slot)
+            with self._lock:
+                slot.sandbox = sandbox
+                slot.generation += 1
+                slot.state = SlotState.READY
+                self._ready.put((slot, slot.generation))
             slot.released.wait()
             self._retire(slot)
         slot.state = SlotState.STOPPED
+
+    def _watch(self) -> None:
+        """Every few seconds, retire ready sandboxes whose agent stopped answering (e.g. Docker restarted),
+        so /readyz tells the truth and the slots refill without waiting for a request."""
+        while not self._closing.wait(self.check_interval):
+            for slot in self.slots:
+                sandbox = slot.sandbox
+                if slot.state is SlotState.READY and sandbox is not None and not self.launcher.is_healthy(sandbox):
+                    if self._retire_if(slot, SlotState.READY):
+                        self.dead_total += 1
+                        log.warning("the sandbox on slot %d stopped answering; replacing it", slot.port)
 
     def _retire(self, slot: Slot[S]) -> None:
         sandbox, slot.sandbox = slot.sandbox, None

@@ -91,11 +91,12 @@ def make_pool() -> Iterator[PoolFactory]:
     pools: list[SandboxPool[FakeSandbox]] = []
 
     def factory(slots: int = 2, launcher: FakeLauncher | None = None, *, start: bool = True,
-                backoff_initial: float = 0.01, backoff_max: float = 0.05) -> tuple[SandboxPool[FakeSandbox],
-                                                                                   FakeLauncher]:
+                backoff_initial: float = 0.01, backoff_max: float = 0.05,
+                check_interval: float = 2.0) -> tuple[SandboxPool[FakeSandbox], FakeLauncher]:
         launcher = launcher or FakeLauncher()
         ports = list(range(FIRST_PORT, FIRST_PORT + slots))
-        pool = SandboxPool(launcher, ports, backoff_initial=backoff_initial, backoff_max=backoff_max)
+        pool = SandboxPool(launcher, ports, backoff_initial=backoff_initial, backoff_max=backoff_max,
+                           check_interval=check_interval)
         pools.append(pool)
         if start:
             pool.start()
@@ -406,3 +407,20 @@ def test_a_sandbox_that_died_in_the_queue_is_replaced_not_handed_out(make_pool: 
     assert eventually(lambda: all_ready(pool))
     with pool.sandbox(WAIT) as sandbox:
         assert sandbox not in first_two
+
+
+def test_the_watcher_replaces_dead_ready_sandboxes_without_a_request(make_pool: PoolFactory) -> None:
+    pool, launcher = make_pool(slots=2, check_interval=0.05)
+    assert eventually(lambda: all_ready(pool))
+    victims = list(launcher.launched)
+    for sandbox in victims:
+        launcher.kill(sandbox)
+    assert eventually(lambda: all(launcher.was_destroyed(sandbox) for sandbox in victims))
+    assert eventually(lambda: all_ready(pool) and pool.stats()["dead_total"] == 2)
+    handed_out = []
+    for _ in range(2):
+        slot = pool.acquire(WAIT)
+        handed_out.append(slot.sandbox)
+    assert not set(map(id, handed_out)) & set(map(id, victims)), "stale queue entries are never handed out"
+    with pytest.raises(PoolExhausted):
+        pool.acquire(0.1)

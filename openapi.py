@@ -1,0 +1,458 @@
+"""The OpenAPI 3.1 document of the HTTP API, built from the same rules the server applies (execution.py)."""
+
+from __future__ import annotations
+
+import keyword
+from typing import Any
+
+from execution import LANGUAGES, STATUSES
+
+OPENAPI_VERSION = "3.1.0"
+API_VERSION = "1.0.0"
+# Exactly the stored names images.py hands out (STORED_NAME); any other name is a 404.
+IMAGE_NAME_PATTERN = r"^[A-Za-z0-9_-]{32}\.(png|jpg|gif|svg|webp)$"
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/svg+xml", "image/webp")
+
+
+def _ref(kind: str, name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/{kind}/{name}"}
+
+
+def _any_case(word: str) -> str:
+    return "".join(f"[{c.upper()}{c.lower()}]" for c in word)
+
+
+def language_pattern() -> str:
+    """The languageType values the server accepts, in any case (ECMA-262 and Python `re` alike)."""
+    return "^(?:" + "|".join(_any_case(language) for language in LANGUAGES) + ")$"
+
+
+def variable_name_pattern() -> str:
+    """A variable name: an identifier, not starting with `__`, not a Python keyword (execution.py's rule)."""
+    keywords = "|".join(sorted(keyword.kwlist))
+    # (?![^\n]*\n): no newline anywhere, since `$` also matches before a final newline in Python.
+    return rf"^(?!__)(?!(?:{keywords})$)(?![^\n]*\n)[A-Za-z_][A-Za-z0-9_]*$"
+
+
+def _error_response(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description,
+        "content": {"application/json": {"schema": _ref("schemas", "Error")}},
+    }
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+def _schemas() -> dict[str, Any]:
+    variables = {
+        "type": "object",
+        "description": (
+            "Inputs of the program. Python: each key becomes a global holding the JSON value "
+            "(`{\"s\": \"hi\"}` makes `s == \"hi\"`). Bash: environment variables; values that are not "
+            "strings arrive JSON-encoded. Keys must be identifiers (`[A-Za-z_][A-Za-z0-9_]*`) that are not "
+            "Python keywords and do not start with `__`; any other key is a 400."
+        ),
+        "propertyNames": {"pattern": variable_name_pattern()},
+        "additionalProperties": True,
+        "examples": [{"m": 7, "n": 4}],
+    }
+    status_names = ", ".join(f"`{s}`" for s in STATUSES)
+    return {
+        "RunRequest": {
+            "type": "object",
+            "description": "What to run. Fields other than these are ignored.",
+            "required": ["code"],
+            "properties": {
+                "code": {
+                    "type": "string",
+                    "description": (
+                        "The program. When the whole program is wrapped in one Markdown fence (```python, "
+                        "```bash, ```), the fence is removed first; with no `languageType`, the fence's "
+                        "language (python, py, python3, bash, sh, shell) is used."
+                    ),
+                    "examples": ["print('Hello, World!')"],
+                },
+                "languageType": {
+                    "type": "string",
+                    "pattern": language_pattern(),
+                    "default": "python",
+                    "description": (
+                        "`python` or `bash`, in any case. Omitted, null or empty: the fence's language, "
+                        "else `python`. Surrounding white space is ignored. Any other value is a 400."
+                    ),
+                    "examples": ["python", "bash"],
+                },
+                "variables": {
+                    **_ref("schemas", "Variables"),
+                    "description": (
+                        "A JSON object (default `{}`). The server also accepts the same object as JSON text, "
+                        "and null or an empty string for none."
+                    ),
+                },
+                "timeout": {
+                    "type": "number",
+                    "exclusiveMinimum": 0,
+                    "description": (
+                        "Wall-clock limit in seconds (default: the server's `timeout_seconds`). It can only "
+                        "lower that limit: a larger value is capped to it. The server also accepts the number "
+                        "as text. Zero, a negative, infinite or non-numeric value is a 400."
+                    ),
+                    "examples": [5],
+                },
+            },
+            "additionalProperties": True,
+        },
+        "Variables": variables,
+        "RunResult": {
+            "type": "object",
+            "description": (
+                "The outcome of one run. HTTP 200 whatever the program's own outcome, "
+                "except a timeout, which is a 504 with this same body."
+            ),
+            "required": ["output", "stderr", "exit_code", "status", "duration_ms", "images"],
+            "properties": {
+                "output": {"type": "string", "description": "stdout, decoded as UTF-8 (invalid bytes become U+FFFD)."},
+                "stderr": {"type": "string", "description": "stderr, decoded the same way."},
+                "exit_code": {
+                    "type": ["integer", "null"],
+                    "description": "The program's exit status; 128+N when signal N killed it (137: SIGKILL).",
+                },
+                "status": {
+                    "type": "string",
+                    "enum": list(STATUSES),
+                    "description": (
+                        f"One of {status_names}: `error` is a non-zero exit, an uncaught exception or a kill "
+                        "by a signal; `oom` the memory limit; `output_limit` stdout or stderr cut at the cap."
+                    ),
+                },
+                "duration_ms": {
+                    "type": ["number", "null"],
+                    "description": "Wall-clock time of the program inside the sandbox, in milliseconds.",
+                },
+                "images": {
+                    "type": "object",
+                    "description": "Each image the program made, by the name it had, to an absolute URL; `{}` when none.",
+                    "additionalProperties": {"type": "string", "format": "uri"},
+                },
+                "error": {
+                    "type": "string",
+                    "description": "Present exactly when `status` is not `ok`: the traceback or a one-line reason.",
+                },
+                "image_error": {
+                    "type": "string",
+                    "description": "Present only when images were made but could not be stored (database down).",
+                },
+            },
+            "if": {"properties": {"status": {"const": "ok"}}},
+            "then": {"not": {"required": ["error"]}},
+            "else": {"required": ["error"]},
+            "examples": [{
+                "output": "Hello, World!\n", "stderr": "", "exit_code": 0, "status": "ok", "duration_ms": 41.7,
+                "images": {"figure_1.png": "http://127.0.0.1:5000/image/vM95ff3xsUYywcRYdyG5Rh8nrFytsREE.png"},
+            }],
+        },
+        "Error": {
+            "type": "object",
+            "description": "Every error: what is wrong, in one sentence. Never a traceback.",
+            "required": ["error"],
+            "properties": {"error": {"type": "string", "minLength": 1}},
+            "additionalProperties": False,
+            "examples": [{"error": "the 'code' field is required"}],
+        },
+        "Health": {
+            "type": "object",
+            "required": ["status"],
+            "properties": {"status": {"const": "ok"}},
+        },
+        "Readiness": {
+            "type": "object",
+            "required": ["ready", "database", "pool"],
+            "properties": {
+                "ready": {"type": "boolean", "description": "The database answers and at least one sandbox is ready."},
+                "database": {
+                    "type": "string",
+                    "description": "`ok`, or `unavailable (<kind of error>)`.",
+                    "examples": ["ok"],
+                },
+                "pool": {
+                    "type": "object",
+                    "description": "The sandbox pool: slots and their states, and counters since the start.",
+                    "required": ["slots", "ready", "busy", "starting"],
+                    "properties": {
+                        "slots": {"type": "integer", "minimum": 0, "description": "One per port of the range."},
+                        "ready": {"type": "integer", "minimum": 0, "description": "Sandboxes waiting for a program."},
+                        "busy": {"type": "integer", "minimum": 0, "description": "Sandboxes running a program."},
+                        "starting": {"type": "integer", "minimum": 0, "description": "Sandboxes being started."},
+                        "started_total": {"type": "integer", "minimum": 0},
+                        "failed_total": {"type": "integer", "minimum": 0},
+                        "dead_total": {"type": "integer", "minimum": 0},
+                    },
+                    "additionalProperties": {"type": "integer"},
+                },
+            },
+        },
+    }
+
+
+def _headers() -> dict[str, Any]:
+    return {
+        "WWW-Authenticate": {
+            "description": "The scheme to use: `Bearer realm=\"code-interpreter\"`.",
+            "required": True,
+            "schema": {"type": "string", "pattern": "^Bearer"},
+        },
+        "Retry-After": {
+            "description": "Seconds to wait before trying again: `queue_wait_seconds`, rounded, at least 1.",
+            "required": True,
+            "schema": {"type": "string", "pattern": "^[0-9]+$"},
+        },
+        "Allow": {
+            "description": "The methods the route allows.",
+            "required": True,
+            "schema": {"type": "string"},
+        },
+        "ETag": {
+            "description": "The SHA-256 of the bytes, quoted.",
+            "required": True,
+            "schema": {"type": "string"},
+        },
+        "Cache-Control": {
+            "description": "Stored images never change: `public, max-age=31536000, immutable`.",
+            "required": True,
+            "schema": {"type": "string"},
+        },
+        "X-Content-Type-Options": {
+            "description": "Browsers must not guess another type.",
+            "required": True,
+            "schema": {"const": "nosniff"},
+        },
+        "Content-Security-Policy": {
+            "description": "An SVG opened directly cannot run script: `default-src 'none'; style-src 'unsafe-inline'; sandbox`.",
+            "required": True,
+            "schema": {"type": "string"},
+        },
+    }
+
+
+def _responses() -> dict[str, Any]:
+    return {
+        "BadRequest": _error_response(
+            "The body is not JSON or not an object, `code` is missing or not a string, `variables` is not an "
+            "object or has a bad key, `languageType` is unknown, or `timeout` is bad."
+        ),
+        "Unauthorized": _error_response(
+            "The bearer token is missing or not accepted (only when the server has `auth_tokens`).",
+            {"WWW-Authenticate": _ref("headers", "WWW-Authenticate")},
+        ),
+        "NotFound": _error_response("No such route, or no image of that name (unknown or malformed)."),
+        "MethodNotAllowed": _error_response(
+            "The route does not allow this method.", {"Allow": _ref("headers", "Allow")}
+        ),
+        "PayloadTooLarge": _error_response("The request body is over the server's `max_request_bytes`."),
+        "ServiceUnavailable": _error_response(
+            "No sandbox became free within the server's `queue_wait_seconds`.",
+            {"Retry-After": _ref("headers", "Retry-After")},
+        ),
+        "BadGateway": _error_response("The sandbox failed while running the program; the message names the failure."),
+        "InternalError": _error_response(
+            "The center failed (or the image database is unavailable when an image is read)."
+        ),
+        "Timeout": {
+            "description": (
+                "The run passed its wall-clock limit and every process of the program was killed: the result, "
+                "with `status: timeout` and whatever output came before the kill."
+            ),
+            "content": {"application/json": {"schema": {
+                "allOf": [_ref("schemas", "RunResult"), {"properties": {"status": {"const": "timeout"}}}],
+            }}},
+        },
+    }
+
+
+def _run_responses(*, with_body: bool) -> dict[str, Any]:
+    finished = [s for s in STATUSES if s != "timeout"]
+    responses: dict[str, Any] = {
+        "200": {
+            "description": "The program ran (whatever its own outcome, timeout aside).",
+            "content": {"application/json": {"schema": {
+                "allOf": [_ref("schemas", "RunResult"), {"properties": {"status": {"enum": finished}}}],
+            }}},
+        },
+        "400": _ref("responses", "BadRequest"),
+        "401": _ref("responses", "Unauthorized"),
+    }
+    if with_body:
+        responses["413"] = _ref("responses", "PayloadTooLarge")
+    responses.update({
+        "500": _ref("responses", "InternalError"),
+        "502": _ref("responses", "BadGateway"),
+        "503": _ref("responses", "ServiceUnavailable"),
+        "504": _ref("responses", "Timeout"),
+    })
+    return responses
+
+
+def _run_paths(security: list[dict[str, list[str]]]) -> dict[str, Any]:
+    schemas = _schemas()["RunRequest"]["properties"]
+    query = [
+        {"name": "code", "in": "query", "required": True, "schema": {"type": "string"},
+         "description": schemas["code"]["description"], "example": "print('Hello, World!')"},
+        {"name": "languageType", "in": "query", "required": False,
+         "schema": {k: v for k, v in schemas["languageType"].items() if k != "examples"},
+         "description": schemas["languageType"]["description"], "example": "python"},
+        {"name": "variables", "in": "query", "required": False,
+         "description": "The variables object as JSON text, e.g. `{\"m\": 7, \"n\": 4}` (URL-encoded).",
+         "content": {"application/json": {"schema": _ref("schemas", "Variables")}}},
+        {"name": "timeout", "in": "query", "required": False,
+         "schema": {"type": "number", "exclusiveMinimum": 0},
+         "description": schemas["timeout"]["description"], "example": 5},
+    ]
+    examples = {
+        "hello": {"summary": "Hello, World!", "value": {"code": "print('Hello, World!')"}},
+        "plot": {"summary": "A matplotlib figure (captured without savefig)", "value": {
+            "code": "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3], [1, 4, 9])\nplt.title('squares')"}},
+        "bash": {"summary": "Bash with variables", "value": {
+            "languageType": "bash", "code": "echo \"$GREETING, $NAME: $((COUNT * 2))\"",
+            "variables": {"GREETING": "Hello", "NAME": "World", "COUNT": 21}}},
+        "python variables": {"summary": "Python with variables", "value": {
+            "code": "print(m * n)", "variables": {"m": 7, "n": 4}, "timeout": 5}},
+    }
+    return {
+        "post": {
+            "tags": ["run"],
+            "operationId": "runCode",
+            "summary": "Run a Python or bash program in a fresh sandbox",
+            "description": (
+                "Runs the program in its own new container (no network, unprivileged user, limits on memory, "
+                "CPU, processes, time, output and disk) and answers with its output, status and images. "
+                "The body is read as JSON whatever its `Content-Type`."
+            ),
+            "security": security,
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _ref("schemas", "RunRequest"), "examples": examples}},
+            },
+            "responses": _run_responses(with_body=True),
+        },
+        "get": {
+            "tags": ["run"],
+            "operationId": "runCodeGet",
+            "summary": "Run a program given as query parameters (the FastGPT-style GET)",
+            "description": "The same fields as `POST /runcode`, as URL-encoded query parameters.",
+            "security": security,
+            "parameters": query,
+            "responses": _run_responses(with_body=False),
+        },
+        "head": {
+            "tags": ["run"],
+            "operationId": "runCodeHead",
+            "summary": "Not allowed: a HEAD never runs a program",
+            "responses": {"405": _ref("responses", "MethodNotAllowed")},
+        },
+    }
+
+
+def _image_path() -> dict[str, Any]:
+    binary = {"type": "string", "format": "binary"}
+    image_headers = {name: _ref("headers", name) for name in
+                     ("ETag", "Cache-Control", "X-Content-Type-Options", "Content-Security-Policy")}
+    responses = {
+        "200": {
+            "description": "The stored bytes, with their real type. No token is needed.",
+            "headers": image_headers,
+            "content": {mime: {"schema": binary} for mime in IMAGE_TYPES},
+        },
+        "304": {
+            "description": "`If-None-Match` matches the image's ETag: not modified.",
+            "headers": {"ETag": _ref("headers", "ETag")},
+        },
+        "404": _ref("responses", "NotFound"),
+        "500": _ref("responses", "InternalError"),
+    }
+    parameters = [
+        {"name": "filename", "in": "path", "required": True,
+         "description": "The stored name from a result's `images`: 32 URL-safe characters and the extension. "
+                        "Any other name is a 404.",
+         "schema": {"type": "string"}, "example": "vM95ff3xsUYywcRYdyG5Rh8nrFytsREE.png"},
+        {"name": "If-None-Match", "in": "header", "required": False,
+         "description": "An ETag from an earlier answer: 304 when it still matches.", "schema": {"type": "string"}},
+    ]
+    operation = {"tags": ["images"], "parameters": parameters, "responses": responses}
+    return {
+        "get": {**operation, "operationId": "getImage", "summary": "An image a run produced"},
+        "head": {**operation, "operationId": "headImage", "summary": "The headers of an image, without its bytes"},
+    }
+
+
+def _page(operation_id: str, summary: str, description: str) -> dict[str, Any]:
+    return {"get": {
+        "tags": ["pages"], "operationId": operation_id, "summary": summary, "description": description,
+        "responses": {"200": {"description": "An HTML page.", "content": {"text/html": {"schema": {"type": "string"}}}}},
+    }}
+
+
+def openapi_document(*, auth_required: bool | None = None) -> dict[str, Any]:
+    """The OpenAPI 3.1 document; auth_required=True when the server has auth_tokens (None: may or may not)."""
+    bearer: list[dict[str, list[str]]] = [{"bearerAuth": []}]
+    security = bearer if auth_required else [{}, *bearer]
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {
+            "title": "Code Interpreter API",
+            "version": API_VERSION,
+            "description": (
+                "Runs untrusted Python or bash code, each request in a fresh Docker sandbox, and returns its "
+                "output and the images it made.\n\n"
+                "**Authentication:** when the server has `auth_tokens`, `/runcode` needs "
+                "`Authorization: Bearer <token>`; without them it is open. Images, health and pages never need one.\n\n"
+                "**Errors** are always a JSON body `{\"error\": \"<one sentence>\"}`: 400 bad request, 401 token, "
+                "404 unknown route or image, 405 method not allowed (with `Allow`), 413 body too large, "
+                "503 no free sandbox (with `Retry-After`), 502 sandbox failure, 500 center failure.\n\n"
+                "**CORS:** browser origins listed in the server's `cors_origins` get "
+                "`Access-Control-Allow-Origin` (preflight included)."
+            ),
+        },
+        "servers": [{"url": "/"}],
+        "tags": [
+            {"name": "run", "description": "Run code"},
+            {"name": "images", "description": "Images that runs produced"},
+            {"name": "health", "description": "Liveness and readiness"},
+            {"name": "pages", "description": "Pages for people and tools"},
+        ],
+        "paths": {
+            "/runcode": _run_paths(security),
+            "/image/{filename}": _image_path(),
+            "/healthz": {"get": {
+                "tags": ["health"], "operationId": "healthz", "summary": "Liveness: 200 while the process serves",
+                "responses": {"200": {"description": "Serving.",
+                                      "content": {"application/json": {"schema": _ref("schemas", "Health")}}}},
+            }},
+            "/readyz": {"get": {
+                "tags": ["health"], "operationId": "readyz",
+                "summary": "Readiness: the database answers and at least one sandbox is ready",
+                "responses": {
+                    "200": {"description": "Ready.",
+                            "content": {"application/json": {"schema": _ref("schemas", "Readiness")}}},
+                    "503": {"description": "Not ready: the database does not answer or no sandbox is ready.",
+                            "content": {"application/json": {"schema": _ref("schemas", "Readiness")}}},
+                },
+            }},
+            "/": _page("playground", "The playground", "Write a program, run it, see its output and images."),
+            "/docs": _page("docs", "This API's documentation", "Swagger UI on /openapi.json, served offline."),
+            "/openapi.json": {"get": {
+                "tags": ["pages"], "operationId": "openapi", "summary": "This document",
+                "responses": {"200": {"description": "The OpenAPI document.",
+                                      "content": {"application/json": {"schema": {"type": "object"}}}}},
+            }},
+        },
+        "components": {
+            "schemas": _schemas(),
+            "responses": _responses(),
+            "headers": _headers(),
+            "securitySchemes": {
+                "bearerAuth": {"type": "http", "scheme": "bearer",
+                               "description": "One of the server's `auth_tokens`."},
+            },
+        },
+    }
