@@ -17,7 +17,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,11 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import docker
-import requests
-import yaml
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(PROJECT_DIR))
+sys.path[:0] = [str(PROJECT_DIR), str(Path(__file__).resolve().parent)]
+
+from common import start_center, wait_ready  # noqa: E402
 
 from concurrent_test import PRESETS, Plan, percentile, run_all  # noqa: E402
 from config import load_config  # noqa: E402
@@ -45,45 +44,6 @@ BASELINE_CODE = {
     "pandas": PRESETS["pandas"].code,
 }
 IDLE_BASELINE = "import numpy, pandas, matplotlib.pyplot, time\ntime.sleep(30)"
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_center(workdir: Path, image: str, runtime: str, slots: int) -> tuple[subprocess.Popen, str, str]:
-    """Run center.py on a temp config; return the process, its URL and its deployment label."""
-    port = free_port()
-    deployment = f"bench-{port}"
-    config = {
-        "scheduler_port": port, "interpreter_image": image, "sandbox_runtime": runtime, "deployment": deployment,
-        "interpreter_port_range": {"start": 9301, "end": 9300 + slots}, "data_dir": str(workdir / "data"),
-        "queue_wait_seconds": 60,
-    }
-    config_path = workdir / "bench.yaml"
-    config_path.write_text(yaml.safe_dump(config))
-    log = open(workdir / "center.log", "wb")
-    process = subprocess.Popen([sys.executable, str(PROJECT_DIR / "center.py"), "--config", str(config_path)],
-                               stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
-    wait_ready(url, slots)
-    return process, url, deployment
-
-
-def wait_ready(url: str, slots: int, timeout: float = 120) -> None:
-    """Until every slot of the pool holds a ready (and, after a pause, warmed-up) sandbox."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{url}/readyz", timeout=2).json()["pool"]["ready"] == slots:
-                return
-        except (requests.RequestException, ValueError, KeyError):
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"the center at {url} did not get {slots} ready sandboxes in {timeout} s")
 
 
 def center_plan(url: str, kind: str) -> Plan:
@@ -167,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     figures: dict[str, Any] = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
                                "runtime": args.runtime, "image": image}
     with tempfile.TemporaryDirectory() as tmp:
-        process, url, deployment = start_center(Path(tmp), image, args.runtime, args.slots)
+        process, url, deployment = start_center(Path(tmp), {"interpreter_image": image,
+                                                            "sandbox_runtime": args.runtime}, args.slots)
         try:
             time.sleep(3)  # let the fresh pool finish its warm-up imports before measuring memory
             ids = [c["Id"] for c in client.api.containers(filters={"label": f"{DEPLOYMENT_LABEL}={deployment}"})]
