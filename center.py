@@ -134,7 +134,10 @@ def run_code() -> tuple[Response, int]:
         raise MethodNotAllowed(valid_methods=["GET", "POST"])
     check_token(svc.config)
     if request.method == "POST":
-        fields: Any = request.get_json(force=True, silent=True)
+        try:
+            fields: Any = request.get_json(force=True, silent=True)
+        except RecursionError:
+            raise BadRequest("the request body is nested too deeply") from None
         if fields is None:
             raise BadRequest("the request body is not valid JSON")
     else:

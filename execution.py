@@ -20,6 +20,8 @@ FENCE_LANGUAGES = {"python": "python", "py": "python", "python3": "python",
 FENCE = re.compile(r"\A\s*```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\r?\n(.*?)\r?\n?[ \t]*```\s*\Z", re.DOTALL)
 VARIABLE_NAME = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*\Z")  # valid in Python and as a bash variable
 STATUSES = ("ok", "error", "timeout", "oom", "output_limit")
+MIN_TIMEOUT_SECONDS = 0.001
+MAX_VARIABLE_DEPTH = 64  # nesting of a variable's JSON value
 
 
 @dataclass(frozen=True)
@@ -48,16 +50,29 @@ def unwrap_fence(code: str) -> tuple[str, str | None]:
     return match.group(2), FENCE_LANGUAGES.get(match.group(1).lower())
 
 
+def nesting_depth(value: Any) -> int:
+    """How deep lists and objects nest in a JSON value (iteratively: no recursion to exhaust)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
 def _parse_variables(raw: Any) -> dict[str, Any]:
     if raw is None or raw == "":
         return {}
     if isinstance(raw, str):  # GET requests (and some POST clients) send the object as JSON text
         try:
             raw = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise BadRequest("variables must be a JSON object, e.g. {\"n\": 3}") from None
     if not isinstance(raw, dict):
         raise BadRequest("variables must be a JSON object, e.g. {\"n\": 3}")
+    if nesting_depth(raw) > MAX_VARIABLE_DEPTH:
+        raise BadRequest(f"variables are nested deeper than {MAX_VARIABLE_DEPTH} levels")
     for name in raw:
         if not VARIABLE_NAME.match(name) or keyword.iskeyword(name) or name.startswith("__"):
             raise BadRequest(f"variable name {name!r} is not allowed: use letters, digits and _, "
@@ -77,7 +92,8 @@ def _parse_timeout(raw: Any, limit: float) -> float:
         raise BadRequest("timeout must be a positive number of seconds")
     if isinstance(raw, float) and not math.isfinite(raw):
         raise BadRequest("timeout must be a finite number of seconds")
-    return float(min(raw, limit))  # a request may lower the configured limit, never raise it
+    # A request may lower the configured limit, never raise it; a vanishingly small one means 1 ms.
+    return max(float(min(raw, limit)), MIN_TIMEOUT_SECONDS)
 
 
 def parse_run_request(fields: Any, config: Config) -> RunRequest:

@@ -9,8 +9,6 @@ from execution import LANGUAGES, STATUSES
 
 OPENAPI_VERSION = "3.1.0"
 API_VERSION = "1.0.0"
-# Exactly the stored names images.py hands out (STORED_NAME); any other name is a 404.
-IMAGE_NAME_PATTERN = r"^[A-Za-z0-9_-]{32}\.(png|jpg|gif|svg|webp)$"
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/svg+xml", "image/webp")
 
 
@@ -132,7 +130,7 @@ def _schemas() -> dict[str, Any]:
                 },
                 "images": {
                     "type": "object",
-                    "description": "Each image the program made, by the name it had, to an absolute URL; `{}` when none.",
+                    "description": "Each image the program made, by its name, to an absolute URL; `{}` when none.",
                     "additionalProperties": {"type": "string", "format": "uri"},
                 },
                 "error": {
@@ -228,7 +226,8 @@ def _headers() -> dict[str, Any]:
             "schema": {"const": "nosniff"},
         },
         "Content-Security-Policy": {
-            "description": "An SVG opened directly cannot run script: `default-src 'none'; style-src 'unsafe-inline'; sandbox`.",
+            "description": "An SVG opened directly cannot run script: "
+                           "`default-src 'none'; style-src 'unsafe-inline'; sandbox`.",
             "required": True,
             "schema": {"type": "string"},
         },
@@ -388,7 +387,8 @@ def _image_path() -> dict[str, Any]:
 def _page(operation_id: str, summary: str, description: str) -> dict[str, Any]:
     return {"get": {
         "tags": ["pages"], "operationId": operation_id, "summary": summary, "description": description,
-        "responses": {"200": {"description": "An HTML page.", "content": {"text/html": {"schema": {"type": "string"}}}}},
+        "responses": {"200": {"description": "An HTML page.",
+                              "content": {"text/html": {"schema": {"type": "string"}}}}},
     }}
 
 
@@ -409,6 +409,8 @@ def openapi_document(*, auth_required: bool | None = None) -> dict[str, Any]:
                 "**Errors** are always a JSON body `{\"error\": \"<one sentence>\"}`: 400 bad request, 401 token, "
                 "404 unknown route or image, 405 method not allowed (with `Allow`), 413 body too large, "
                 "503 no free sandbox (with `Retry-After`), 502 sandbox failure, 500 center failure.\n\n"
+                "**Request ids:** every answer carries `X-Request-ID`: the client's own (1 to 128 of "
+                "`A-Za-z0-9._-`), else a new one; the server's access log names it.\n\n"
                 "**CORS:** browser origins listed in the server's `cors_origins` get "
                 "`Access-Control-Allow-Origin` (preflight included)."
             ),
@@ -437,6 +439,12 @@ def openapi_document(*, auth_required: bool | None = None) -> dict[str, Any]:
                     "503": {"description": "Not ready: the database does not answer or no sandbox is ready.",
                             "content": {"application/json": {"schema": _ref("schemas", "Readiness")}}},
                 },
+            }},
+            "/metrics": {"get": {
+                "tags": ["health"], "operationId": "metrics",
+                "summary": "Prometheus metrics: executions by status and language, durations, the pool, images",
+                "responses": {"200": {"description": "The Prometheus text exposition format.",
+                                      "content": {"text/plain": {"schema": {"type": "string"}}}}},
             }},
             "/": _page("playground", "The playground", "Write a program, run it, see its output and images."),
             "/docs": _page("docs", "This API's documentation", "Swagger UI on /openapi.json, served offline."),

@@ -269,3 +269,22 @@ def test_images_are_passed_through() -> None:
 def test_timeout_result_keeps_partial_output() -> None:
     body = result_body(report(status="timeout", stdout="partial\n", exit_code=None, error="time limit of 2 s"), {})
     assert (body["status"], body["output"], body["error"]) == ("timeout", "partial\n", "time limit of 2 s")
+
+
+def test_vanishingly_small_timeout_is_one_millisecond() -> None:
+    assert parse_run_request({"code": "x", "timeout": 1e-10}, Config()).timeout == 0.001
+
+
+def test_reasonable_nesting_is_accepted() -> None:
+    variables = {"a": [[[[{"b": [1, 2]}]]]], "c": {"d": {"e": None}}}
+    assert parse_run_request({"code": "x", "variables": variables}, Config()).variables == variables
+
+
+def test_deeply_nested_variables_are_400() -> None:
+    deep: object = 1
+    for _ in range(100):
+        deep = [deep]
+    with pytest.raises(BadRequest, match="nested deeper"):
+        parse_run_request({"code": "x", "variables": {"v": deep}}, Config())
+    with pytest.raises(BadRequest):
+        parse_run_request({"code": "x", "variables": "[" * 100000}, Config())
