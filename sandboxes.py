@@ -283,6 +283,10 @@ class DockerSandboxes:
                 return {"stdout": "", "stderr": "", "exit_code": 137, "status": "oom",
                         "duration_ms": round((time.monotonic() - started) * 1000, 1),
                         "error": "the program ran out of memory and was killed", "images": []}
+            exit_code = self._exit_code(sandbox)
+            if exit_code is not None:
+                raise SandboxFailed(f"the sandbox was killed while running the program (exit code {exit_code}; "
+                                    "under gVisor usually the memory limit)") from e
             raise SandboxFailed(f"the sandbox failed while running the program ({e})") from e
 
     def _was_oom_killed(self, sandbox: Sandbox, settle_seconds: float = 8.0, after_exit_seconds: float = 2.0) -> bool:
@@ -308,6 +312,14 @@ class DockerSandboxes:
             elif now > deadline:
                 return False
             time.sleep(0.1)
+
+    def _exit_code(self, sandbox: Sandbox) -> int | None:
+        """The container's exit code once it has stopped; None while it runs (or is gone)."""
+        try:
+            state = self.client.api.inspect_container(sandbox.container_id)["State"]
+        except docker.errors.DockerException:
+            return None
+        return None if state.get("Running") else state.get("ExitCode")
 
     def _is_running(self, container_id: str) -> bool:
         try:
