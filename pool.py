@@ -30,11 +30,17 @@ class Launcher(Protocol[S]):
     """What the pool needs from the container side (DockerSandboxes in production)."""
 
     def launch(self, port: int, deadline_seconds: float | None = None,
-               cancelled: threading.Event | None = None) -> S: ...
+               cancelled: threading.Event | None = None) -> S:
+        """Start a sandbox for the slot and return it once it can run a program."""
+        ...
 
-    def destroy(self, sandbox: S) -> None: ...
+    def destroy(self, sandbox: S) -> None:
+        """Remove the sandbox and everything it holds."""
+        ...
 
-    def is_healthy(self, sandbox: S) -> bool: ...
+    def is_healthy(self, sandbox: S) -> bool:
+        """Whether the sandbox still answers (cheap: called at every hand-out)."""
+        ...
 
 
 class SlotState(enum.Enum):
