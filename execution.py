@@ -18,6 +18,9 @@ FENCE_LANGUAGES = {"python": "python", "py": "python", "python3": "python",
                    "bash": "bash", "sh": "bash", "shell": "bash"}
 # A whole program wrapped in one Markdown fence, as LLMs like to send it: ```python ... ```
 FENCE = re.compile(r"\A\s*```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\r?\n(.*?)\r?\n?[ \t]*```\s*\Z", re.DOTALL)
+EMBEDDED_FENCE = re.compile(r"```[ \t]*(python3|python|py|bash|shell|sh)[ \t]*\r?\n(.*?)\r?\n?[ \t]*```",
+                            re.DOTALL | re.IGNORECASE)
+MAX_COMPILE_CHECK_CHARS = 64 * 1024
 VARIABLE_NAME = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*\Z")  # valid in Python and as a bash variable
 STATUSES = ("ok", "error", "timeout", "oom", "output_limit")
 MIN_TIMEOUT_SECONDS = 0.001
@@ -43,11 +46,30 @@ class RunRequest:
 
 
 def unwrap_fence(code: str) -> tuple[str, str | None]:
-    """Strip one enclosing ``` fence; return the code and the fence's language (if it names one)."""
+    """The program inside a Markdown fence, and the fence's language (None when it names none).
+
+    A fence around the whole text is always unwrapped. Like the original project, a fenced block
+    tagged python or bash inside other text (an LLM's prose around its code) is taken out of it,
+    but only when the whole text is not valid Python itself (a program may print backticks).
+    """
     match = FENCE.match(code)
-    if not match:
-        return code, None
-    return match.group(2), FENCE_LANGUAGES.get(match.group(1).lower())
+    if match:
+        return match.group(2), FENCE_LANGUAGES.get(match.group(1).lower())
+    embedded = EMBEDDED_FENCE.search(code)
+    if embedded and not is_valid_python(code):
+        return embedded.group(2), FENCE_LANGUAGES[embedded.group(1).lower()]
+    return code, None
+
+
+def is_valid_python(code: str) -> bool:
+    """Whether the text compiles as Python (large texts are taken as code: no parsing of megabytes here)."""
+    if len(code) > MAX_COMPILE_CHECK_CHARS:
+        return True
+    try:
+        compile(code, "<code>", "exec", dont_inherit=True)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return False
+    return True
 
 
 def nesting_depth(value: Any) -> int:

@@ -66,8 +66,9 @@ def _schemas() -> dict[str, Any]:
                     "type": "string",
                     "description": (
                         "The program. When the whole program is wrapped in one Markdown fence (```python, "
-                        "```bash, ```), the fence is removed first; with no `languageType`, the fence's "
-                        "language (python, py, python3, bash, sh, shell) is used."
+                        "```bash, ```), the fence is removed first; a block fenced as python or bash inside "
+                        "other text is taken out of it unless the whole text is valid Python. With no "
+                        "`languageType`, the fence's language (python, py, python3, bash, sh, shell) is used."
                     ),
                     "examples": ["print('Hello, World!')"],
                 },

@@ -59,6 +59,7 @@ def test_seed_fastgpt_style_get(live_server: Callable[..., str]) -> None:
     ("```\nprint('plain')\n```", None, "plain\n"),
     ("```bash\necho sh\n```", None, "sh\n"),
     ("```bash\necho explicit\n```", "bash", "explicit\n"),
+    ("Here is the code:\n```python\nprint('from prose')\n```\nIt prints a line.", None, "from prose\n"),
 ])
 def test_code_fences_are_unwrapped(client: FlaskClient, fenced: str, language: str | None, expected: str) -> None:
     body = {"code": fenced} if language is None else {"code": fenced, "languageType": language}

@@ -50,13 +50,22 @@ def test_fence_is_unwrapped(code: str, body: str, language: str | None) -> None:
 @pytest.mark.parametrize("code", [
     "print(1)",
     "print('```')",
-    "print(1)\n```python\nprint(2)\n```",
-    "```python\nprint(1)\n```\nprint(2)",
     "```python print(1)```",
+    'md = """\n```python\nprint(2)\n```\n"""\nprint(md)',
     "",
 ])
 def test_code_that_is_not_one_fenced_block_is_left_alone(code: str) -> None:
     assert unwrap_fence(code) == (code, None)
+
+
+@pytest.mark.parametrize(("code", "body", "language"), [
+    ("Here is the code:\n```python\nprint(2)\n```\nIt prints 2.", "print(2)", "python"),
+    ("Sure! Run this:\n\n```bash\nls -la\n```", "ls -la", "bash"),
+    ("print(1)\n```python\nprint(2)\n```", "print(2)", "python"),
+    ("```python\nprint(1)\n```\nprint(2)", "print(1)", "python"),
+], ids=["prose-python", "prose-bash", "code-then-fence", "fence-then-code"])
+def test_tagged_block_inside_text_that_is_not_python_is_taken_out(code: str, body: str, language: str) -> None:
+    assert unwrap_fence(code) == (body, language)
 
 
 def test_fenced_bash_runs_as_bash_when_language_is_absent() -> None:
