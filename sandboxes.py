@@ -298,9 +298,8 @@ class DockerSandboxes:
         deadline = time.monotonic() + settle_seconds
         exited_at = None
         while True:
-            try:
-                state = self.client.api.inspect_container(sandbox.container_id)["State"]
-            except docker.errors.DockerException:
+            state = self._state(sandbox.container_id)
+            if state is None:
                 return False
             if state.get("OOMKilled"):
                 return True
@@ -313,19 +312,21 @@ class DockerSandboxes:
                 return False
             time.sleep(0.1)
 
-    def _exit_code(self, sandbox: Sandbox) -> int | None:
-        """The container's exit code once it has stopped; None while it runs (or is gone)."""
+    def _state(self, container_id: str) -> dict[str, Any] | None:
+        """The engine's State of the container; None when it is gone or the engine does not answer."""
         try:
-            state = self.client.api.inspect_container(sandbox.container_id)["State"]
+            return self.client.api.inspect_container(container_id)["State"]
         except docker.errors.DockerException:
             return None
-        return None if state.get("Running") else state.get("ExitCode")
+
+    def _exit_code(self, sandbox: Sandbox) -> int | None:
+        """The container's exit code once it has stopped; None while it runs (or is gone)."""
+        state = self._state(sandbox.container_id)
+        return None if state is None or state.get("Running") else state.get("ExitCode")
 
     def _is_running(self, container_id: str) -> bool:
-        try:
-            return self.client.api.inspect_container(container_id)["State"]["Running"]
-        except docker.errors.DockerException:
-            return False
+        state = self._state(container_id)
+        return bool(state and state.get("Running"))
 
     def _logs(self, container_id: str) -> str:
         try:

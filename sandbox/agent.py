@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import IO, Any
 
 from flask import Flask, jsonify, request
@@ -191,25 +191,22 @@ def collect_images(max_images: int, max_bytes: int) -> tuple[list[dict[str, str]
 class Job:
     """A validated run request."""
 
-    language: str
     code: str
-    variables: dict[str, Any]
-    timeout: float
+    language: str = "python"
+    variables: dict[str, Any] = field(default_factory=dict)
+    timeout: float = 30
     max_output_bytes: int = 1024 * 1024
     max_images: int = 20
     max_image_bytes: int = 10 * 1024 * 1024
 
     @classmethod
     def from_json(cls, body: Any) -> Job:
-        """Check the center's request; raise ValueError naming the bad field."""
+        """Check the center's request (absent fields take the defaults above); ValueError names the bad field."""
         if not isinstance(body, dict):
             raise ValueError("body must be a JSON object")
-        job = cls(
-            language=body.get("language", "python"), code=body.get("code"),
-            variables=body.get("variables") or {}, timeout=body.get("timeout", 30),
-            max_output_bytes=body.get("max_output_bytes", 1024 * 1024),
-            max_images=body.get("max_images", 20), max_image_bytes=body.get("max_image_bytes", 10 * 1024 * 1024),
-        )
+        known = {f.name for f in fields(cls)}
+        job = cls(**{"code": None, **{name: value for name, value in body.items() if name in known}})
+        job.variables = job.variables or {}
         if job.language not in ("python", "bash"):
             raise ValueError("language must be python or bash")
         if not isinstance(job.code, str):
