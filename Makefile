@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: run test test-gvisor build lint bench clean
+.PHONY: run test test-crun test-gvisor build lint bench clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,9 +21,15 @@ test: build
 	$(PY) -m ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+SANDBOX_SUITES := tests/test_attacks.py tests/test_agent.py tests/test_isolation.py
+
+# The attack suite again with sandboxes under crun, the faster OCI runtime (registered with Docker as crun).
+test-crun: build
+	TEST_SANDBOX_RUNTIME=crun $(PY) -m pytest $(SANDBOX_SUITES)
+
 # The attack suite again with sandboxes under gVisor (needs the runsc runtime registered with Docker).
 test-gvisor: build
-	TEST_SANDBOX_RUNTIME=runsc $(PY) -m pytest tests/test_attacks.py tests/test_agent.py tests/test_isolation.py
+	TEST_SANDBOX_RUNTIME=runsc $(PY) -m pytest $(SANDBOX_SUITES)
 
 bench: build
 	$(PY) bench/latency.py

@@ -30,8 +30,6 @@ PULLED_BASE = "debian:bookworm-slim"
 LOCAL_BASE = "code-interpreter-base:bookworm"
 # Debian bookworm's python3 is 3.11: the wheels must be for exactly that interpreter.
 TARGET_PYTHON = "3.11"
-# What the in-container agent itself needs, beside the user-facing dependencies.
-AGENT_REQUIREMENTS = ("flask",)
 # Debian packages the image needs; baked straight into a locally made base image.
 BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates", "fontconfig", "fonts-wqy-microhei")
 BUILD_FORMAT_VERSION = "1"  # bump when this script changes what goes into the image
@@ -47,8 +45,8 @@ def step(message: str) -> None:
 
 
 def requirements_text(dependencies: tuple[str, ...]) -> str:
-    """The sandbox's requirements: the configured dependencies plus the agent's own."""
-    return "".join(f"{name}\n" for name in (*dependencies, *AGENT_REQUIREMENTS))
+    """The sandbox's requirements: the configured dependencies (the agent needs only the standard library)."""
+    return "".join(f"{name}\n" for name in dependencies)
 
 
 def inputs_hash(dependencies: tuple[str, ...]) -> str:

@@ -241,7 +241,7 @@ PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "dependencies": _string_list,
     "max_request_bytes": _integer(1024),
     "queue_wait_seconds": _number(0),
-    "sandbox_runtime": _choice("runc", "runsc"),
+    "sandbox_runtime": _choice("runc", "crun", "runsc"),
     "cors_origins": _string_list,
     "image_retention_days": _number(0),
     "max_output_bytes": _integer(1024),

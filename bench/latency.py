@@ -1,13 +1,15 @@
 """Latency, throughput and memory of the center, side by side with `docker run --rm` of the same image.
 
 Usage (after `make test` or `python3 build.py` has built the image):
-    python3 bench/latency.py [--requests 30] [--throughput-requests 48] [--concurrency 8] [--runtime runc]
+    python3 bench/latency.py [--requests 30] [--throughput-requests 48] [--concurrency 8]
+                             [--runtime runc|crun|runsc] [--baseline-runtime runc|crun|runsc]
 
 It starts its own center (`center.py --config <temp file>`, 4 slots, SQLite in a temp folder),
 measures a print, a matplotlib plot and a pandas group-by one request at a time (light load),
 the throughput of prints at concurrency 8 and the memory of a warm sandbox; then the same
-programs with `docker run --rm --network none IMAGE python3 -c CODE`. It prints every figure
-and the ratios. Nothing is asserted: the machines are shared and noisy; read the figures.
+programs with `docker run --rm --network none IMAGE python3 -c CODE` (by default under runc,
+Docker's stock runtime: what a user would otherwise run). It prints every figure and the ratios.
+Nothing is asserted: the machines are shared and noisy; read the figures.
 """
 
 from __future__ import annotations
@@ -118,14 +120,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--slots", type=int, default=4)
     parser.add_argument("--gap", type=float, default=0.5, help="pause between light-load requests (s)")
-    parser.add_argument("--runtime", default="runc", choices=("runc", "runsc"))
+    parser.add_argument("--runtime", default="runc", choices=("runc", "crun", "runsc"), help="the center's sandboxes")
+    parser.add_argument("--baseline-runtime", default="runc", choices=("runc", "crun", "runsc"),
+                        help="docker run --rm's runtime")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
     image = load_config().interpreter_image
     client = docker.from_env()
     figures: dict[str, Any] = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
-                               "runtime": args.runtime, "image": image}
+                               "runtime": args.runtime, "baseline_runtime": args.baseline_runtime, "image": image}
     with tempfile.TemporaryDirectory() as tmp:
         process, url, deployment = start_center(Path(tmp), {"interpreter_image": image,
                                                             "sandbox_runtime": args.runtime}, args.slots)
@@ -147,11 +151,12 @@ def main(argv: list[str] | None = None) -> int:
 
     for kind in KINDS:
         figures[f"docker_run_{kind}_ms"] = summarize(
-            [docker_run(image, args.runtime, BASELINE_CODE[kind]) for _ in range(args.baseline_requests)])
+            [docker_run(image, args.baseline_runtime, BASELINE_CODE[kind]) for _ in range(args.baseline_requests)])
     figures["docker_run_print_throughput_rps"] = round(throughput(
-        lambda: docker_run(image, args.runtime, BASELINE_CODE["print"]), args.throughput_requests, args.concurrency), 2)
+        lambda: docker_run(image, args.baseline_runtime, BASELINE_CODE["print"]),
+        args.throughput_requests, args.concurrency), 2)
     idle = client.containers.run(image, entrypoint="python3", command=["-c", IDLE_BASELINE], detach=True,
-                                 network_mode="none", runtime=args.runtime, remove=True)
+                                 network_mode="none", runtime=args.baseline_runtime, remove=True)
     time.sleep(4)
     figures["docker_run_memory_with_imports_mb"] = container_memory_mb(client, [idle.id])
     idle.kill()

@@ -15,10 +15,8 @@ import gc
 import json
 import os
 import resource
-import shutil
 import sys
 import threading
-import traceback
 import types
 
 SANDBOX_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -38,7 +36,12 @@ def prepare_matplotlib() -> None:
     """Point matplotlib at our capture backend and a writable copy of the prebuilt font cache."""
     config_dir = os.environ["MPLCONFIGDIR"]
     if os.path.isdir(FONT_CACHE) and not os.path.exists(config_dir):
-        shutil.copytree(FONT_CACHE, config_dir)
+        os.mkdir(config_dir)
+        for name in os.listdir(FONT_CACHE):  # a file or two: no need for shutil's import
+            with open(os.path.join(FONT_CACHE, name), "rb") as source:
+                data = source.read()
+            with open(os.path.join(config_dir, name), "wb") as copy:
+                copy.write(data)
     sys.path.append(SANDBOX_DIR)  # so matplotlib can import module://capture_backend
 
 
@@ -97,6 +100,8 @@ def run_python(code: str, variables: dict) -> int:
             print(e.code, file=sys.stderr)
             status = 1
     except BaseException as e:  # noqa: BLE001 - whatever the program raised is its own error
+        import traceback  # imported only when needed: most programs never raise
+
         # Skip this file's frame: the traceback starts at the user's code.
         traceback.print_exception(type(e), e, e.__traceback__.tb_next)
         status = 1
@@ -105,6 +110,8 @@ def run_python(code: str, variables: dict) -> int:
             import capture_backend
             capture_backend.save_open_figures()
         except Exception:  # noqa: BLE001 - a figure that cannot be drawn is reported, not fatal
+            import traceback
+
             traceback.print_exc()
     return status
 
