@@ -24,6 +24,7 @@ from typing import Any
 
 import docker
 import docker.errors
+import requests
 from docker.types import LogConfig, Mount, Ulimit
 
 from config import Config
@@ -42,6 +43,7 @@ AGENT_CAPABILITIES = ["SETUID", "SETGID", "KILL"]
 HEALTH_POLL_SECONDS = 0.01
 GVISOR_THREAD_HEADROOM = 1024
 RUN_GRACE_SECONDS = 15.0  # beyond the program's own limit, for the agent to collect and answer
+EXIT_WAIT_SECONDS = 2.0  # for an agent that answered to exit by itself before its container is removed
 MAX_SOCKET_PATH = 100  # sockaddr_un holds 108 bytes
 
 
@@ -89,6 +91,7 @@ class Sandbox:
     name: str
     port: int  # the slot's number, from interpreter_port_range
     socket_dir: str  # on the host
+    answered: bool = False  # the agent sent its report, after which it exits by itself
 
     @property
     def socket_path(self) -> str:
@@ -124,6 +127,7 @@ class Sandbox:
         status, body = self.request("POST", "/run", job, timeout=job["timeout"] + RUN_GRACE_SECONDS)
         if status != 200 or not isinstance(body, dict):
             raise AgentUnreachable(f"the agent answered HTTP {status}: {str(body)[:200]}")
+        self.answered = True
         return body
 
 
@@ -277,9 +281,22 @@ class DockerSandboxes:
         raise SandboxStartError(f"sandbox agent on slot {port} did not become healthy: {logs}")
 
     def destroy(self, sandbox: Sandbox) -> None:
-        """Remove the container at once (SIGKILL, no grace period) and its socket folder."""
+        """Remove the container (SIGKILL, no grace period, if it still runs) and its socket folder.
+
+        An agent that answered exits by itself within milliseconds; waiting for that (briefly)
+        spares the engine a kill through containerd and the runtime, ~30 ms of CPU per container.
+        """
+        if sandbox.answered:
+            self._wait_for_exit(sandbox.container_id, EXIT_WAIT_SECONDS)
         self._remove(sandbox.container_id)
         shutil.rmtree(sandbox.socket_dir, ignore_errors=True)
+
+    def _wait_for_exit(self, container_id: str, timeout: float) -> None:
+        """Until the container has stopped, at most `timeout` seconds (then it is killed anyway)."""
+        try:
+            self.client.api.wait(container_id, timeout=timeout)
+        except (docker.errors.DockerException, requests.RequestException):
+            pass
 
     def is_healthy(self, sandbox: Sandbox) -> bool:
         """The agent answers (about a millisecond over its socket)."""

@@ -2,7 +2,8 @@
 
 GET /healthz answers {"ok": true, "warm": bool, "used": bool} as soon as the agent listens. POST /run
 takes {"language", "code", "variables", "timeout", "max_output_bytes", "max_images", "max_image_bytes"}
-and answers {"stdout", "stderr", "exit_code", "status", "error"?, "duration_ms", "images": [...]}.
+and answers {"stdout", "stderr", "exit_code", "status", "error"?, "duration_ms", "images": [...]};
+then the agent exits, and with it the container.
 The program runs as the unprivileged `sandbox` user (see worker.py); this agent runs as root with
 only the capabilities to start that user's process and to kill it.
 
@@ -322,20 +323,24 @@ class Agent:
         return stderr.strip()[-8000:] or f"the program exited with code {returncode}"
 
 
-def route(agent: Agent, method: str, path: str, body: Any) -> tuple[int, dict[str, Any]]:
-    """The agent's HTTP face: (status, JSON answer) for one request."""
+def route(agent: Agent, method: str, path: str, body: Any) -> tuple[int, dict[str, Any], bool]:
+    """The agent's HTTP face: (status, JSON answer, exit once answered) for one request.
+
+    After its one program the agent has nothing left to do: it exits once the report is sent, so
+    the container stops by itself.
+    """
     if path == "/healthz" and method == "GET":
-        return 200, {"ok": True, "warm": agent.worker.warm.is_set(), "used": agent.used}
+        return 200, {"ok": True, "warm": agent.worker.warm.is_set(), "used": agent.used}, False
     if path == "/run" and method == "POST":
         try:
             job = Job.from_json(body)
         except ValueError as e:
-            return 400, {"error": str(e)}
+            return 400, {"error": str(e)}, False
         with agent.lock:
             if agent.used:
-                return 409, {"error": "this sandbox has already run a program"}
+                return 409, {"error": "this sandbox has already run a program"}, False
             agent.used = True
-        return 200, agent.run(job)
+        return 200, agent.run(job), True
     if path in ("/healthz", "/run"):
         raise HTTPError(405, f"{method} is not allowed on {path}")
     raise HTTPError(404, f"no such endpoint: {path}")

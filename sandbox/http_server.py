@@ -22,8 +22,8 @@ MAX_BODY = 64 * 1024 * 1024
 REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
            411: "Length Required", 413: "Payload Too Large", 500: "Internal Server Error"}
 
-# route(method, path, decoded JSON body or None) -> (status, JSON answer)
-Route = Callable[[str, str, Any], tuple[int, dict[str, Any]]]
+# route(method, path, decoded JSON body or None) -> (status, JSON answer, exit after answering?)
+Route = Callable[[str, str, Any], tuple[int, dict[str, Any], bool]]
 
 
 class HTTPError(Exception):
@@ -78,10 +78,15 @@ def write_response(sock: socket.socket, status: int, answer: dict[str, Any]) -> 
 
 
 def handle_connection(sock: socket.socket, route: Route) -> None:
-    """Read one request, answer it, close the connection; errors become JSON answers, never a crash."""
+    """Read one request, answer it, close the connection; errors become JSON answers, never a crash.
+
+    When the route says so, the whole process exits once the answer is out: a container that stops
+    by itself is removed without the engine's kill round trip.
+    """
+    exit_after = False
     with sock, sock.makefile("rb") as stream:
         try:
-            status, answer = route(*read_request(stream))
+            status, answer, exit_after = route(*read_request(stream))
         except HTTPError as e:
             status, answer = e.status, {"error": str(e)}
         except OSError:
@@ -89,9 +94,11 @@ def handle_connection(sock: socket.socket, route: Route) -> None:
         except Exception as e:  # noqa: BLE001 - the agent must keep serving; the center reports it
             status, answer = 500, {"error": f"agent error: {type(e).__name__}: {e}"}
         try:
-            write_response(sock, status, answer)
+            write_response(sock, status, answer)  # a Unix socket: once sent, the answer is the client's
         except OSError:
             pass
+    if exit_after:
+        os._exit(0)
 
 
 def serve_unix_socket(path: str, route: Route) -> None:

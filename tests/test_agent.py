@@ -5,11 +5,13 @@ from __future__ import annotations
 import base64
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import docker
 import pytest
 
-from sandboxes import DockerSandboxes
+from sandboxes import AgentUnreachable, DockerSandboxes
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -183,12 +185,19 @@ def test_non_utf8_output_is_replaced_not_fatal(run_in_sandbox: Callable[..., dic
     assert report["stdout"] == "ok \ufffd\ufffd end\n中文\n"
 
 
-def test_agent_runs_only_one_program(sandboxes: DockerSandboxes) -> None:
+def test_agent_runs_only_one_program_then_exits(sandboxes: DockerSandboxes, docker_client: docker.DockerClient) -> None:
     sandbox = sandboxes.launch(9151)
     try:
-        job = {"language": "python", "code": "print(1)", "variables": {}, "timeout": 5}
-        assert sandbox.run(job)["stdout"] == "1\n"
-        status, body = sandbox.request("POST", "/run", job, timeout=5)
-        assert status == 409 and "already" in body["error"]
+        job = {"language": "python", "code": "import time\ntime.sleep(1)\nprint(1)", "variables": {}, "timeout": 5}
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(sandbox.run, job)
+            time.sleep(0.3)
+            status, body = sandbox.request("POST", "/run", job, timeout=5)  # while the first one runs
+            assert status == 409 and "already" in body["error"]
+            assert first.result()["stdout"] == "1\n"
+        # Its one program done, the agent exits and the container stops by itself.
+        assert docker_client.api.wait(sandbox.container_id, timeout=10)["StatusCode"] == 0
+        with pytest.raises(AgentUnreachable):
+            sandbox.request("POST", "/run", job, timeout=5)
     finally:
         sandboxes.destroy(sandbox)
