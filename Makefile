@@ -31,8 +31,10 @@ test-crun: build
 test-gvisor: build
 	TEST_SANDBOX_RUNTIME=runsc $(PY) -m pytest $(SANDBOX_SUITES)
 
+# Against `docker run --rm` (runc): the center under runc (the default), then under crun if Docker has it.
 bench: build
 	$(PY) bench/latency.py
+	if docker info --format '{{json .Runtimes}}' | grep -q '"crun"'; then $(PY) bench/latency.py --runtime crun; fi
 
 clean:
 	rm -rf $(VENV) .build .pytest_cache

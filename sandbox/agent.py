@@ -14,19 +14,25 @@ a third of a request's whole cost under load.
 
 from __future__ import annotations
 
-import base64
-import json
-import os
-import pwd
-import signal
-import stat
-import subprocess
-import sys
-import threading
-import time
-from typing import IO, Any
+import gc
 
-from http_server import HTTPError, serve_unix_socket
+# The agent lives for one run and makes no garbage cycles worth collecting; without the collector,
+# its imports alone take ~4 ms less CPU, paid by every container.
+gc.disable()
+
+import base64  # noqa: E402
+import marshal  # noqa: E402
+import os  # noqa: E402
+import pwd  # noqa: E402
+import signal  # noqa: E402
+import stat  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from typing import IO, Any  # noqa: E402
+
+from http_server import HTTPError, serve_unix_socket  # noqa: E402
 
 SANDBOX_USER = "sandbox"
 WORKDIR = "/workspace"
@@ -105,9 +111,9 @@ class Worker:
                 if byte in events:
                     events[byte].set()
 
-    def send_line(self, line: bytes) -> None:
-        """One line to the worker's stdin (a command or the job)."""
-        self.process.stdin.write(line)
+    def send(self, data: bytes) -> None:
+        """A command line or the job to the worker's stdin (see worker.py's protocol)."""
+        self.process.stdin.write(data)
         self.process.stdin.flush()
 
 
@@ -250,7 +256,7 @@ class Agent:
                 return
             self.worker.warming = True
             try:
-                self.worker.send_line(b"warm\n")
+                self.worker.send(b"warm\n")
             except OSError:
                 pass
 
@@ -277,9 +283,9 @@ class Agent:
         threading.Thread(target=lambda: (worker.process.wait(), finished.set()), daemon=True).start()
 
         started = time.monotonic()
-        payload = json.dumps({"language": job.language, "code": job.code, "variables": job.variables})
+        payload = marshal.dumps({"language": job.language, "code": job.code, "variables": job.variables})
         try:
-            worker.send_line(payload.encode() + b"\n")
+            worker.send(b"job %d\n" % len(payload) + payload)
             worker.process.stdin.close()
         except BrokenPipeError:
             pass  # the worker is gone; its exit status tells why
