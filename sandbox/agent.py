@@ -24,9 +24,9 @@ import base64  # noqa: E402
 import marshal  # noqa: E402
 import os  # noqa: E402
 import pwd  # noqa: E402
+import resource  # noqa: E402
 import signal  # noqa: E402
 import stat  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
@@ -36,7 +36,7 @@ from http_server import HTTPError, serve_unix_socket  # noqa: E402
 
 SANDBOX_USER = "sandbox"
 WORKDIR = "/workspace"
-WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py")
+WORKER_FAILED = 127  # the forked worker's exit status when it could not even start
 IMAGE_TYPES = {
     ".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
     ".svg": "image/svg+xml", ".webp": "image/webp",
@@ -80,24 +80,68 @@ def kill_sandbox_processes() -> None:
         pass
 
 
-class Worker:
-    """The unprivileged child process that will run the program, started before the request.
+def become_worker(user: pwd.struct_passwd, stdio: tuple[int, int, int], status_fd: int, max_processes: int) -> None:
+    """In the forked child: drop to the sandbox user with only the worker's pipes, then run worker.py; never returns."""
+    try:
+        os.setsid()  # its own session: the program cannot signal the agent's process group
+        for target, fd in enumerate(stdio):
+            os.dup2(fd, target)
+        # Nothing of the agent's stays open: not its socket, not another worker's pipe.
+        os.closerange(3, status_fd)
+        os.closerange(status_fd + 1, os.sysconf("SC_OPEN_MAX"))
+        # As root still: the memory limit's OOM killer takes the program before the agent, and a
+        # hard process limit (under gVisor) it cannot raise.
+        try:
+            with open("/proc/self/oom_score_adj", "w") as f:
+                f.write("1000")
+        except OSError:
+            pass  # some runtimes (gVisor) do not offer it; the agent's small size still protects it
+        if max_processes:
+            resource.setrlimit(resource.RLIMIT_NPROC, (max_processes, max_processes))
+        os.setgroups([])
+        os.setgid(user.pw_gid)
+        # Real, effective and saved: every capability is gone with root. The change of user also
+        # leaves this process non-dumpable (as a setuid program is): its /proc/self files that
+        # need that, such as environ and mem, stay root's; the processes it starts are ordinary.
+        # (Making it dumpable again would need ctypes, ~9 ms of CPU per container.)
+        os.setuid(user.pw_uid)
+        os.chdir(WORKDIR)
+        os.environ.clear()
+        os.environ.update(worker_environment())
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        gc.enable()  # the program's garbage is collected as usual
+        import worker
 
-    It starts cold (a bare Python, ready in tens of milliseconds); the agent may tell it to warm
-    up (import numpy, pandas, matplotlib) while no request has come: see Agent.warm_up().
+        worker.main(status_fd)
+    finally:
+        os._exit(WORKER_FAILED)  # never back into the agent's code, whatever happened
+
+
+class Worker:
+    """The unprivileged process that will run the program, forked before the request.
+
+    Forked, not started as a new interpreter: that and its imports would cost every container
+    another ~15 ms of CPU. It starts cold; the agent may tell it to warm up (import numpy, pandas,
+    matplotlib) while no request has come: see Agent.warm_up().
     """
 
     def __init__(self, max_processes: int = 0) -> None:
         user = pwd.getpwnam(SANDBOX_USER)
+        stdin_read, stdin_write = os.pipe()
+        stdout_read, stdout_write = os.pipe()
+        stderr_read, stderr_write = os.pipe()
         status_read, status_write = os.pipe()
-        self.process = subprocess.Popen(
-            # Not -I: that would drop the PYTHON* settings of worker_environment() (unbuffered output).
-            [sys.executable, WORKER, str(status_write), str(max_processes)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            user=user.pw_uid, group=user.pw_gid, extra_groups=[], start_new_session=True,
-            cwd=WORKDIR, env=worker_environment(), pass_fds=(status_write,), close_fds=True,
-        )
-        os.close(status_write)
+        pid = os.fork()
+        if pid == 0:
+            become_worker(user, (stdin_read, stdout_write, stderr_write), status_write, max_processes)
+        for fd in (stdin_read, stdout_write, stderr_write, status_write):
+            os.close(fd)
+        self.pid = pid
+        self.stdin = os.fdopen(stdin_write, "wb")
+        self.stdout = os.fdopen(stdout_read, "rb")
+        self.stderr = os.fdopen(stderr_read, "rb")
+        self.returncode: int | None = None
+        self._wait_lock = threading.Lock()
         self.started = threading.Event()
         self.warm = threading.Event()
         self.warming = False
@@ -113,8 +157,16 @@ class Worker:
 
     def send(self, data: bytes) -> None:
         """A command line or the job to the worker's stdin (see worker.py's protocol)."""
-        self.process.stdin.write(data)
-        self.process.stdin.flush()
+        self.stdin.write(data)
+        self.stdin.flush()
+
+    def wait(self) -> int:
+        """The worker's exit status once it has exited (minus the signal's number if one killed it)."""
+        with self._wait_lock:
+            if self.returncode is None:
+                _, status = os.waitpid(self.pid, 0)
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
 
 
 class CappedReader(threading.Thread):
@@ -265,7 +317,7 @@ class Agent:
         worker = self.worker
         if worker.warming and not worker.warm.is_set():
             kill_sandbox_processes()  # a cold start beats waiting for the rest of the imports
-            worker.process.wait()
+            worker.wait()
             worker = self.worker = Worker(self.max_processes)
         if not worker.started.wait(COLD_START_SECONDS):
             raise RuntimeError("the sandbox worker did not start")
@@ -277,23 +329,23 @@ class Agent:
         oom_before = oom_kill_count()
         finished = threading.Event()
         readers = [CappedReader(pipe, job.max_output_bytes, finished)
-                   for pipe in (worker.process.stdout, worker.process.stderr)]
+                   for pipe in (worker.stdout, worker.stderr)]
         for reader in readers:
             reader.start()
-        threading.Thread(target=lambda: (worker.process.wait(), finished.set()), daemon=True).start()
+        threading.Thread(target=lambda: (worker.wait(), finished.set()), daemon=True).start()
 
         started = time.monotonic()
         payload = marshal.dumps({"language": job.language, "code": job.code, "variables": job.variables})
         try:
             worker.send(b"job %d\n" % len(payload) + payload)
-            worker.process.stdin.close()
+            worker.stdin.close()
         except BrokenPipeError:
             pass  # the worker is gone; its exit status tells why
         timed_out = not finished.wait(job.timeout)
         duration_ms = (time.monotonic() - started) * 1000
         # Whatever ended the run, nothing of the program may outlive it (background jobs included).
         kill_sandbox_processes()
-        returncode = worker.process.wait()
+        returncode = worker.wait()
         for reader in readers:
             reader.join(timeout=2)
         stdout, stderr = readers

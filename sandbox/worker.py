@@ -1,7 +1,8 @@
-"""Runs one untrusted program as the unprivileged sandbox user; started by agent.py, one per container.
+"""Runs one untrusted program as the unprivileged sandbox user; forked by agent.py, one per container.
 
-Protocol: argv is [worker.py, STATUS_FD, MAX_PROCESSES (0: no RLIMIT_NPROC)]. The worker offers
-itself first to the out-of-memory killer, writes b"r" to STATUS_FD and reads a line from stdin:
+Protocol: the agent forks, drops the child to the sandbox user (see agent.become_worker) and calls
+main(STATUS_FD) with the job pipe as stdin and output pipes as stdout and stderr. The worker makes
+itself a fresh interpreter, writes b"r" to STATUS_FD and reads a line from stdin:
 "warm" makes it import the heavy modules ahead of time (then it writes b"w" and reads again);
 "job SIZE" is followed by SIZE bytes of the job, marshalled by the agent:
 {"language": "python"|"bash", "code": str, "variables": {name: JSON value}}.
@@ -13,9 +14,10 @@ from __future__ import annotations
 
 import atexit
 import gc
+import io
 import marshal
 import os
-import resource
+import site
 import sys
 import threading
 import types
@@ -24,13 +26,19 @@ SANDBOX_DIR = os.path.dirname(os.path.abspath(__file__))
 FONT_CACHE = "/opt/matplotlib-cache"
 
 
-def volunteer_for_oom_killer() -> None:
-    """Raise our OOM score so a memory bomb kills the program, not the agent (raising needs no privilege)."""
-    try:
-        with open("/proc/self/oom_score_adj", "w") as f:
-            f.write("1000")
-    except OSError:
-        pass  # some runtimes (gVisor) do not offer it; the agent's small size still protects it
+def become_fresh_interpreter() -> None:
+    """What `python3` with worker_environment() would have set up, which the agent's interpreter has not.
+
+    The agent runs with -E -S: the program gets the site packages (and exit(), help()) back,
+    unbuffered UTF-8 standard streams on its pipes, and no bytecode written.
+    """
+    site.main()
+    sys.dont_write_bytecode = True
+    sys.stdin = sys.__stdin__ = open(0, encoding="utf-8", closefd=False)
+    sys.stdout = sys.__stdout__ = io.TextIOWrapper(open(1, "wb", buffering=0, closefd=False),
+                                                   encoding="utf-8", errors="strict", write_through=True)
+    sys.stderr = sys.__stderr__ = io.TextIOWrapper(open(2, "wb", buffering=0, closefd=False),
+                                                   encoding="utf-8", errors="backslashreplace", write_through=True)
 
 
 def prepare_matplotlib() -> None:
@@ -117,12 +125,9 @@ def run_python(code: str, variables: dict) -> int:
     return status
 
 
-def main() -> None:
-    """Prepare, say "r", warm up if told to (then say "w"), then run the job read from stdin."""
-    status_fd, max_processes = int(sys.argv[1]), int(sys.argv[2])
-    volunteer_for_oom_killer()
-    if max_processes:  # a hard limit: the program cannot raise it
-        resource.setrlimit(resource.RLIMIT_NPROC, (max_processes, max_processes))
+def main(status_fd: int) -> None:
+    """Prepare, say "r", warm up if told to (then say "w"), then run the job read from stdin; never returns."""
+    become_fresh_interpreter()
     prepare_matplotlib()
     os.write(status_fd, b"r")
     line = sys.stdin.buffer.readline()
@@ -141,7 +146,3 @@ def main() -> None:
                     for name, value in job["variables"].items()})
         os.execve("/bin/bash", ["bash", "-c", job["code"]], env)
     finish(run_python(job["code"], job["variables"]))
-
-
-if __name__ == "__main__":
-    main()

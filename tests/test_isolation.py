@@ -42,13 +42,14 @@ def test_files_and_processes_of_one_run_are_invisible_to_the_next(client: FlaskC
 
 def test_environment_holds_no_secret_of_the_center(make_app) -> None:
     client = make_app(auth_tokens=("tok-xyz-123",), database_url="sqlite:////tmp/pw-in-url-db.sqlite").test_client()
-    code = (
-        "import os\n"
+    code = (  # the program's environment, and the one a process it starts sees
+        "import os, subprocess\n"
         "print(sorted(os.environ))\n"
-        "print(open('/proc/self/environ', 'rb').read().count(b'tok-xyz'))\n"
+        "env = subprocess.run(['cat', '/proc/self/environ'], capture_output=True, check=True).stdout\n"
+        "print(b'PATH=' in env, env.count(b'tok-xyz'))\n"
     )
     body = client.post("/runcode", json={"code": code}, headers={"Authorization": "Bearer tok-xyz-123"}).get_json()
-    names, count = body["output"].splitlines()
-    assert "tok-xyz" not in body["output"] and count == "0"
+    names, seen_by_a_child = body["output"].splitlines()
+    assert "tok-xyz" not in body["output"] and seen_by_a_child == "True 0"
     for forbidden in ("AGENT_PORT", "DATABASE_URL", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "CIA_AUTH_TOKENS"):
         assert f"'{forbidden}'" not in names
