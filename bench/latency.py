@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline-requests", type=int, default=10, help="docker run --rm per program")
     parser.add_argument("--throughput-requests", type=int, default=64, help="counted, after --concurrency more")
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=3,
+    parser.add_argument("--rounds", type=int, default=5,
                         help="throughput rounds, each the center then docker run (alternated, so drift hits both)")
     parser.add_argument("--slots", type=int, default=4)
     parser.add_argument("--gap", type=float, default=0.5, help="pause between light-load requests (s)")

@@ -1,6 +1,6 @@
 """In-container agent: a small HTTP service that runs exactly one program in this container, then is done.
 
-GET /healthz answers {"ok": true, "warm": bool, "used": bool} as soon as the agent listens. POST /run
+GET /healthz answers {"ok": true, "warm": bool, "warming": bool, "used": bool} once the agent listens. POST /run
 takes {"language", "code", "variables", "timeout", "max_output_bytes", "max_images", "max_image_bytes"}
 and answers {"stdout", "stderr", "exit_code", "status", "error"?, "duration_ms", "images": [...]};
 then the agent exits, and with it the container.
@@ -24,6 +24,7 @@ import base64  # noqa: E402
 import marshal  # noqa: E402
 import os  # noqa: E402
 import pwd  # noqa: E402
+import re  # noqa: E402
 import resource  # noqa: E402
 import signal  # noqa: E402
 import stat  # noqa: E402
@@ -36,6 +37,8 @@ from http_server import HTTPError, serve_unix_socket  # noqa: E402
 
 SANDBOX_USER = "sandbox"
 WORKDIR = "/workspace"
+# What a warm-up imports (worker.preload) and the libraries built on it.
+PRELOADED_MODULES = re.compile(r"\b(?:numpy|pandas|matplotlib|seaborn|scipy|sklearn|statsmodels)\b")
 WORKER_FAILED = 127  # the forked worker's exit status when it could not even start
 IMAGE_TYPES = {
     ".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
@@ -265,6 +268,10 @@ class Job:
         self.max_images: int = settings["max_images"]
         self.max_image_bytes: int = settings["max_image_bytes"]
 
+    def uses_preloaded_modules(self) -> bool:
+        """Whether the program mentions a module the warm-up imports (or one built on them)."""
+        return self.language == "python" and PRELOADED_MODULES.search(self.code) is not None
+
     @classmethod
     def from_json(cls, body: Any) -> Job:
         """Check the center's request (absent fields take the defaults above); ValueError names the bad field."""
@@ -312,11 +319,12 @@ class Agent:
             except OSError:
                 pass
 
-    def take_worker(self) -> Worker:
-        """A worker waiting for the job: warm or never asked to warm; one still importing is replaced."""
+    def take_worker(self, job: Job) -> Worker:
+        """A worker waiting for the job: warm or never asked to warm, or still warming up for a job that
+        needs those modules (finishing the imports beats starting them over); otherwise a cold one."""
         worker = self.worker
-        if worker.warming and not worker.warm.is_set():
-            kill_sandbox_processes()  # a cold start beats waiting for the rest of the imports
+        if worker.warming and not worker.warm.is_set() and not job.uses_preloaded_modules():
+            kill_sandbox_processes()  # a cold start beats waiting for imports the program does not need
             worker.wait()
             worker = self.worker = Worker(self.max_processes)
         if not worker.started.wait(COLD_START_SECONDS):
@@ -325,7 +333,7 @@ class Agent:
 
     def run(self, job: Job) -> dict[str, Any]:
         """Run the job to its end (exit, timeout or output cap) and report what happened."""
-        worker = self.take_worker()
+        worker = self.take_worker(job)
         oom_before = oom_kill_count()
         finished = threading.Event()
         readers = [CappedReader(pipe, job.max_output_bytes, finished)
@@ -388,7 +396,8 @@ def route(agent: Agent, method: str, path: str, body: Any) -> tuple[int, dict[st
     the container stops by itself.
     """
     if path == "/healthz" and method == "GET":
-        return 200, {"ok": True, "warm": agent.worker.warm.is_set(), "used": agent.used}, False
+        worker = agent.worker
+        return 200, {"ok": True, "warm": worker.warm.is_set(), "warming": worker.warming, "used": agent.used}, False
     if path == "/run" and method == "POST":
         try:
             job = Job.from_json(body)

@@ -11,7 +11,7 @@ from typing import Any
 import docker
 import pytest
 
-from sandboxes import AgentUnreachable, DockerSandboxes
+from sandboxes import AgentUnreachable, DockerSandboxes, Sandbox
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -199,5 +199,44 @@ def test_agent_runs_only_one_program_then_exits(sandboxes: DockerSandboxes, dock
         assert docker_client.api.wait(sandbox.container_id, timeout=10)["StatusCode"] == 0
         with pytest.raises(AgentUnreachable):
             sandbox.request("POST", "/run", job, timeout=5)
+    finally:
+        sandboxes.destroy(sandbox)
+
+
+def wait_for_health(sandbox: Sandbox, condition: Callable[[dict[str, Any]], bool], timeout: float = 20) -> None:
+    """Poll the agent's /healthz until the condition holds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        health = sandbox.health()
+        if health is not None and condition(health):
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"the agent never reached the state; last /healthz: {sandbox.health()}")
+
+
+def test_an_idle_sandbox_warms_up_so_a_plot_pays_no_imports(sandboxes: DockerSandboxes) -> None:
+    sandbox = sandboxes.launch(9152)
+    try:
+        wait_for_health(sandbox, lambda health: health["warm"])
+        code = "import matplotlib.pyplot as plt\nplt.plot([1, 2], [2, 1])\nplt.show()"
+        report = sandbox.run({"language": "python", "code": code, "variables": {}, "timeout": 20})
+        assert (report["status"], report["warm"]) == ("ok", True), report
+        assert [image["name"] for image in report["images"]] == ["figure_1.png"]
+    finally:
+        sandboxes.destroy(sandbox)
+
+
+@pytest.mark.parametrize(("code", "kept"), [
+    ("print('no imports needed')", False),  # a cold worker starts at once: it beats the rest of the imports
+    ("import pandas as pd\nprint(pd.DataFrame({'a': [1, 2]})['a'].sum())", True),  # the imports it needs anyway
+])
+def test_a_worker_caught_warming_up_is_kept_only_for_a_program_that_needs_its_imports(
+        sandboxes: DockerSandboxes, code: str, kept: bool) -> None:
+    sandbox = sandboxes.launch(9153)
+    try:
+        wait_for_health(sandbox, lambda health: health["warming"] and not health["warm"])
+        report = sandbox.run({"language": "python", "code": code, "variables": {}, "timeout": 20})
+        assert report["status"] == "ok", report
+        assert report["warm"] is kept
     finally:
         sandboxes.destroy(sandbox)
