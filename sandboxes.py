@@ -233,11 +233,12 @@ class DockerSandboxes:
             use_config_proxy=False,  # never hand the host's proxy settings to untrusted code
             hostname="sandbox",
             user="0",
-            # No network at all, and no libnetwork either: with networking disabled the engine skips
-            # its network sandbox, whose two helper processes (libnetwork-setkey, set-ipv6) cost
-            # ~80 ms of CPU per container; the runtime still gives the container an empty network
-            # namespace of its own (loopback only, and down).
-            network_disabled=True,
+            # No network at all, and under runc and crun no libnetwork either: with networking
+            # disabled the engine skips its network sandbox, whose two helper processes
+            # (libnetwork-setkey, set-ipv6) cost ~80 ms of CPU per container, and the runtime
+            # itself gives the container an empty network namespace with its loopback up. gVisor
+            # (with --network=host) would leave that loopback down, so it keeps Docker's.
+            network_disabled=self.config.sandbox_runtime != "runsc",
             host_config=self.client.api.create_host_config(**host),
         )
 

@@ -188,6 +188,11 @@ CONNECT = (
 def test_no_network_but_loopback(run: Run) -> None:
     body = run("print(sorted(line.split(':')[0].strip() for line in open('/proc/net/dev').readlines()[2:]))")[1]
     assert body["output"] == "['lo']\n", body
+    # The program's own processes may still talk over loopback (a local server, a test client).
+    code = ("import socket\nserver = socket.create_server(('127.0.0.1', 0))\n"
+            "client = socket.create_connection(server.getsockname(), timeout=2)\n"
+            "peer, _ = server.accept()\nclient.sendall(b'ping')\nprint(peer.recv(4))")
+    assert run(code)[1]["output"] == "b'ping'\n"
 
 
 def test_no_route_out_no_metadata_no_dns(run: Run) -> None:
