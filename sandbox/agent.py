@@ -31,7 +31,7 @@ import stat  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
-from typing import IO, Any  # noqa: E402
+from typing import IO, Any, NoReturn  # noqa: E402
 
 from http_server import HTTPError, serve_unix_socket  # noqa: E402
 
@@ -83,7 +83,7 @@ def kill_sandbox_processes() -> None:
         pass
 
 
-def become_worker(user: pwd.struct_passwd, stdio: tuple[int, int, int], status_fd: int, max_processes: int) -> None:
+def become_worker(user: pwd.struct_passwd, stdio: tuple[int, int, int], status_fd: int, max_processes: int) -> NoReturn:
     """In the forked child: drop to the sandbox user with only the worker's pipes, then run worker.py; never returns."""
     try:
         os.setsid()  # its own session: the program cannot signal the agent's process group

@@ -21,6 +21,7 @@ import site
 import sys
 import threading
 import types
+from typing import NoReturn
 
 SANDBOX_DIR = os.path.dirname(os.path.abspath(__file__))
 FONT_CACHE = "/opt/matplotlib-cache"
@@ -125,7 +126,7 @@ def run_python(code: str, variables: dict) -> int:
     return status
 
 
-def main(status_fd: int) -> None:
+def main(status_fd: int) -> NoReturn:
     """Prepare, say "r", warm up if told to (then say "w"), then run the job read from stdin; never returns."""
     become_fresh_interpreter()
     prepare_matplotlib()
