@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import json
+import socket
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -238,5 +240,34 @@ def test_a_worker_caught_warming_up_is_kept_only_for_a_program_that_needs_its_im
         report = sandbox.run({"language": "python", "code": code, "variables": {}, "timeout": 20})
         assert report["status"] == "ok", report
         assert report["warm"] is kept
+    finally:
+        sandboxes.destroy(sandbox)
+
+
+@pytest.mark.parametrize(("raw", "status"), [
+    (b"nonsense\r\n\r\n", 400),
+    (b"GET /healthz HTTP/1.1\r\n" + b"X-Long: " + b"a" * 10000 + b"\r\n\r\n", 400),
+    (b"POST /run HTTP/1.1\r\nContent-Length: 9\r\n\r\nnot json!", 400),
+    (b"POST /run HTTP/1.1\r\nContent-Length: 999999999999\r\n\r\n", 413),
+    (b"POST /run HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 411),
+    (b"GET /nowhere HTTP/1.1\r\n\r\n", 404),
+    (b"DELETE /run HTTP/1.1\r\n\r\n", 405),
+])
+def test_agent_answers_malformed_requests_with_json_errors_and_keeps_serving(
+        sandboxes: DockerSandboxes, raw: bytes, status: int) -> None:
+    sandbox = sandboxes.launch(9154)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+            connection.settimeout(5)
+            connection.connect(sandbox.socket_path)
+            connection.sendall(raw)
+            answer = b""
+            while chunk := connection.recv(65536):
+                answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.split()[1] == str(status).encode(), answer[:300]
+        assert "error" in json.loads(body)
+        job = {"language": "python", "code": "print('still here')", "variables": {}, "timeout": 5}
+        assert sandbox.run(job)["stdout"] == "still here\n"
     finally:
         sandboxes.destroy(sandbox)
