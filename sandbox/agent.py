@@ -21,7 +21,7 @@ import gc
 gc.disable()
 
 import base64  # noqa: E402
-import marshal  # noqa: E402
+import json  # noqa: E402
 import os  # noqa: E402
 import pwd  # noqa: E402
 import re  # noqa: E402
@@ -343,9 +343,9 @@ class Agent:
         threading.Thread(target=lambda: (worker.wait(), finished.set()), daemon=True).start()
 
         started = time.monotonic()
-        payload = marshal.dumps({"language": job.language, "code": job.code, "variables": job.variables})
+        payload = json.dumps({"language": job.language, "code": job.code, "variables": job.variables})
         try:
-            worker.send(b"job %d\n" % len(payload) + payload)
+            worker.send(payload.encode() + b"\n")
             worker.stdin.close()
         except BrokenPipeError:
             pass  # the worker is gone; its exit status tells why

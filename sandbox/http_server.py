@@ -2,9 +2,9 @@
 
 Its one client is the center (http.client over the socket folder that only the container's root
 and the center's user can reach), so it speaks the little HTTP that client needs: a request
-line, headers, a Content-Length body; one exchange per connection. It imports in about a
-millisecond, where http.server (with email, http.client and ssl) takes tens of them and
-every request pays the agent's start-up.
+line, headers, a Content-Length body; one exchange per connection. It needs nothing beyond json
+and socket, which the agent uses anyway, where http.server (with email, http.client and ssl)
+adds tens of milliseconds to a start-up that every request pays.
 """
 
 from __future__ import annotations

@@ -4,9 +4,8 @@ Protocol: the agent forks, drops the child to the sandbox user (see agent.become
 main(STATUS_FD) with the job pipe as stdin and output pipes as stdout and stderr. The worker makes
 itself a fresh interpreter, writes b"r" to STATUS_FD and reads a line from stdin:
 "warm" makes it import the heavy modules ahead of time (then it writes b"w" and reads again);
-"job SIZE" is followed by SIZE bytes of the job, marshalled by the agent:
+any other line is the job, one line of JSON (json is already loaded: the agent imported it):
 {"language": "python"|"bash", "code": str, "variables": {name: JSON value}}.
-(marshal, not JSON: it is built in, and importing json and re would cost every start ~8 ms.)
 Python runs in this very process (so pre-imports pay off); bash replaces it with exec.
 """
 
@@ -15,7 +14,7 @@ from __future__ import annotations
 import atexit
 import gc
 import io
-import marshal
+import json
 import os
 import site
 import sys
@@ -137,11 +136,9 @@ def main(status_fd: int) -> NoReturn:
         os.write(status_fd, b"w")
         line = sys.stdin.buffer.readline()
     os.close(status_fd)
-    job = marshal.loads(sys.stdin.buffer.read(int(line.removeprefix(b"job "))))
+    job = json.loads(line)
     sys.stdin = open(os.devnull)  # the job pipe is drained; the program sees an empty stdin
     if job["language"] == "bash":
-        import json
-
         env = dict(os.environ)
         env.update({name: value if isinstance(value, str) else json.dumps(value)
                     for name, value in job["variables"].items()})
