@@ -167,21 +167,20 @@ def main(argv: list[str] | None = None) -> int:
                 figures[f"center_{kind}_ms"] = summarize(center_latencies(url, kind, args.requests, args.gap,
                                                                           args.slots))
             plan = center_plan(url, "print")
-            rounds = []
-            for _ in range(args.rounds):
-                wait_ready(url, args.slots)
-                time.sleep(WARM_UP_SETTLE_SECONDS)  # the refilled pool's warm-up imports are done
-                ours = steady_throughput(lambda: center_print(plan), args.throughput_requests,
-                                         args.concurrency, args.concurrency)
+
+            def settled_throughput(call: Any) -> float:
+                """Steady throughput, measured once the refilled pool's warm-up imports are done."""
                 wait_ready(url, args.slots)
                 time.sleep(WARM_UP_SETTLE_SECONDS)
-                theirs = steady_throughput(lambda: docker_run(image, args.baseline_runtime, BASELINE_CODE["print"]),
-                                           args.throughput_requests, args.concurrency, args.concurrency)
-                rounds.append((ours, theirs))
+                return steady_throughput(call, args.throughput_requests, args.concurrency, args.concurrency)
+
+            rounds = [(settled_throughput(lambda: center_print(plan)),
+                       settled_throughput(lambda: docker_run(image, args.baseline_runtime, BASELINE_CODE["print"])))
+                      for _ in range(args.rounds)]
             figures["center_print_throughput_rps"] = round(median([ours for ours, _ in rounds]), 2)
             figures["docker_run_print_throughput_rps"] = round(median([theirs for _, theirs in rounds]), 2)
             figures["throughput_rounds_rps"] = [[round(ours, 2), round(theirs, 2)] for ours, theirs in rounds]
-            figures["ratio_print_throughput"] = ratio(median([ours / theirs for ours, theirs in rounds]), 1)
+            figures["ratio_print_throughput"] = f"{median([ours / theirs for ours, theirs in rounds]):.1f}x"
         finally:
             process.send_signal(signal.SIGTERM)
             process.wait(60)

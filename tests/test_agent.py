@@ -33,6 +33,14 @@ def run_in_sandbox(sandboxes: DockerSandboxes) -> Iterator[Callable[..., dict[st
     yield run
 
 
+@pytest.fixture
+def sandbox(sandboxes: DockerSandboxes) -> Iterator[Sandbox]:
+    """One fresh sandbox of the test's own, talked to directly; removed afterwards."""
+    sandbox = sandboxes.launch(9151)
+    yield sandbox
+    sandboxes.destroy(sandbox)
+
+
 def images_by_name(report: dict[str, Any]) -> dict[str, bytes]:
     """The report's images, decoded."""
     return {image["name"]: base64.b64decode(image["data"]) for image in report["images"]}
@@ -187,22 +195,18 @@ def test_non_utf8_output_is_replaced_not_fatal(run_in_sandbox: Callable[..., dic
     assert report["stdout"] == "ok \ufffd\ufffd end\n中文\n"
 
 
-def test_agent_runs_only_one_program_then_exits(sandboxes: DockerSandboxes, docker_client: docker.DockerClient) -> None:
-    sandbox = sandboxes.launch(9151)
-    try:
-        job = {"language": "python", "code": "import time\ntime.sleep(1)\nprint(1)", "variables": {}, "timeout": 5}
-        with ThreadPoolExecutor(1) as pool:
-            first = pool.submit(sandbox.run, job)
-            time.sleep(0.3)
-            status, body = sandbox.request("POST", "/run", job, timeout=5)  # while the first one runs
-            assert status == 409 and "already" in body["error"]
-            assert first.result()["stdout"] == "1\n"
-        # Its one program done, the agent exits and the container stops by itself.
-        assert docker_client.api.wait(sandbox.container_id, timeout=10)["StatusCode"] == 0
-        with pytest.raises(AgentUnreachable):
-            sandbox.request("POST", "/run", job, timeout=5)
-    finally:
-        sandboxes.destroy(sandbox)
+def test_agent_runs_only_one_program_then_exits(sandbox: Sandbox, docker_client: docker.DockerClient) -> None:
+    job = {"language": "python", "code": "import time\ntime.sleep(1)\nprint(1)", "variables": {}, "timeout": 5}
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(sandbox.run, job)
+        time.sleep(0.3)
+        status, body = sandbox.request("POST", "/run", job, timeout=5)  # while the first one runs
+        assert status == 409 and "already" in body["error"]
+        assert first.result()["stdout"] == "1\n"
+    # Its one program done, the agent exits and the container stops by itself.
+    assert docker_client.api.wait(sandbox.container_id, timeout=10)["StatusCode"] == 0
+    with pytest.raises(AgentUnreachable):
+        sandbox.request("POST", "/run", job, timeout=5)
 
 
 def wait_for_health(sandbox: Sandbox, condition: Callable[[dict[str, Any]], bool], timeout: float = 20) -> None:
@@ -216,16 +220,12 @@ def wait_for_health(sandbox: Sandbox, condition: Callable[[dict[str, Any]], bool
     raise AssertionError(f"the agent never reached the state; last /healthz: {sandbox.health()}")
 
 
-def test_an_idle_sandbox_warms_up_so_a_plot_pays_no_imports(sandboxes: DockerSandboxes) -> None:
-    sandbox = sandboxes.launch(9152)
-    try:
-        wait_for_health(sandbox, lambda health: health["warm"])
-        code = "import matplotlib.pyplot as plt\nplt.plot([1, 2], [2, 1])\nplt.show()"
-        report = sandbox.run({"language": "python", "code": code, "variables": {}, "timeout": 20})
-        assert (report["status"], report["warm"]) == ("ok", True), report
-        assert [image["name"] for image in report["images"]] == ["figure_1.png"]
-    finally:
-        sandboxes.destroy(sandbox)
+def test_an_idle_sandbox_warms_up_so_a_plot_pays_no_imports(sandbox: Sandbox) -> None:
+    wait_for_health(sandbox, lambda health: health["warm"])
+    code = "import matplotlib.pyplot as plt\nplt.plot([1, 2], [2, 1])\nplt.show()"
+    report = sandbox.run({"language": "python", "code": code, "variables": {}, "timeout": 20})
+    assert (report["status"], report["warm"]) == ("ok", True), report
+    assert [image["name"] for image in report["images"]] == ["figure_1.png"]
 
 
 @pytest.mark.parametrize(("code", "kept"), [
@@ -233,15 +233,11 @@ def test_an_idle_sandbox_warms_up_so_a_plot_pays_no_imports(sandboxes: DockerSan
     ("import pandas as pd\nprint(pd.DataFrame({'a': [1, 2]})['a'].sum())", True),  # the imports it needs anyway
 ])
 def test_a_worker_caught_warming_up_is_kept_only_for_a_program_that_needs_its_imports(
-        sandboxes: DockerSandboxes, code: str, kept: bool) -> None:
-    sandbox = sandboxes.launch(9153)
-    try:
-        wait_for_health(sandbox, lambda health: health["warming"] and not health["warm"])
-        report = sandbox.run({"language": "python", "code": code, "variables": {}, "timeout": 20})
-        assert report["status"] == "ok", report
-        assert report["warm"] is kept
-    finally:
-        sandboxes.destroy(sandbox)
+        sandbox: Sandbox, code: str, kept: bool) -> None:
+    wait_for_health(sandbox, lambda health: health["warming"] and not health["warm"])
+    report = sandbox.run({"language": "python", "code": code, "variables": {}, "timeout": 20})
+    assert report["status"] == "ok", report
+    assert report["warm"] is kept
 
 
 @pytest.mark.parametrize(("raw", "status"), [
@@ -254,20 +250,16 @@ def test_a_worker_caught_warming_up_is_kept_only_for_a_program_that_needs_its_im
     (b"DELETE /run HTTP/1.1\r\n\r\n", 405),
 ])
 def test_agent_answers_malformed_requests_with_json_errors_and_keeps_serving(
-        sandboxes: DockerSandboxes, raw: bytes, status: int) -> None:
-    sandbox = sandboxes.launch(9154)
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
-            connection.settimeout(5)
-            connection.connect(sandbox.socket_path)
-            connection.sendall(raw)
-            answer = b""
-            while chunk := connection.recv(65536):
-                answer += chunk
-        head, _, body = answer.partition(b"\r\n\r\n")
-        assert head.split()[1] == str(status).encode(), answer[:300]
-        assert "error" in json.loads(body)
-        job = {"language": "python", "code": "print('still here')", "variables": {}, "timeout": 5}
-        assert sandbox.run(job)["stdout"] == "still here\n"
-    finally:
-        sandboxes.destroy(sandbox)
+        sandbox: Sandbox, raw: bytes, status: int) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+        connection.settimeout(5)
+        connection.connect(sandbox.socket_path)
+        connection.sendall(raw)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.split()[1] == str(status).encode(), answer[:300]
+    assert "error" in json.loads(body)
+    job = {"language": "python", "code": "print('still here')", "variables": {}, "timeout": 5}
+    assert sandbox.run(job)["stdout"] == "still here\n"
