@@ -1,5 +1,6 @@
 # Two commands: `make run` (serve on the embedded defaults) and `make test` (the whole suite).
-# Both create .venv, install requirements.txt and build the sandbox image when missing or stale.
+# Both create .venv, install the requirements (test: requirements-dev.txt too) and build the sandbox
+# image when missing or stale.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -11,24 +12,28 @@ $(VENV)/.installed: requirements.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
 
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
 build: $(VENV)/.installed
 	$(PY) build.py
 
 run: build
 	$(PY) center.py
 
-test: build
+test: build $(VENV)/.installed-dev
 	$(PY) -m ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 SANDBOX_SUITES := tests/test_attacks.py tests/test_agent.py tests/test_isolation.py
 
 # The attack suite again with sandboxes under crun, the faster OCI runtime (registered with Docker as crun).
-test-crun: build
+test-crun: build $(VENV)/.installed-dev
 	TEST_SANDBOX_RUNTIME=crun $(PY) -m pytest $(SANDBOX_SUITES)
 
 # The attack suite again with sandboxes under gVisor (needs the runsc runtime registered with Docker).
-test-gvisor: build
+test-gvisor: build $(VENV)/.installed-dev
 	TEST_SANDBOX_RUNTIME=runsc $(PY) -m pytest $(SANDBOX_SUITES)
 
 # Against `docker run --rm` (runc): the center under runc (the default), then under crun if Docker has it.

@@ -9,7 +9,6 @@ inputs, so a second run with nothing changed returns in about a second.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import platform
 import shutil
 import subprocess
@@ -21,18 +20,13 @@ import docker
 import docker.errors
 
 from config import PROJECT_DIR, ConfigError, load_config
+from sandbox_image import AGENT_DIR, BASE_PACKAGES, DOCKERFILE, INPUTS_LABEL, inputs_hash, requirements_text
 
-DOCKERFILE = PROJECT_DIR / "Dockerfile.sandbox"
-AGENT_DIR = PROJECT_DIR / "sandbox"
 BUILD_DIR = PROJECT_DIR / ".build"
-INPUTS_LABEL = "code-interpreter.inputs-sha256"
 PULLED_BASE = "debian:bookworm-slim"
 LOCAL_BASE = "code-interpreter-base:bookworm"
 # Debian bookworm's python3 is 3.11: the wheels must be for exactly that interpreter.
 TARGET_PYTHON = "3.11"
-# Debian packages the image needs; baked straight into a locally made base image.
-BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates", "fontconfig", "fonts-wqy-microhei")
-BUILD_FORMAT_VERSION = "1"  # bump when this script changes what goes into the image
 
 
 class BuildError(RuntimeError):
@@ -42,25 +36,6 @@ class BuildError(RuntimeError):
 def step(message: str) -> None:
     """Print a progress line at once."""
     print(f"==> {message}", flush=True)
-
-
-def requirements_text(dependencies: tuple[str, ...]) -> str:
-    """The sandbox's requirements: the configured dependencies (the agent needs only the standard library)."""
-    return "".join(f"{name}\n" for name in dependencies)
-
-
-def inputs_hash(dependencies: tuple[str, ...]) -> str:
-    """sha256 over everything that goes into the image: Dockerfile, agent sources, requirements."""
-    digest = hashlib.sha256()
-    digest.update(BUILD_FORMAT_VERSION.encode())
-    digest.update(DOCKERFILE.read_bytes())
-    for path in sorted(AGENT_DIR.rglob("*")):
-        if path.is_file() and "__pycache__" not in path.parts:
-            digest.update(str(path.relative_to(PROJECT_DIR)).encode())
-            digest.update(path.read_bytes())
-    digest.update(requirements_text(dependencies).encode())
-    digest.update(" ".join(BASE_PACKAGES).encode())
-    return digest.hexdigest()
 
 
 def image_is_current(client: docker.DockerClient, tag: str, wanted_hash: str) -> bool:

@@ -37,14 +37,37 @@ class NotFound(ServiceError):
     status = 404
 
 
-class PoolExhausted(ServiceError):
-    """No sandbox became free within the configured wait."""
+class PayloadTooLarge(ServiceError):
+    """The request, or what it would become, is over a size limit."""
+
+    status = 413
+
+
+class ServiceUnavailable(ServiceError):
+    """The center cannot serve this now but will again: the client should retry after a moment."""
 
     status = 503
 
     def __init__(self, message: str, retry_after: int = 1) -> None:
         super().__init__(message)
         self.headers = {"Retry-After": str(retry_after)}
+
+
+class PoolExhausted(ServiceUnavailable):
+    """No sandbox became free within the configured wait (or the center is shutting down)."""
+
+
+class EngineUnavailable(ServiceUnavailable):
+    """The Docker engine cannot be reached (down, restarting, its socket gone)."""
+
+    def __init__(self, message: str, retry_after: int = 5) -> None:
+        super().__init__(message, retry_after)
+
+
+class EngineError(ServiceError):
+    """The Docker engine answered, but refused what was asked of it."""
+
+    status = 502
 
 
 class SandboxFailed(ServiceError):

@@ -1,4 +1,4 @@
-"""The warm pool: one slot per port, each holding a fresh sandbox started ahead of demand.
+"""The warm pool: a fixed number of slots, each holding a fresh sandbox started ahead of demand.
 
 As in urllib3's connection pool, one queue is both the semaphore and the free list: it holds
 the slots whose sandbox is ready. `acquire()` takes one or raises PoolExhausted after the wait;
@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Generic, Protocol, TypeVar
 
-from errors import PoolExhausted
+from errors import EngineUnavailable, PoolExhausted
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +29,7 @@ S = TypeVar("S")
 class Launcher(Protocol[S]):
     """What the pool needs from the container side (DockerSandboxes in production)."""
 
-    def launch(self, port: int, deadline_seconds: float | None = None,
-               cancelled: threading.Event | None = None) -> S:
+    def launch(self, slot: int, cancelled: threading.Event | None = None) -> S:
         """Start a sandbox for the slot and return it once it can run a program."""
         ...
 
@@ -53,10 +52,10 @@ class SlotState(enum.Enum):
 
 
 class Slot(Generic[S]):
-    """One port of the range and the sandbox currently living on it."""
+    """One place in the pool (numbered as interpreter_port_range numbers them) and the sandbox living on it."""
 
-    def __init__(self, port: int) -> None:
-        self.port = port
+    def __init__(self, number: int) -> None:
+        self.number = number
         self.state = SlotState.STARTING
         self.sandbox: S | None = None
         self.released = threading.Event()
@@ -67,12 +66,14 @@ class Slot(Generic[S]):
 class SandboxPool(Generic[S]):
     """Hands out ready sandboxes, one program each, and keeps every slot refilled."""
 
-    def __init__(self, launcher: Launcher[S], ports: list[int], *, backoff_initial: float = 0.5,
+    def __init__(self, launcher: Launcher[S], slot_numbers: list[int], *, backoff_initial: float = 0.5,
                  backoff_max: float = 10.0, check_interval: float = 2.0) -> None:
         self.launcher = launcher
-        self.slots = [Slot[S](port) for port in ports]
-        # FIFO of (slot, generation): the longest-warmed sandbox first.
-        self._ready: queue.Queue[tuple[Slot[S], int]] = queue.Queue()
+        self.slots = [Slot[S](number) for number in slot_numbers]
+        # FIFO of (slot, generation): the longest-warmed sandbox first; (None, 0) wakes a waiter at close.
+        self._ready: queue.Queue[tuple[Slot[S] | None, int]] = queue.Queue()
+        self._waiting = 0  # acquire() calls blocked on the queue, woken at close
+        self._engine_down: Exception | None = None  # why the last sandbox starts failed, while they fail
         self._closing = threading.Event()
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
@@ -89,7 +90,7 @@ class SandboxPool(Generic[S]):
     def start(self) -> None:
         """Start every slot's thread and the watcher; sandboxes come up in the background."""
         for slot in self.slots:
-            thread = threading.Thread(target=self._keep_filled, args=(slot,), name=f"slot-{slot.port}", daemon=True)
+            thread = threading.Thread(target=self._keep_filled, args=(slot,), name=f"slot-{slot.number}", daemon=True)
             thread.start()
             self._threads.append(thread)
         watcher = threading.Thread(target=self._watch, name="pool-watcher", daemon=True)
@@ -97,14 +98,39 @@ class SandboxPool(Generic[S]):
         self._threads.append(watcher)
 
     def close(self, timeout: float = 15.0) -> None:
-        """Stop refilling, remove every sandbox the pool holds, wait for the slot threads."""
-        self._closing.set()
+        """Stop handing out and refilling, remove every sandbox the pool holds, wait for the slot threads.
+
+        Waiting acquire() calls answer at once; a program still running is stopped (drain() first
+        to let them finish).
+        """
+        self.stop_handing_out()
         for slot in self.slots:
             slot.released.set()
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         self._reaper.shutdown(wait=True)
+
+    def stop_handing_out(self) -> None:
+        """From now on acquire() refuses at once, including the calls already waiting."""
+        self._closing.set()
+        self._wake_waiters()
+
+    def _wake_waiters(self) -> None:
+        """Make every acquire() blocked on the queue look again at the pool's state."""
+        with self._lock:
+            waiting = self._waiting
+        for _ in range(waiting):
+            self._ready.put((None, 0))
+
+    def drain(self, timeout: float) -> bool:
+        """Wait until no sandbox is busy (at most `timeout` seconds); True when none is."""
+        deadline = time.monotonic() + timeout
+        while any(slot.state is SlotState.BUSY for slot in self.slots):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return True
 
     @property
     def closing(self) -> bool:
@@ -117,11 +143,19 @@ class SandboxPool(Generic[S]):
         """A slot with a ready, live sandbox, marked busy; PoolExhausted if none frees up in time.
 
         A sandbox that died while it waited in the queue (killed, or the Docker daemon restarted)
-        is retired on the spot and the next one is tried.
+        is retired on the spot and the next one is tried. While the engine cannot start sandboxes
+        and none is ready, the answer is EngineUnavailable at once rather than after the wait.
         """
         deadline = time.monotonic() + timeout
         while True:
+            if self.closing:
+                raise PoolExhausted("the center is shutting down; try again shortly")
+            if self._engine_down is not None and self._ready.empty():
+                raise EngineUnavailable("no sandbox can be started: the Docker engine is not available") \
+                    from self._engine_down
             remaining = deadline - time.monotonic()
+            with self._lock:
+                self._waiting += 1
             try:
                 slot, generation = self._ready.get(timeout=remaining) if remaining > 0 else self._ready.get_nowait()
             except queue.Empty:
@@ -129,15 +163,18 @@ class SandboxPool(Generic[S]):
                     f"all {len(self.slots)} sandboxes are busy; try again shortly",
                     retry_after=max(1, round(timeout) or 1),
                 ) from None
-            if self.closing:
-                raise PoolExhausted("the center is shutting down; try again shortly")
+            finally:
+                with self._lock:
+                    self._waiting -= 1
+            if slot is None:
+                continue  # woken by a close, or a leftover wake-up: the loop's checks decide
             with self._lock:
                 if generation != slot.generation or slot.state is not SlotState.READY:
                     continue  # stale: the watcher retired that sandbox already
                 slot.state = SlotState.BUSY
             if self.launcher.is_healthy(slot.sandbox):
                 return slot
-            log.warning("the sandbox on slot %d died while it waited; replacing it", slot.port)
+            log.warning("the sandbox on slot %d died while it waited; replacing it", slot.number)
             self.dead_total += 1
             self.release(slot)
 
@@ -184,16 +221,20 @@ class SandboxPool(Generic[S]):
         while not self.closing:
             slot.state = SlotState.STARTING
             try:
-                sandbox = self.launcher.launch(slot.port, cancelled=self._closing)
+                sandbox = self.launcher.launch(slot.number, cancelled=self._closing)
             except Exception as e:  # noqa: BLE001 - any start failure is retried with backoff
                 if self.closing:
                     break
                 slot.failures += 1
                 self.failed_total += 1
+                if isinstance(e, EngineUnavailable):
+                    self._engine_down = e
+                    self._wake_waiters()  # they answer 503 now rather than at the end of their wait
                 delay = min(self.backoff_max, self.backoff_initial * 2 ** (slot.failures - 1))
-                log.warning("sandbox on port %d failed to start (%s); retrying in %.1f s", slot.port, e, delay)
+                log.warning("sandbox on slot %d failed to start (%s); retrying in %.1f s", slot.number, e, delay)
                 self._closing.wait(delay)
                 continue
+            self._engine_down = None
             slot.failures = 0
             self.started_total += 1
             slot.released.clear()
@@ -219,7 +260,7 @@ class SandboxPool(Generic[S]):
                 if slot.state is SlotState.READY and sandbox is not None and not self.launcher.is_healthy(sandbox):
                     if self._retire_if(slot, SlotState.READY):
                         self.dead_total += 1
-                        log.warning("the sandbox on slot %d stopped answering; replacing it", slot.port)
+                        log.warning("the sandbox on slot %d stopped answering; replacing it", slot.number)
 
     def _retire(self, slot: Slot[S]) -> None:
         sandbox, slot.sandbox = slot.sandbox, None

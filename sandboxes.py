@@ -8,51 +8,52 @@ to publish, no address can be reached from inside, and no firewall rule is neede
 
 from __future__ import annotations
 
-import http.client
-import json
+import hashlib
+import hmac
 import logging
 import os
 import secrets
 import shutil
-import socket
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import docker
-import docker.errors
-import requests
 from docker.types import LogConfig, Mount, Ulimit
 
+import sandbox_security
+from agent_client import SOCKET_NAME, AgentClient, AgentRefused, AgentUnreachable
 from config import Config
-from errors import SandboxFailed
+from engine import Engine
+from errors import EngineError, EngineUnavailable, SandboxFailed
+from sandbox_image import INPUTS_LABEL, inputs_hash
 
 log = logging.getLogger(__name__)
 
+__all__ = ["AgentUnreachable", "DockerSandboxes", "Sandbox", "SandboxStartError", "DEPLOYMENT_LABEL"]
+
 DEPLOYMENT_LABEL = "code-interpreter.deployment"
-PORT_LABEL = "code-interpreter.port"
-SANDBOX_UID = 61000  # the image's `sandbox` user (Dockerfile.sandbox)
 AGENT_SOCKET_DIR = "/agent/sock"  # inside the container; /agent is root's only (Dockerfile.sandbox)
-SOCKET_NAME = "agent.sock"
 # The agent runs as root inside the container with only what it needs: start the program as the
 # sandbox user (SETUID, SETGID) and kill it (KILL). The program itself ends up with no capability.
 AGENT_CAPABILITIES = ["SETUID", "SETGID", "KILL"]
+# Each sandbox's program runs as a uid of its own, drawn from this range: per-user kernel limits
+# (inotify instances, pipe buffers, RLIMIT_NPROC counts) are then not shared between sandboxes.
+# High enough to belong to no host user nor to the usual subordinate-uid ranges (100000+65536*n).
+PROGRAM_UID_BASE = 2_000_000
+PROGRAM_UID_SPAN = 1_000_000
 HEALTH_POLL_SECONDS = 0.01
 GVISOR_THREAD_HEADROOM = 1024
 RUN_GRACE_SECONDS = 15.0  # beyond the program's own limit, for the agent to collect and answer
 EXIT_WAIT_SECONDS = 2.0  # for an agent that answered to exit by itself before its container is removed
 MAX_SOCKET_PATH = 100  # sockaddr_un holds 108 bytes
+AGENT_MAX_JOB_BYTES = 64 * 1024 * 1024  # the largest job the agent reads (sandbox/http_server.py MAX_BODY)
 
 
 class SandboxStartError(Exception):
     """A container could not be started or its agent never answered."""
-
-
-class AgentUnreachable(Exception):
-    """The agent did not answer, or answered something that is not its JSON."""
 
 
 def size_in_bytes(size: str) -> int:
@@ -64,71 +65,53 @@ def size_in_bytes(size: str) -> int:
     return int(float(size))
 
 
-class UnixHTTPConnection(http.client.HTTPConnection):
-    """HTTP/1.1 over a Unix socket."""
-
-    def __init__(self, socket_path: str, timeout: float) -> None:
-        super().__init__("agent", timeout=timeout)
-        self.socket_path = socket_path
-
-    def connect(self) -> None:
-        """Connect to the socket file instead of a TCP address."""
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.socket_path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
-
-
 @dataclass
 class Sandbox:
     """One running container whose agent is ready to run one program."""
 
     container_id: str
-    name: str
-    port: int  # the slot's number, from interpreter_port_range
+    slot: int  # the pool slot it fills
     socket_dir: str  # on the host
+    program_uid: int  # the uid its program runs as, this sandbox's own
     answered: bool = False  # the agent sent its report, after which it exits by itself
+    agent: AgentClient = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.agent = AgentClient(self.socket_dir)
 
     @property
     def socket_path(self) -> str:
         """The agent's socket, as the host sees it."""
-        return os.path.join(self.socket_dir, SOCKET_NAME)
+        return self.agent.socket_path
 
-    def request(self, method: str, path: str, body: dict[str, Any] | None, timeout: float) -> tuple[int, Any]:
-        """One HTTP exchange with the agent: (status, decoded JSON); AgentUnreachable on any failure."""
-        connection = UnixHTTPConnection(self.socket_path, timeout)
-        try:
-            payload = json.dumps(body).encode() if body is not None else None
-            headers = {"Content-Type": "application/json"} if payload is not None else {}
-            connection.request(method, path, body=payload, headers=headers)
-            response = connection.getresponse()
-            return response.status, json.loads(response.read())
-        except (OSError, http.client.HTTPException, ValueError) as e:
-            raise AgentUnreachable(f"{type(e).__name__}: {e}") from e
-        finally:
-            connection.close()
+    def request(self, method: str, path: str, body: Any, timeout: float) -> tuple[int, Any]:
+        """One HTTP exchange with the agent (see AgentClient.request)."""
+        return self.agent.request(method, path, body, timeout)
 
     def health(self) -> dict[str, Any] | None:
         """The agent's /healthz answer, or None while it does not answer."""
-        if not os.path.exists(self.socket_path):  # cheap: no connection attempt before the agent binds
-            return None
-        try:
-            status, body = self.request("GET", "/healthz", None, timeout=1)
-        except AgentUnreachable:
-            return None
-        return body if status == 200 else None
+        return self.agent.health()
 
-    def run(self, job: dict[str, Any]) -> dict[str, Any]:
-        """Send the job to the agent and return its JSON report."""
-        status, body = self.request("POST", "/run", job, timeout=job["timeout"] + RUN_GRACE_SECONDS)
-        if status != 200 or not isinstance(body, dict):
-            raise AgentUnreachable(f"the agent answered HTTP {status}: {str(body)[:200]}")
+    def run(self, job: dict[str, Any] | bytes, timeout: float | None = None) -> dict[str, Any]:
+        """Send the job (or its JSON, with the program's time limit) to the agent and return its report."""
+        limit = float(job["timeout"]) if timeout is None and isinstance(job, dict) else float(timeout or 0)
+        report = self.agent.run(job, timeout=limit + RUN_GRACE_SECONDS)
         self.answered = True
-        return body
+        return report
+
+
+def opaque_folder_name(label: str) -> str:
+    """This deployment's socket folder name: stable for the host, not computable from inside a sandbox.
+
+    The program can read its mounts (/proc/self/mountinfo), which show the host folder bound at
+    /agent/sock: a keyed hash (the host's machine id is the key, a file no sandbox can read) names
+    neither the deployment nor anything one could guess from it.
+    """
+    try:
+        key = Path("/etc/machine-id").read_bytes().strip()
+    except OSError:
+        key = b""
+    return hmac.new(key or b"code-interpreter", label.encode(), hashlib.sha256).hexdigest()[:16]
 
 
 def default_socket_root() -> Path:
@@ -141,33 +124,41 @@ def default_socket_root() -> Path:
 class DockerSandboxes:
     """Starts and removes this deployment's sandbox containers."""
 
-    def __init__(self, config: Config, client: docker.DockerClient | None = None) -> None:
+    def __init__(self, config: Config, engine: Engine | None = None) -> None:
         self.config = config
-        self.client = client or docker.from_env(timeout=60)
+        self.engine = engine or Engine()
         self.label = config.deployment_label
         self.socket_root = (Path(config.sandbox_socket_dir) if config.sandbox_socket_dir
-                            else default_socket_root()) / self.label
+                            else default_socket_root()) / opaque_folder_name(self.label)
+        self._lock = threading.Lock()
+        self._uids_in_use: set[int] = set()
+        self._unremoved: set[str] = set()  # containers the engine failed to remove: retried later
 
     # --- set-up and clean-up -------------------------------------------------------------
 
     def prepare(self) -> None:
         """Check the engine, image and runtime; remove a previous run's leftovers."""
         try:
-            self.client.ping()
-        except docker.errors.DockerException as e:
-            raise SandboxStartError(f"cannot reach the Docker engine: {e}") from e
-        try:
-            self.client.images.get(self.config.interpreter_image)
-        except docker.errors.ImageNotFound as e:
+            self.engine.ping()
+            labels = self.engine.image_labels(self.config.interpreter_image)
+            runtimes = self.engine.runtimes()
+        except (EngineUnavailable, EngineError) as e:
+            raise SandboxStartError(f"cannot reach the Docker engine ({e.message}); is dockerd running?") from e
+        if labels is None:
             raise SandboxStartError(
-                f"sandbox image {self.config.interpreter_image} is missing: run `python3 build.py`"
-            ) from e
-        runtimes = self.client.info().get("Runtimes", {})
+                f"sandbox image {self.config.interpreter_image} is missing: run `python3 build.py`")
+        built_from = labels.get(INPUTS_LABEL)
+        if built_from is None:
+            log.warning("sandbox image %s carries no %s label: it was not built by build.py, so whether its "
+                        "agent matches this checkout is unknown", self.config.interpreter_image, INPUTS_LABEL)
+        elif built_from != inputs_hash(self.config.dependencies):
+            raise SandboxStartError(
+                f"sandbox image {self.config.interpreter_image} was built from other sources than this checkout "
+                "(its agent, Dockerfile or dependencies changed): run `python3 build.py`")
         if self.config.sandbox_runtime not in runtimes:
             raise SandboxStartError(
-                f"Docker has no runtime '{self.config.sandbox_runtime}' (known: {', '.join(sorted(runtimes))})"
-            )
-        longest = self.socket_root / f"{65535}-{'0' * 8}" / SOCKET_NAME
+                f"Docker has no runtime '{self.config.sandbox_runtime}' (known: {', '.join(runtimes)})")
+        longest = self.socket_root / ("0" * 16) / SOCKET_NAME
         if len(str(longest)) > MAX_SOCKET_PATH:
             raise SandboxStartError(f"socket folder {self.socket_root} is too deep for a Unix socket path; "
                                     "set sandbox_socket_dir to a shorter folder")
@@ -177,7 +168,11 @@ class DockerSandboxes:
 
     def remove_leftovers(self) -> int:
         """Force-remove every container labelled with this deployment, and their socket folders."""
-        containers = self.client.api.containers(all=True, filters={"label": f"{DEPLOYMENT_LABEL}={self.label}"})
+        try:
+            containers = self.engine.labelled(DEPLOYMENT_LABEL, self.label)
+        except EngineUnavailable as e:
+            log.warning("could not list leftover sandboxes: %s", e.message)
+            containers = [{"Id": container_id} for container_id in self._unremoved]
         for container in containers:
             self._remove(container["Id"])
         shutil.rmtree(self.socket_root, ignore_errors=True)
@@ -185,9 +180,9 @@ class DockerSandboxes:
 
     # --- one sandbox -----------------------------------------------------------------------
 
-    def agent_arguments(self) -> list[str]:
-        """The agent's command line: its socket and, under gVisor, the program's process limit."""
-        arguments = ["--socket", f"{AGENT_SOCKET_DIR}/{SOCKET_NAME}"]
+    def agent_arguments(self, program_uid: int) -> list[str]:
+        """The agent's command line: its socket, the program's uid and, under gVisor, its process limit."""
+        arguments = ["--socket", f"{AGENT_SOCKET_DIR}/{SOCKET_NAME}", "--uid", str(program_uid)]
         if self.config.sandbox_runtime == "runsc":
             # gVisor's own threads count against the container's pids limit, so that limit gets
             # headroom and the program's processes are capped inside instead, by RLIMIT_NPROC
@@ -195,24 +190,29 @@ class DockerSandboxes:
             arguments += ["--max-processes", str(self.config.resource_limits.pids)]
         return arguments
 
-    def container_options(self, port: int, socket_dir: str) -> dict[str, Any]:
+    def container_options(self, slot: int, socket_dir: str, program_uid: int) -> dict[str, Any]:
         """create_container's arguments: everything that locks a sandbox down; see README's security section."""
         limits = self.config.resource_limits
+        runtime = self.config.sandbox_runtime
+        security_opt = ["no-new-privileges"]
+        profile = sandbox_security.seccomp_profile(runtime)
+        if profile is not None:
+            security_opt.append(f"seccomp={profile}")
         host: dict[str, Any] = dict(
             network_mode="none",
             mounts=[Mount(target=AGENT_SOCKET_DIR, source=socket_dir, type="bind")],
-            runtime=self.config.sandbox_runtime,
+            runtime=runtime,
             init=True,
             cap_drop=["ALL"],
             cap_add=AGENT_CAPABILITIES,
-            security_opt=["no-new-privileges"],
+            security_opt=security_opt,
             read_only=True,
             tmpfs={
-                "/workspace": f"size={limits.disk},uid={SANDBOX_UID},gid={SANDBOX_UID},mode=0755,exec",
+                "/workspace": f"size={limits.disk},uid={program_uid},gid={program_uid},mode=0755,exec",
                 "/tmp": f"size={limits.tmp},mode=1777",
             },
             shm_size=limits.shm,
-            pids_limit=limits.pids + (GVISOR_THREAD_HEADROOM if self.config.sandbox_runtime == "runsc" else 0),
+            pids_limit=limits.pids + (GVISOR_THREAD_HEADROOM if runtime == "runsc" else 0),
             ulimits=[
                 Ulimit(name="nofile", soft=limits.open_files, hard=limits.open_files),
                 Ulimit(name="fsize", soft=size_in_bytes(limits.file_size), hard=size_in_bytes(limits.file_size)),
@@ -224,11 +224,19 @@ class DockerSandboxes:
             host.update(mem_limit=limits.memory, memswap_limit=limits.memory)  # equal: no swap
         if limits.cpus:
             host["nano_cpus"] = int(float(limits.cpus) * 1e9)
+        if runtime != "runsc":
+            # Its own cgroup namespace: /proc/self/cgroup and mountinfo show "/", not the host's
+            # cgroup paths and container ids. (gVisor shows only its own mounts anyway.)
+            host["cgroupns"] = "private"
+        host_config = self.engine.create_host_config(**host)
+        # Not an option of docker-py's: set on the API's HostConfig directly. Setting it replaces
+        # Docker's own list, which sandbox_security restates.
+        host_config["MaskedPaths"] = list(sandbox_security.MASKED_PATHS)
         return dict(
             image=self.config.interpreter_image,
-            name=f"cia-{self.label}-{port}-{secrets.token_hex(4)}",
-            command=self.agent_arguments(),
-            labels={DEPLOYMENT_LABEL: self.label, PORT_LABEL: str(port)},
+            name=f"cia-{secrets.token_hex(8)}",
+            command=self.agent_arguments(program_uid),
+            labels={DEPLOYMENT_LABEL: self.label},
             environment={},
             use_config_proxy=False,  # never hand the host's proxy settings to untrusted code
             hostname="sandbox",
@@ -238,37 +246,51 @@ class DockerSandboxes:
             # (libnetwork-setkey, set-ipv6) cost ~80 ms of CPU per container, and the runtime
             # itself gives the container an empty network namespace with its loopback up. gVisor
             # (with --network=host) would leave that loopback down, so it keeps Docker's.
-            network_disabled=self.config.sandbox_runtime != "runsc",
-            host_config=self.client.api.create_host_config(**host),
+            network_disabled=runtime != "runsc",
+            host_config=host_config,
         )
 
-    def make_socket_dir(self, port: int) -> str:
+    def make_socket_dir(self) -> str:
         """A fresh host folder for one agent's socket (the container's root must be able to write it)."""
         self.socket_root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.socket_root.parent, 0o700)  # only this user (and root) can reach the sockets
         os.chmod(self.socket_root, 0o700)
-        path = self.socket_root / f"{port}-{secrets.token_hex(4)}"
+        path = self.socket_root / secrets.token_hex(8)
         path.mkdir()
         os.chmod(path, 0o777)  # not widened by this: the parents are private, /agent is the agent's only
         return str(path)
 
-    def launch(self, port: int, deadline_seconds: float | None = None,
-               cancelled: threading.Event | None = None) -> Sandbox:
-        """Start a container for this port and return it once its agent answers its health check."""
-        deadline = time.monotonic() + (deadline_seconds or self.config.sandbox_start_timeout)
-        socket_dir = self.make_socket_dir(port)
-        options = self.container_options(port, socket_dir)
-        container_id = None
+    def _take_uid(self) -> int:
+        """A program uid no live sandbox of this center uses (random: other centers on the host draw too)."""
+        with self._lock:
+            while True:
+                uid = PROGRAM_UID_BASE + secrets.randbelow(PROGRAM_UID_SPAN)
+                if uid not in self._uids_in_use:
+                    self._uids_in_use.add(uid)
+                    return uid
+
+    def _give_back_uid(self, uid: int) -> None:
+        with self._lock:
+            self._uids_in_use.discard(uid)
+
+    def launch(self, slot: int, cancelled: threading.Event | None = None) -> Sandbox:
+        """Start a container for this slot and return it once its agent answers its health check.
+
+        Raises SandboxStartError, or EngineUnavailable when the engine cannot be reached; either
+        way nothing of the attempt is left behind (container, socket folder, uid).
+        """
+        deadline = time.monotonic() + self.config.sandbox_start_timeout
+        program_uid = self._take_uid()
+        socket_dir = self.make_socket_dir()
         try:
-            # The low-level calls: the high-level run() adds an inspect per container nobody reads.
-            container_id = self.client.api.create_container(**options)["Id"]
-            self.client.api.start(container_id)
-        except docker.errors.DockerException as e:
-            if container_id:
-                self._remove(container_id)
+            container_id = self.engine.start_container(self.container_options(slot, socket_dir, program_uid))
+        except (EngineUnavailable, EngineError) as e:
             shutil.rmtree(socket_dir, ignore_errors=True)
-            raise SandboxStartError(f"cannot start a sandbox container: {e}") from e
-        sandbox = Sandbox(container_id=container_id, name=options["name"], port=port, socket_dir=socket_dir)
+            self._give_back_uid(program_uid)
+            if isinstance(e, EngineUnavailable):
+                raise
+            raise SandboxStartError(f"cannot start a sandbox container: {e.message}") from e
+        sandbox = Sandbox(container_id=container_id, slot=slot, socket_dir=socket_dir, program_uid=program_uid)
         checks = 0
         while time.monotonic() < deadline and not (cancelled and cancelled.is_set()):
             if sandbox.health() is not None:
@@ -277,37 +299,54 @@ class DockerSandboxes:
             if checks % 50 == 0 and not self._is_running(container_id):
                 break
             time.sleep(HEALTH_POLL_SECONDS)
-        logs = self._logs(container_id)
+        logs = self.engine.logs(container_id)
         self.destroy(sandbox)
-        raise SandboxStartError(f"sandbox agent on slot {port} did not become healthy: {logs}")
+        raise SandboxStartError(f"sandbox agent on slot {slot} did not become healthy: {logs}")
 
     def destroy(self, sandbox: Sandbox) -> None:
         """Remove the container (SIGKILL, no grace period, if it still runs) and its socket folder.
 
         An agent that answered exits by itself within milliseconds; waiting for that (briefly)
         spares the engine a kill through containerd and the runtime, ~30 ms of CPU per container.
+        A removal the engine fails is logged and tried again with the next one.
         """
         if sandbox.answered:
-            self._wait_for_exit(sandbox.container_id, EXIT_WAIT_SECONDS)
+            self.engine.wait(sandbox.container_id, EXIT_WAIT_SECONDS)
         self._remove(sandbox.container_id)
         shutil.rmtree(sandbox.socket_dir, ignore_errors=True)
+        self._give_back_uid(sandbox.program_uid)
+        with self._lock:
+            earlier_failures = self._unremoved - {sandbox.container_id}
+        for container_id in earlier_failures:
+            self._remove(container_id)
 
-    def _wait_for_exit(self, container_id: str, timeout: float) -> None:
-        """Until the container has stopped, at most `timeout` seconds (then it is killed anyway)."""
-        try:
-            self.client.api.wait(container_id, timeout=timeout)
-        except (docker.errors.DockerException, requests.RequestException):
-            pass
+    def _remove(self, container_id: str) -> None:
+        """Remove one container; remember it when the engine fails, so it is tried again."""
+        removed = self.engine.remove(container_id)
+        with self._lock:
+            if removed:
+                self._unremoved.discard(container_id)
+            else:
+                self._unremoved.add(container_id)
+
+    @property
+    def unremoved(self) -> frozenset[str]:
+        """Containers whose removal failed so far (the engine was down); retried at the next removal."""
+        with self._lock:
+            return frozenset(self._unremoved)
 
     def is_healthy(self, sandbox: Sandbox) -> bool:
         """The agent answers (about a millisecond over its socket)."""
         return sandbox.health() is not None
 
-    def run(self, sandbox: Sandbox, job: dict[str, Any]) -> dict[str, Any]:
+    def run(self, sandbox: Sandbox, job: dict[str, Any] | bytes, timeout: float | None = None) -> dict[str, Any]:
         """Run a job in the sandbox; a sandbox that fails is reported as SandboxFailed (or as an oom run)."""
         started = time.monotonic()
         try:
-            return sandbox.run(job)
+            return sandbox.run(job, timeout)
+        except AgentRefused as e:
+            # The agent is alive and said why: no reason to wait on the engine to find out more.
+            raise SandboxFailed(f"the sandbox refused the program: {e.agent_message}") from e
         except AgentUnreachable as e:
             if self._was_oom_killed(sandbox):  # the memory limit took the agent down with the program
                 return {"stdout": "", "stderr": "", "exit_code": 137, "status": "oom",
@@ -328,7 +367,7 @@ class DockerSandboxes:
         deadline = time.monotonic() + settle_seconds
         exited_at = None
         while True:
-            state = self._state(sandbox.container_id)
+            state = self.engine.state(sandbox.container_id)
             if state is None:
                 return False
             if state.get("OOMKilled"):
@@ -342,33 +381,11 @@ class DockerSandboxes:
                 return False
             time.sleep(0.1)
 
-    def _state(self, container_id: str) -> dict[str, Any] | None:
-        """The engine's State of the container; None when it is gone or the engine does not answer."""
-        try:
-            return self.client.api.inspect_container(container_id)["State"]
-        except docker.errors.DockerException:
-            return None
-
     def _exit_code(self, sandbox: Sandbox) -> int | None:
         """The container's exit code once it has stopped; None while it runs (or is gone)."""
-        state = self._state(sandbox.container_id)
+        state = self.engine.state(sandbox.container_id)
         return None if state is None or state.get("Running") else state.get("ExitCode")
 
     def _is_running(self, container_id: str) -> bool:
-        state = self._state(container_id)
+        state = self.engine.state(container_id)
         return bool(state and state.get("Running"))
-
-    def _logs(self, container_id: str) -> str:
-        try:
-            return self.client.api.logs(container_id, tail=20).decode(errors="replace").strip()[-2000:]
-        except docker.errors.DockerException:
-            return "(no logs)"
-
-    def _remove(self, container_id: str) -> None:
-        try:
-            self.client.api.remove_container(container_id, force=True)
-        except docker.errors.NotFound:
-            pass
-        except docker.errors.APIError as e:
-            if "already in progress" not in str(e):
-                log.warning("could not remove container %s: %s", container_id[:12], e)

@@ -10,6 +10,7 @@ from werkzeug.exceptions import NotFound
 from werkzeug.routing import BuildError
 
 from openapi import openapi_document
+from services import EXTENSION_KEY
 
 try:  # Swagger UI's files, from the swagger-ui-bundle-v2 package: /docs works offline, with no CDN.
     from swagger_ui_bundle import swagger_ui_path as _swagger_ui_path
@@ -19,7 +20,6 @@ except ImportError:  # the center still serves the API without it; /docs says wh
     SWAGGER_UI_DIR = None
 
 SWAGGER_UI_FILES = frozenset({"swagger-ui.css", "swagger-ui-bundle.js", "favicon-32x32.png", "favicon-16x16.png"})
-SERVICES_KEY = "code_interpreter"  # center.EXTENSION_KEY (center imports this module, so not imported here)
 
 blueprint = Blueprint("web", __name__, template_folder="templates")
 
@@ -44,7 +44,7 @@ def _page(template: str, *, own_scripts: bool = False, **context: object) -> Res
 def playground() -> Response:
     """The playground: edit a program, run it, see its output, status, duration and images."""
     try:
-        runcode_url = url_for("run_code")
+        runcode_url = url_for("runs.run_code")
     except BuildError:  # the API's endpoint has another name: the route itself is fixed by the contract
         runcode_url = "/runcode"
     return _page("playground.html", runcode_url=runcode_url)
@@ -71,7 +71,7 @@ def docs_asset(filename: str) -> Response:
 @blueprint.get("/openapi.json")
 def openapi_json() -> Response:
     """The OpenAPI document of this server (the bearer token is required when it has auth_tokens)."""
-    services = current_app.extensions.get(SERVICES_KEY)
+    services = current_app.extensions.get(EXTENSION_KEY)
     config = getattr(services, "config", None)
     auth_required = bool(getattr(config, "auth_tokens", None)) if config is not None else None
     return jsonify(openapi_document(auth_required=auth_required))

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from errors import PoolExhausted
+from errors import EngineUnavailable, PoolExhausted
 from pool import SandboxPool, SlotState
 
 FIRST_PORT = 9001
@@ -19,9 +19,9 @@ WAIT = 10.0  # generous deadline for anything that happens in background threads
 
 @dataclass(eq=False)  # identity semantics: two sandboxes are never "equal"
 class FakeSandbox:
-    """What the fake launcher hands out: the port it was started for and a serial number."""
+    """What the fake launcher hands out: the slot it was started for and a serial number."""
 
-    port: int
+    slot: int
     serial: int
 
 
@@ -35,22 +35,22 @@ class FakeLauncher:
         self._lock = threading.Lock()
         self._serials = itertools.count(1)
         self.attempts = 0
+        self.failure: Callable[[str], Exception] = RuntimeError
         self.launched: list[FakeSandbox] = []
         self.destroyed: list[FakeSandbox] = []
         self.dead: set[int] = set()
 
-    def launch(self, port: int, deadline_seconds: float | None = None,
-               cancelled: threading.Event | None = None) -> FakeSandbox:
+    def launch(self, slot: int, cancelled: threading.Event | None = None) -> FakeSandbox:
         with self._lock:
             self.attempts += 1
             attempt = self.attempts
         if attempt <= self.fail_first:
-            raise RuntimeError(f"launch {attempt} failed")
+            raise self.failure(f"launch {attempt} failed")
         while not self.gate.wait(0.01):
             if cancelled is not None and cancelled.is_set():
                 raise RuntimeError("launch cancelled")
         with self._lock:
-            sandbox = FakeSandbox(port=port, serial=next(self._serials))
+            sandbox = FakeSandbox(slot=slot, serial=next(self._serials))
             self.launched.append(sandbox)
         return sandbox
 
@@ -119,10 +119,10 @@ def test_start_fills_every_slot(make_pool: PoolFactory) -> None:
     assert eventually(lambda: all_ready(pool))
     assert pool.stats() == {"slots": 3, "ready": 3, "busy": 0, "starting": 0, "started_total": 3, "failed_total": 0,
                             "dead_total": 0}
-    assert sorted(sandbox.port for sandbox in launcher.launched) == [9001, 9002, 9003]
+    assert sorted(sandbox.slot for sandbox in launcher.launched) == [9001, 9002, 9003]
     for slot in pool.slots:
         assert slot.state is SlotState.READY
-        assert slot.sandbox is not None and slot.sandbox.port == slot.port
+        assert slot.sandbox is not None and slot.sandbox.slot == slot.number
 
 
 def test_nothing_is_launched_before_start(make_pool: PoolFactory) -> None:
@@ -154,7 +154,7 @@ def test_acquire_marks_the_slot_busy(make_pool: PoolFactory) -> None:
     assert eventually(lambda: all_ready(pool))
     slot = pool.acquire(5)
     assert slot.state is SlotState.BUSY
-    assert slot.sandbox is not None and slot.sandbox.port == slot.port
+    assert slot.sandbox is not None and slot.sandbox.slot == slot.number
     stats = pool.stats()
     assert (stats["slots"], stats["ready"], stats["busy"], stats["starting"]) == (3, 2, 1, 0)
 
@@ -162,7 +162,7 @@ def test_acquire_marks_the_slot_busy(make_pool: PoolFactory) -> None:
     stats = pool.stats()
     assert (stats["ready"], stats["busy"]) == (0, 3)
     assert len({id(s.sandbox) for s in [slot, *others]}) == 3
-    assert len({s.port for s in [slot, *others]}) == 3
+    assert len({s.number for s in [slot, *others]}) == 3
 
 
 def test_release_retires_the_sandbox_and_refills_the_slot(make_pool: PoolFactory) -> None:
@@ -358,6 +358,54 @@ def test_acquire_after_close_raises_pool_exhausted(make_pool: PoolFactory) -> No
     pool.close(timeout=5)
     with pytest.raises(PoolExhausted):
         pool.acquire(0.05)
+
+
+def test_a_waiting_acquire_is_answered_at_once_when_the_pool_stops(make_pool: PoolFactory) -> None:
+    pool, _ = make_pool(slots=1)
+    assert eventually(lambda: all_ready(pool))
+    pool.acquire(5)
+    outcome: list[BaseException] = []
+    began = time.monotonic()
+
+    def wait_long() -> None:
+        try:
+            pool.acquire(60)
+        except PoolExhausted as e:
+            outcome.append(e)
+
+    waiter = threading.Thread(target=wait_long)
+    waiter.start()
+    assert eventually(lambda: pool._waiting == 1)
+    pool.stop_handing_out()
+    waiter.join(30)
+    assert not waiter.is_alive(), "the waiting request was not answered"
+    assert time.monotonic() - began < 30, "answered long before its 60 s wait would have ended"
+    assert "shutting down" in outcome[0].message
+
+
+def test_drain_waits_for_busy_sandboxes_only(make_pool: PoolFactory) -> None:
+    pool, _ = make_pool(slots=2)
+    assert eventually(lambda: all_ready(pool))
+    assert pool.drain(0) is True, "nothing busy: nothing to wait for"
+    busy = pool.acquire(5)
+    assert pool.drain(0.05) is False
+    threading.Timer(0.2, pool.release, args=(busy,)).start()
+    assert pool.drain(WAIT) is True
+
+
+def test_an_unreachable_engine_answers_at_once_and_recovers(make_pool: PoolFactory) -> None:
+    launcher = FakeLauncher(fail_first=10**9)
+    launcher.failure = EngineUnavailable
+    pool, _ = make_pool(slots=1, launcher=launcher, backoff_initial=0.05, backoff_max=0.05)
+    assert eventually(lambda: launcher.attempts >= 1)
+    began = time.monotonic()
+    with pytest.raises(EngineUnavailable) as excinfo:
+        pool.acquire(60)
+    assert time.monotonic() - began < 30, "not after the whole queue wait"
+    assert excinfo.value.status == 503 and int(excinfo.value.headers["Retry-After"]) >= 1
+    launcher.fail_first = 0  # the engine is back
+    assert eventually(lambda: all_ready(pool)), "once the engine answers, the slot fills again"
+    assert pool.acquire(WAIT).sandbox is not None
 
 
 # --- the context manager -------------------------------------------------------------------------

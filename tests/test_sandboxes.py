@@ -17,6 +17,12 @@ def test_socket_folder_too_deep_is_refused(base_config: Config, tmp_path) -> Non
         DockerSandboxes(replace(base_config, sandbox_socket_dir=str(deep))).prepare()
 
 
+def test_an_image_built_from_other_sources_is_refused_at_start(base_config: Config) -> None:
+    stale = replace(base_config, dependencies=(*base_config.dependencies, "a-package-the-image-lacks"))
+    with pytest.raises(SandboxStartError, match="other sources than this checkout.*build.py"):
+        DockerSandboxes(stale).prepare()
+
+
 def test_container_is_locked_down(docker_client: docker.DockerClient, sandboxes: DockerSandboxes) -> None:
     sandbox = sandboxes.launch(9160)
     try:

@@ -1,0 +1,94 @@
+"""POST/GET /runcode: validate, run in a fresh sandbox, store the images, answer (504 on timeout)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, NamedTuple
+
+from flask import Response, g, jsonify, request
+from werkzeug.exceptions import MethodNotAllowed
+
+from api.http import guarded_blueprint
+from errors import BadRequest, PayloadTooLarge, StorageFailed
+from execution import parse_run_request, result_body
+from images import store_images
+from sandboxes import AGENT_MAX_JOB_BYTES
+from services import Services, db_session, services
+
+log = logging.getLogger("center")
+blueprint = guarded_blueprint("runs", __name__)
+
+
+def public_base_url(svc: Services) -> str:
+    """Where image links point: `domain` (scheme optional, https assumed) or the request's own host."""
+    if not svc.config.domain:
+        return request.host_url.rstrip("/")
+    domain = svc.config.domain.rstrip("/")
+    return domain if "://" in domain else f"https://{domain}"
+
+
+class EncodedRun(NamedTuple):
+    """What a run needs once its request is read: the agent's job as JSON bytes, and two facts about it."""
+
+    language: str
+    timeout: float
+    job: bytes
+
+
+def _parse_body(svc: Services) -> EncodedRun:
+    """The validated request, encoded at once: nothing parsed outlives this call."""
+    if request.method == "POST":
+        # Not request.get_json(): Flask would keep the body and its parsed form for the whole request.
+        try:
+            fields: Any = json.loads(request.get_data(cache=False))
+        except RecursionError:
+            raise BadRequest("the request body is nested too deeply") from None
+        except ValueError:
+            raise BadRequest("the request body is not valid JSON") from None
+    else:
+        fields = request.args.to_dict()
+    run = parse_run_request(fields, svc.config)
+    job = json.dumps(run.job(svc.config), ensure_ascii=False, allow_nan=False).encode()
+    return EncodedRun(run.language, run.timeout, job)
+
+
+def read_run_request(svc: Services) -> EncodedRun:
+    """Parse and validate the request within the body budget, so that concurrent large bodies
+    cannot together take the center's memory; the parsed form is let go before the run."""
+    with svc.body_budget.reserve(request.content_length or 0, svc.config.queue_wait_seconds):
+        run = _parse_body(svc)
+    if len(run.job) > AGENT_MAX_JOB_BYTES:
+        raise PayloadTooLarge(f"the program and its variables take {len(run.job)} bytes once encoded, "
+                              f"over the sandbox's limit of {AGENT_MAX_JOB_BYTES}")
+    return run
+
+
+@blueprint.route("/runcode", methods=["GET", "POST"])
+def run_code() -> tuple[Response, int]:
+    """POST/GET /runcode: validate, run in a fresh sandbox, store images, answer (504 on timeout)."""
+    svc = services()
+    if request.method == "HEAD":  # Flask adds HEAD to GET routes; a HEAD must never run a program
+        raise MethodNotAllowed(valid_methods=["GET", "POST"])
+    run = read_run_request(svc)
+    with svc.pool.sandbox(svc.config.queue_wait_seconds) as sandbox:
+        g.slot = sandbox.slot
+        report = svc.sandboxes.run(sandbox, run.job, run.timeout)
+    image_urls: dict[str, str] = {}
+    image_error = None
+    if report.get("images"):
+        try:
+            stored, stored_bytes = store_images(db_session(), report["images"])
+        except StorageFailed as e:
+            log.error("%s: %s", e.message, e.__cause__)
+            image_error = e.message
+        else:
+            svc.metrics.image_bytes.inc(stored_bytes)
+            base = public_base_url(svc)
+            image_urls = {name: f"{base}/image/{filename}" for name, filename in stored.items()}
+    body = result_body(report, image_urls)
+    if image_error:
+        body["image_error"] = image_error
+    g.run_status = body["status"]
+    svc.metrics.observe_run(run.language, body["status"], body["duration_ms"])
+    return jsonify(body), 504 if body["status"] == "timeout" else 200
