@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 import math
 import os
 import re
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -17,6 +20,13 @@ PROJECT_DIR = Path(__file__).resolve().parent
 DEFAULT_CONFIG_FILE = PROJECT_DIR / "config.yaml"
 DEFAULT_DATA_DIR = PROJECT_DIR / "data"
 ENV_PREFIX = "CIA_"
+# The agent refuses jobs over 64 MiB (sandbox/http_server.py MAX_BODY); a request is re-encoded into
+# a job with some growth (escapes), so the center takes at most half of that.
+MAX_REQUEST_BYTES_LIMIT = 32 * 1024 * 1024
+DEPLOYMENT_NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
+# Visible ASCII without a comma (the list separator of CIA_AUTH_TOKENS): what every client can put
+# in an Authorization header unchanged. Other characters arrive differently from client to client.
+TOKEN_TEXT = re.compile(r"\A[\x21-\x2b\x2d-\x7e]+\Z")
 
 DEFAULT_DEPENDENCIES = (
     "numpy", "pandas", "scipy", "matplotlib", "seaborn", "scikit-learn",
@@ -81,6 +91,7 @@ class Config:
     scheduler_port: int = 5000
     domain: str = ""
     auth_tokens: tuple[str, ...] = ()
+    allow_anonymous: bool = False
     database_url: str = ""
     postgres: PostgresSettings | None = None
     interpreter_image: str = "code-interpreter-sandbox:latest"
@@ -108,8 +119,16 @@ class Config:
 
     @property
     def deployment_label(self) -> str:
-        """Label value marking this deployment's containers (defaults to one per center port)."""
-        return self.deployment or f"center-{self.scheduler_port}"
+        """Label value marking this deployment's containers.
+
+        By default derived from this machine's name, the center's address and port and its data
+        folder: stable across restarts of one center (so it finds its leftovers), different for
+        two centers on one host (so neither removes the other's sandboxes).
+        """
+        if self.deployment:
+            return self.deployment
+        where = f"{socket.gethostname()}|{self.host}|{self.scheduler_port}|{os.path.realpath(self.data_dir)}"
+        return f"center-{self.scheduler_port}-{hashlib.sha256(where.encode()).hexdigest()[:10]}"
 
     def resolved_database_url(self) -> str:
         """database_url, else the seed's postgres section, else the embedded SQLite file."""
@@ -172,6 +191,39 @@ def _string_list(key: str, value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _boolean(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+        return value.strip().lower() in ("true", "yes", "1", "on")
+    raise _fail(key, "true or false", value)
+
+
+def _tokens(key: str, value: Any) -> tuple[str, ...]:
+    tokens = _string_list(key, value)
+    for token in tokens:
+        if not TOKEN_TEXT.match(token):
+            raise ConfigError(f"config key '{key}': a token may hold only visible ASCII characters other than "
+                              "',' (what every client sends unchanged in an Authorization header)")
+    return tokens
+
+
+def _deployment(key: str, value: Any) -> str:
+    text = _string(key, value)
+    if text and not DEPLOYMENT_NAME.match(text):
+        raise _fail(key, "up to 63 letters, digits, '_', '.' or '-', starting with a letter or digit", value)
+    return text
+
+
+def _database_url(key: str, value: Any) -> str:
+    text = _string(key, value).strip()
+    if text.startswith("sqlite") and (text.split("://", 1)[-1] in ("", "/", "/:memory:") or "mode=memory" in text):
+        raise ConfigError(f"config key '{key}': an in-memory SQLite database would be a different empty database "
+                          "on every connection and lose the images; give a file (sqlite:////path/to/file.db) "
+                          "or leave it empty for the embedded file")
+    return text
+
+
 def _choice(*allowed: str) -> Callable[[str, Any], str]:
     def parse(key: str, value: Any) -> str:
         if value not in allowed:
@@ -226,8 +278,9 @@ PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "host": _non_empty(_string),
     "scheduler_port": _port(0),
     "domain": _string,
-    "auth_tokens": _string_list,
-    "database_url": _string,
+    "auth_tokens": _tokens,
+    "allow_anonymous": _boolean,
+    "database_url": _database_url,
     "postgres": _section(PostgresSettings, {
         "user": _string, "password": _string, "db": _string, "host": _string, "port": _port(1),
     }),
@@ -239,7 +292,7 @@ PARSERS: dict[str, Callable[[str, Any], Any]] = {
         "shm": _size, "file_size": _size, "open_files": _integer(16),
     }),
     "dependencies": _string_list,
-    "max_request_bytes": _integer(1024),
+    "max_request_bytes": _integer(1024, MAX_REQUEST_BYTES_LIMIT),
     "queue_wait_seconds": _number(0),
     "sandbox_runtime": _choice("runc", "crun", "runsc"),
     "cors_origins": _string_list,
@@ -248,7 +301,7 @@ PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "max_images": _integer(0),
     "max_image_bytes": _integer(1024),
     "sandbox_socket_dir": _string,
-    "deployment": _string,
+    "deployment": _deployment,
     "sandbox_start_timeout": _number(0, exclusive=True),
     "server_threads": _integer(1),
     "data_dir": _non_empty(_string),
@@ -272,7 +325,20 @@ def parse_config(raw: Mapping[str, Any]) -> Config:
         raise ConfigError(
             f"config key 'interpreter_port_range': end {port_range.end} is below start {port_range.start}"
         )
+    if not config.auth_tokens and not config.allow_anonymous and not is_loopback(config.host):
+        raise ConfigError(f"config key 'auth_tokens' is empty while 'host' {config.host!r} is reachable from other "
+                          "machines: set auth_tokens, bind 127.0.0.1, or say allow_anonymous: true")
     return config
+
+
+def is_loopback(host: str) -> bool:
+    """Whether an address (or localhost) is reachable from this machine only."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost: it may resolve to anything
 
 
 def yaml_error_summary(error: yaml.YAMLError) -> str:
@@ -283,10 +349,14 @@ def yaml_error_summary(error: yaml.YAMLError) -> str:
 
 
 def environment_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
-    """CIA_<KEY> variables as config values: text as is (lists comma-separated), `{...}`/`[...]` as YAML."""
+    """CIA_<KEY> variables as config values: text as is (lists comma-separated), `{...}`/`[...]` as YAML.
+
+    An empty variable counts as unset: `CIA_AUTH_TOKENS=` left over in a shell must not switch
+    authentication off (nor blank out any other key).
+    """
     overrides: dict[str, Any] = {}
     for name, text in environ.items():
-        if not name.startswith(ENV_PREFIX):
+        if not name.startswith(ENV_PREFIX) or not text.strip():
             continue
         key = name[len(ENV_PREFIX):].lower()
         overrides[key] = text

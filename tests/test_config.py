@@ -212,7 +212,7 @@ def test_default_sqlite_file_is_in_the_project_data_folder() -> None:
      ("https://a.example", "https://b.example")),
     ({"CIA_INTERPRETER_PORT_RANGE": "{start: 9001, end: 9002}"}, "interpreter_port_range", PortRange(9001, 9002)),
     ({"CIA_DATABASE_URL": "postgresql://u:p@h:5432/d"}, "database_url", "postgresql://u:p@h:5432/d"),
-    ({"CIA_HOST": "0.0.0.0"}, "host", "0.0.0.0"),
+    ({"CIA_HOST": "0.0.0.0", "CIA_AUTH_TOKENS": "t"}, "host", "0.0.0.0"),
     ({"CIA_SANDBOX_RUNTIME": "runsc"}, "sandbox_runtime", "runsc"),
     ({"CIA_DOMAIN": ""}, "domain", ""),
 ])
@@ -263,7 +263,63 @@ def test_token_from_environment_is_kept_verbatim(tmp_path: Path, token: str) -> 
 
 @pytest.mark.parametrize("host", ["::", "::1", "0.0.0.0"])
 def test_host_from_environment_is_kept_verbatim(tmp_path: Path, host: str) -> None:
-    assert load_text(tmp_path, "", environ={"CIA_HOST": host}).host == host
+    assert load_text(tmp_path, "", environ={"CIA_HOST": host, "CIA_ALLOW_ANONYMOUS": "true"}).host == host
+
+
+# --- configuration that must not fail open --------------------------------------------------------
+
+def test_an_empty_token_variable_does_not_switch_authentication_off(tmp_path: Path) -> None:
+    config = load_text(tmp_path, {"auth_tokens": ["from-file"]}, environ={"CIA_AUTH_TOKENS": ""})
+    assert config.auth_tokens == ("from-file",)
+    assert load_text(tmp_path, {"auth_tokens": ["t"]}, environ={"CIA_AUTH_TOKENS": "  "}).auth_tokens == ("t",)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.7", "ci.example.com"])
+def test_no_token_on_a_public_address_is_refused_unless_anonymous_is_allowed(tmp_path: Path, host: str) -> None:
+    with pytest.raises(ConfigError) as excinfo:
+        load_text(tmp_path, {"host": host})
+    message = str(excinfo.value)
+    assert "'auth_tokens'" in message and "allow_anonymous" in message and "\n" not in message
+    assert load_text(tmp_path, {"host": host, "allow_anonymous": True}).host == host
+    assert load_text(tmp_path, {"host": host, "auth_tokens": ["t"]}).auth_tokens == ("t",)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "127.0.0.2"])
+def test_no_token_on_loopback_is_fine(tmp_path: Path, host: str) -> None:
+    assert load_text(tmp_path, {"host": host}).auth_tokens == ()
+
+
+@pytest.mark.parametrize("token", ["pässwort", "to ken", "a\tb", "秘密"])
+def test_tokens_a_client_cannot_send_unchanged_are_refused(tmp_path: Path, token: str) -> None:
+    with pytest.raises(ConfigError, match="'auth_tokens'"):
+        load_text(tmp_path, {"auth_tokens": [token]})
+
+
+@pytest.mark.parametrize("url", ["sqlite:///:memory:", "sqlite://", "sqlite:///file:x?mode=memory&uri=true"])
+def test_in_memory_sqlite_is_refused(tmp_path: Path, url: str) -> None:
+    with pytest.raises(ConfigError, match="'database_url'.*in-memory"):
+        load_text(tmp_path, {"database_url": url})
+
+
+def test_max_request_bytes_above_what_the_agent_accepts_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="'max_request_bytes'"):
+        load_text(tmp_path, {"max_request_bytes": 10**9})
+    assert load_text(tmp_path, {"max_request_bytes": 20 * 1024 * 1024}).max_request_bytes == 20 * 1024 * 1024
+
+
+def test_default_deployment_labels_differ_between_two_centers_and_stay_put(tmp_path: Path) -> None:
+    first = load_text(tmp_path, {"scheduler_port": 5000, "data_dir": str(tmp_path / "a")})
+    second = load_text(tmp_path, {"scheduler_port": 5000, "data_dir": str(tmp_path / "b")})
+    other_port = load_text(tmp_path, {"scheduler_port": 5001, "data_dir": str(tmp_path / "a")})
+    assert len({first.deployment_label, second.deployment_label, other_port.deployment_label}) == 3
+    again = load_text(tmp_path, {"scheduler_port": 5000, "data_dir": str(tmp_path / "a")})
+    assert again.deployment_label == first.deployment_label, "a restarted center finds its own leftovers"
+
+
+@pytest.mark.parametrize("name", ["has space", "-leading-dash", "x" * 64, "semi;colon", "ünï"])
+def test_deployment_names_docker_would_not_take_are_refused(tmp_path: Path, name: str) -> None:
+    with pytest.raises(ConfigError, match="'deployment'"):
+        load_text(tmp_path, {"deployment": name})
 
 
 def test_malformed_structured_environment_value_names_the_key(tmp_path: Path) -> None:
