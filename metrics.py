@@ -47,6 +47,10 @@ class Metrics:
                                      ["method", "status"], registry=self.registry)
         self.registry.register(PoolCollector(pool))
 
+    def count_request(self, method: str, status: int) -> None:
+        """Count one answered request; the labels come from small fixed sets (hostile requests add none)."""
+        self.http_requests.labels(method=method, status=str(status) if 100 <= status <= 599 else "other").inc()
+
     def observe_run(self, language: str, status: str, duration_ms: float | None) -> None:
         """Count one execution and its duration."""
         self.executions.labels(status=status, language=language).inc()

@@ -1,0 +1,142 @@
+"""The center's HTTP edge against hostile requests that need no token: bounded labels, logs, heads, memory."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+from collections.abc import Callable
+
+import pytest
+import requests
+from conftest import CenterProcess
+from flask import Flask
+
+
+def raw_request(url: str, head: bytes, body: bytes = b"") -> tuple[int, bytes, bytes]:
+    """Send bytes as they are while reading the answer; returns (status, raw head, body) of the answer.
+
+    A server that refuses a request part-way closes with unread bytes, which resets the connection:
+    reading while sending gets the answer before the reset does.
+    """
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as connection:
+        def send() -> None:
+            try:
+                connection.sendall(head + body)
+            except OSError:
+                pass  # refused part-way: the answer is already on its way
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        answer = b""
+        try:
+            while chunk := connection.recv(65536):
+                answer += chunk
+        except ConnectionResetError:
+            assert answer, "reset before any answer"
+        sender.join(10)
+    raw_head, _, raw_body = answer.partition(b"\r\n\r\n")
+    return int(raw_head.split()[1]), raw_head, raw_body
+
+
+def test_unknown_methods_add_no_metric_label_and_a_bounded_log_line(make_app: Callable[..., Flask],
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    client = make_app().test_client()
+    caplog.set_level(logging.INFO, logger="center.access")
+    methods = [f"X{n}" + "A" * 20_000 for n in range(20)]
+    for method in methods:
+        response = client.open("/healthz?" + "q" * 5000, method=method)
+        assert response.status_code == 405 and response.is_json
+        assert len(response.get_json()["error"]) < 200, "the error does not echo the method back"
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert "AAAA" not in metrics
+    assert 'method="other",status="405"' in metrics and "20.0" in metrics.split('method="other",status="405"')[1][:8]
+    lines = [record.getMessage() for record in caplog.records if record.name == "center.access"]
+    assert len(lines) >= 20 and max(len(line) for line in lines) < 1000, "each log line is bounded"
+    assert all(json.loads(line)["method"] in ("other", "GET") for line in lines)
+
+
+def test_statuses_are_a_bounded_label(make_app: Callable[..., Flask]) -> None:
+    client = make_app().test_client()
+    for path in ("/nope", "/image/nope.png", "/runcode"):
+        client.get(path)
+    metrics = client.get("/metrics").get_data(as_text=True)
+    statuses = {part.split('status="')[1].split('"')[0] for part in metrics.splitlines()
+                if part.startswith("code_interpreter_http_requests_total{")}
+    assert statuses <= {"200", "400", "404", "405", "other"}, statuses
+
+
+@pytest.fixture
+def center(center_process: Callable[..., CenterProcess]) -> CenterProcess:
+    """A real center process (waitress), one sandbox slot."""
+    return center_process(interpreter_port_range={"start": 1, "end": 1}).start()
+
+
+def test_absurd_request_heads_get_a_json_4xx_and_the_center_keeps_serving(center: CenterProcess) -> None:
+    status, head, body = raw_request(center.url, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Junk: "
+                                     + b"j" * 300_000 + b"\r\n\r\n")
+    assert 400 <= status < 500
+    assert b"application/json" in head.lower() and "error" in json.loads(body)
+    status, _, body = raw_request(center.url, b"GET /" + b"p" * 300_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert 400 <= status < 500 and "error" in json.loads(body)
+    assert requests.get(f"{center.url}/healthz", timeout=10).status_code == 200
+
+
+def rss_mib(pid: int) -> float:
+    """A process's resident memory in MiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def peak_rss_while(pid: int, action: Callable[[], None]) -> float:
+    """The highest resident memory of the process seen while `action` runs (sampled every 10 ms)."""
+    peak, done = rss_mib(pid), threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.wait(0.01):
+            peak = max(peak, rss_mib(pid))
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        action()
+    finally:
+        done.set()
+        sampler.join()
+    return peak
+
+
+def test_four_concurrent_large_variable_bodies_keep_memory_flat(center: CenterProcess) -> None:
+    assert center.process is not None
+    pid = center.process.pid
+    # ~9 MB of empty lists: the shape that costs the most memory per byte once parsed (~16x).
+    body = json.dumps({"code": "print(len(v))", "variables": {"v": [[] for _ in range(2_300_000)]}}).encode()
+    answers: list[requests.Response] = []
+
+    def post() -> None:
+        answers.append(requests.post(f"{center.url}/runcode", data=body, timeout=120,
+                                     headers={"Content-Type": "application/json"}))
+
+    def post_four_at_once() -> None:
+        threads = [threading.Thread(target=post) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    post()  # the first large body sets up what any large body needs
+    before = rss_mib(pid)
+    one = peak_rss_while(pid, post) - before
+    four = peak_rss_while(pid, post_four_at_once) - before
+    after = rss_mib(pid) - before
+    assert [a.status_code for a in answers] == [200] * 6 and answers[-1].json()["output"] == "2300000\n"
+    # Before: each body's parsed form lived as long as its run (~150 MB each: ~600 MB for four), and
+    # ~260 MB were never given back.
+    assert four < 1.5 * one + 30, f"four at once took {four:.0f} MiB, one alone {one:.0f} MiB"
+    assert after < 40, f"{after:.0f} MiB kept after the requests"
