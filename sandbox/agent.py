@@ -2,9 +2,10 @@
 
 GET /healthz answers {"ok": true, "warm": bool, "warming": bool, "used": bool} once the agent listens. POST /run
 takes {"language", "code", "variables", "timeout", "max_output_bytes", "max_images", "max_image_bytes"}
-and answers {"stdout", "stderr", "exit_code", "status", "error"?, "duration_ms", "images": [...]};
-then the agent exits, and with it the container.
-The program runs as the unprivileged `sandbox` user (see worker.py); this agent runs as root with
+and answers {"stdout", "stderr", "exit_code", "status", "error"?, "duration_ms", "warm",
+"images": [{"name", "mime", "data"}], "skipped": [{"name", "reason"}]}; then the agent exits, and
+with it the container. A job it refuses gets a 400 {"error"} at once, and the agent stays ready.
+The program runs as an unprivileged user (--uid; see worker.py); this agent runs as root with
 only the capabilities to start that user's process and to kill it.
 
 Every container starts its own agent, so its start-up is paid by every request: the agent uses
@@ -21,7 +22,9 @@ import gc
 gc.disable()
 
 import base64  # noqa: E402
+import codecs  # noqa: E402
 import json  # noqa: E402
+import math  # noqa: E402
 import os  # noqa: E402
 import pwd  # noqa: E402
 import re  # noqa: E402
@@ -33,22 +36,47 @@ import threading  # noqa: E402
 import time  # noqa: E402
 from typing import IO, Any, NoReturn  # noqa: E402
 
+from contract import (  # noqa: E402
+    DEFAULT_MAX_IMAGE_BYTES,
+    DEFAULT_MAX_IMAGES,
+    DEFAULT_MAX_OUTPUT_BYTES,
+    DEFAULT_TIMEOUT_SECONDS,
+    IMAGE_EXTENSIONS,
+)
 from http_server import HTTPError, serve_unix_socket  # noqa: E402
 
-SANDBOX_USER = "sandbox"
+SANDBOX_USER = "sandbox"  # the image's unprivileged user: the program's uid and gid unless --uid says otherwise
 WORKDIR = "/workspace"
 # What a warm-up imports (worker.preload) and the libraries built on it.
 PRELOADED_MODULES = re.compile(r"\b(?:numpy|pandas|matplotlib|seaborn|scipy|sklearn|statsmodels)\b")
 WORKER_FAILED = 127  # the forked worker's exit status when it could not even start
-IMAGE_TYPES = {
-    ".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
-    ".svg": "image/svg+xml", ".webp": "image/webp",
-}
+# Images: only files with these extensions are looked at, and each must be what its first bytes
+# say it is; the MIME type sent is the content's, never the name's. A row's (offset, bytes) all match.
+IMAGE_MAGIC: tuple[tuple[str, tuple[tuple[int, bytes], ...]], ...] = (
+    ("image/png", ((0, b"\x89PNG\r\n\x1a\n"),)),
+    ("image/jpeg", ((0, b"\xff\xd8\xff"),)),
+    ("image/gif", ((0, b"GIF87a"),)),
+    ("image/gif", ((0, b"GIF89a"),)),
+    ("image/webp", ((0, b"RIFF"), (8, b"WEBP"))),
+)
+SVG_TYPE = "image/svg+xml"  # text, so recognised by its first element (see is_svg)
+IMAGE_FORMATS = "PNG, JPEG, GIF, WEBP or SVG"
+MAX_NAME_BYTES = 255
+# Characters a name must not have: they would break a line, a log or a page showing it (C0 and C1
+# controls, DEL, line and paragraph separators) or reorder the text around it (bidi embeddings,
+# overrides and isolates).
+UNSAFE_NAME_CHARACTERS = "[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
+MAX_SHOWN_NAME = 200  # characters of a skipped file's name shown in the report
+MAX_SKIPPED_LISTED = 50  # a program can make thousands of files: the report lists this many, then counts
+ERROR_TAIL_BYTES = 4096  # of stderr repeated as `error` (JSON-encoded): the whole of it is in `stderr`
+MAX_ARG_STRLEN = 32 * 4096  # Linux: one environment string, its NUL included
+MAX_EXEC_SIZE = 6 * 1024 * 1024  # Linux: argument and environment strings with their pointers, at most
 COLD_START_SECONDS = 10.0
 WARM_DELAY_SECONDS = 0.5  # idle time before a sandbox warms up (see Agent.warm_up)
 STATUS_MESSAGES = {
     "timeout": "execution exceeded the time limit of {timeout:g} s and was killed",
-    "output_limit": "output exceeded {max_output_bytes} bytes and was cut; the program was stopped",
+    "output_limit": ("output (stdout and stderr together) exceeded {max_output_bytes} bytes and was cut; "
+                     "the program was stopped"),
     "oom": "the program ran out of memory and was killed",
 }
 
@@ -83,8 +111,8 @@ def kill_sandbox_processes() -> None:
         pass
 
 
-def become_worker(user: pwd.struct_passwd, stdio: tuple[int, int, int], status_fd: int, max_processes: int) -> NoReturn:
-    """In the forked child: drop to the sandbox user with only the worker's pipes, then run worker.py; never returns."""
+def become_worker(uid: int, stdio: tuple[int, int, int], status_fd: int, max_processes: int) -> NoReturn:
+    """In the forked child: become user and group `uid`, keep only the worker's pipes, run worker.py; never returns."""
     try:
         os.setsid()  # its own session: the program cannot signal the agent's process group
         for target, fd in enumerate(stdio):
@@ -102,12 +130,12 @@ def become_worker(user: pwd.struct_passwd, stdio: tuple[int, int, int], status_f
         if max_processes:
             resource.setrlimit(resource.RLIMIT_NPROC, (max_processes, max_processes))
         os.setgroups([])
-        os.setgid(user.pw_gid)
+        os.setgid(uid)
         # Real, effective and saved: every capability is gone with root. The change of user also
         # leaves this process non-dumpable (as a setuid program is): its /proc/self files that
         # need that, such as environ and mem, stay root's; the processes it starts are ordinary.
         # (Making it dumpable again would need ctypes, ~9 ms of CPU per container.)
-        os.setuid(user.pw_uid)
+        os.setuid(uid)
         os.chdir(WORKDIR)
         os.environ.clear()
         os.environ.update(worker_environment())
@@ -116,6 +144,11 @@ def become_worker(user: pwd.struct_passwd, stdio: tuple[int, int, int], status_f
         import worker
 
         worker.main(status_fd)
+    except BaseException as e:  # noqa: BLE001 - said on the program's stderr, not lost in a bare exit 127
+        try:
+            os.write(2, f"the sandbox could not start the program: {type(e).__name__}: {e}\n".encode(errors="replace"))
+        except OSError:
+            pass
     finally:
         os._exit(WORKER_FAILED)  # never back into the agent's code, whatever happened
 
@@ -128,15 +161,14 @@ class Worker:
     matplotlib) while no request has come: see Agent.warm_up().
     """
 
-    def __init__(self, max_processes: int = 0) -> None:
-        user = pwd.getpwnam(SANDBOX_USER)
+    def __init__(self, uid: int, max_processes: int = 0) -> None:
         stdin_read, stdin_write = os.pipe()
         stdout_read, stdout_write = os.pipe()
         stderr_read, stderr_write = os.pipe()
         status_read, status_write = os.pipe()
         pid = os.fork()
         if pid == 0:
-            become_worker(user, (stdin_read, stdout_write, stderr_write), status_write, max_processes)
+            become_worker(uid, (stdin_read, stdout_write, stderr_write), status_write, max_processes)
         for fd in (stdin_read, stdout_write, stderr_write, status_write):
             os.close(fd)
         self.pid = pid
@@ -172,30 +204,86 @@ class Worker:
         return self.returncode
 
 
-class CappedReader(threading.Thread):
-    """Drains one output pipe, keeping at most `limit` bytes; says when the limit was passed."""
+def json_size(text: str) -> int:
+    """Bytes that text takes inside a JSON string as the agent sends it (UTF-8; \\u0000 is 6 bytes for 1)."""
+    return len(json.dumps(text, ensure_ascii=False).encode("utf-8", "surrogatepass")) - 2
 
-    def __init__(self, pipe: IO[bytes], limit: int, overflow: threading.Event) -> None:
+
+def json_prefix(text: str, budget: int) -> str:
+    """The longest start of text whose json_size is within budget."""
+    low, high = 0, min(len(text), budget)  # every character takes a byte at least
+    while low < high:
+        middle = (low + high + 1) // 2
+        if json_size(text[:middle]) <= budget:
+            low = middle
+        else:
+            high = middle - 1
+    return text[:low]
+
+
+def json_suffix(text: str, budget: int) -> str:
+    """The longest end of text whose json_size is within budget."""
+    low, high = 0, min(len(text), budget)
+    while low < high:
+        middle = (low + high + 1) // 2
+        if json_size(text[len(text) - middle:]) <= budget:
+            low = middle
+        else:
+            high = middle - 1
+    return text[len(text) - low:]
+
+
+class OutputBudget:
+    """The room stdout and stderr share in the report, counted as they will be sent: JSON-encoded UTF-8.
+
+    So max_output_bytes bounds the answer, whatever the program writes (control characters and
+    bytes that are not UTF-8 take several bytes each once encoded).
+    """
+
+    def __init__(self, limit: int, overflow: threading.Event) -> None:
+        self.left = limit
+        self.overflow = overflow  # set once output was cut: the run is stopped
+        self.cut = False
+        self.lock = threading.Lock()
+
+    def take(self, text: str) -> str:
+        """What of text the report keeps: all of it while there is room, then its start, then nothing."""
+        size = json_size(text)
+        with self.lock:
+            if self.cut:
+                return ""
+            if size <= self.left:
+                self.left -= size
+                return text
+            kept = json_prefix(text, self.left)
+            self.left -= json_size(kept)
+            self.cut = True
+        self.overflow.set()
+        return kept
+
+
+class OutputReader(threading.Thread):
+    """Drains one output pipe, decoding it (bytes that are not UTF-8 become U+FFFD); keeps what the budget allows."""
+
+    def __init__(self, pipe: IO[bytes], budget: OutputBudget) -> None:
         super().__init__(daemon=True)
-        self.pipe, self.limit, self.overflow = pipe, limit, overflow
-        self.chunks: list[bytes] = []
-        self.size = 0
-        self.truncated = False
+        self.pipe, self.budget = pipe, budget
+        self.chunks: list[str] = []
 
     def run(self) -> None:
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")  # a character may span two reads
         fd = self.pipe.fileno()
-        while chunk := os.read(fd, 65536):
-            room = self.limit - self.size
-            if room > 0:
-                self.chunks.append(chunk[:room])
-                self.size += min(len(chunk), room)
-            if len(chunk) > room and not self.truncated:
-                self.truncated = True
-                self.overflow.set()  # keep draining so writers never block; the run is stopped
+        while True:
+            chunk = os.read(fd, 65536)  # keeps draining once cut: writers never block, the run is stopped
+            text = decoder.decode(chunk, final=not chunk)
+            if text:
+                self.chunks.append(self.budget.take(text))
+            if not chunk:
+                return
 
     def text(self) -> str:
-        """What was kept, decoded; bytes that are not UTF-8 become U+FFFD."""
-        return b"".join(self.chunks).decode("utf-8", errors="replace")
+        """What was kept."""
+        return "".join(self.chunks)
 
 
 def oom_kill_count() -> int:
@@ -212,50 +300,226 @@ def oom_kill_count() -> int:
     return 0
 
 
-def collect_images(max_images: int, max_bytes: int) -> tuple[list[dict[str, str]], list[str]]:
-    """Image files at the top of the working folder, never through a symlink; also what was skipped."""
-    images, skipped = [], []
-    total_budget = max_bytes * 2
-    dir_fd = os.open(WORKDIR, os.O_RDONLY | os.O_DIRECTORY)
+def signal_description(number: int) -> str:
+    """'signal 9 (SIGKILL)', 'signal 40 (SIGRTMIN+6)': any number a process can die of."""
     try:
-        for name in sorted(os.listdir(dir_fd)):
-            mime = IMAGE_TYPES.get(os.path.splitext(name)[1].lower())
-            if mime is None:
-                continue
-            if len(images) >= max_images:
-                skipped.append(f"{name}: more than {max_images} images")
+        name = signal.Signals(number).name
+    except ValueError:
+        if signal.SIGRTMIN < number < signal.SIGRTMAX:
+            name = f"SIGRTMIN+{number - signal.SIGRTMIN}"
+        else:
+            return f"signal {number}"
+    return f"signal {number} ({name})"
+
+
+def image_type(data: bytes) -> str | None:
+    """The MIME type of an image by its content (see IMAGE_MAGIC, is_svg), or None."""
+    for mime, signature in IMAGE_MAGIC:
+        if all(data.startswith(magic, offset) for offset, magic in signature):
+            return mime
+    return SVG_TYPE if is_svg(data) else None
+
+
+def is_svg(data: bytes) -> bool:
+    """Whether the text starts with an <svg> element, after what XML allows first: a BOM, white space,
+    an XML declaration, processing instructions, comments, a doctype (with its internal subset)."""
+    position = 3 if data.startswith(b"\xef\xbb\xbf") else 0
+    # (opening, closing) of what may come first; each is passed whole, so this is linear in the text.
+    prologue = ((b"<?", b"?>"), (b"<!--", b"-->"), (b"<!DOCTYPE", b">"))
+    while True:
+        while data[position:position + 1] in (b" ", b"\t", b"\r", b"\n"):
+            position += 1
+        if data.startswith(b"<svg", position):
+            return data[position + 4:position + 5] in (b" ", b"\t", b"\r", b"\n", b">", b"/")
+        for opening, closing in prologue:
+            if data.startswith(opening, position):
+                end = position + len(opening)
+                if opening == b"<!DOCTYPE":
+                    subset = data.find(b"[", end)
+                    if subset != -1 and subset < data.find(b">", end):
+                        end = data.find(b"]", subset)  # its declarations hold '>' of their own
+                        if end == -1:
+                            return False
+                end = data.find(closing, end)
+                if end == -1:
+                    return False
+                position = end + len(closing)
+                break
+        else:
+            return False
+
+
+def shown_name(raw: bytes) -> str:
+    """A file name as the report can show it whatever its bytes: undecodable bytes and unsafe characters escaped."""
+    text = raw.decode("utf-8", "backslashreplace")
+    text = re.sub(UNSAFE_NAME_CHARACTERS,
+                  lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}", text)
+    return text if len(text) <= MAX_SHOWN_NAME else text[:MAX_SHOWN_NAME] + "…"
+
+
+def name_problem(raw: bytes, seen: dict[str, str]) -> str | None:
+    """Why a file name cannot be an image's name in the report, or None when it can.
+
+    `seen` maps the NFC form of each good name so far to that name: two names that only differ in
+    how an accented letter is encoded look the same to people, and to some file systems.
+    """
+    if len(raw) > MAX_NAME_BYTES:
+        return f"the name is over {MAX_NAME_BYTES} bytes"
+    try:
+        name = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "the name is not valid UTF-8"
+    unsafe = re.search(UNSAFE_NAME_CHARACTERS, name)
+    if unsafe is not None:
+        if "\u202a" <= unsafe[0] <= "\u202e" or "\u2066" <= unsafe[0] <= "\u2069":
+            return "the name has a bidirectional text control character"
+        return "the name has a control character"
+    normal = name
+    if not name.isascii():  # NFC changes nothing in ASCII: unicodedata is imported only when needed
+        import unicodedata
+
+        normal = unicodedata.normalize("NFC", name)
+    if normal in seen:
+        return f"the same name as {seen[normal]} once Unicode-normalised (NFC)"
+    seen[normal] = name
+    return None
+
+
+def natural_key(name: str) -> list[str | int]:
+    """Sort key: digit runs compare as numbers, so figure_2 comes before figure_10."""
+    # re.split with a group alternates text and digits, so like is always compared with like.
+    return [int(part) if index % 2 else part for index, part in enumerate(re.split("([0-9]+)", name))]
+
+
+class Skipped:
+    """Files left out of the report and why; the list is capped, the rest counted."""
+
+    def __init__(self) -> None:
+        self.entries: list[dict[str, str]] = []
+        self.unlisted = 0
+
+    def add(self, name: str, reason: str) -> None:
+        """One more file left out (name: as shown_name gives it)."""
+        if len(self.entries) < MAX_SKIPPED_LISTED:
+            self.entries.append({"name": name, "reason": reason})
+        else:
+            self.unlisted += 1
+
+    def report(self) -> list[dict[str, str]]:
+        """The report's `skipped`: {"name", "reason"} each."""
+        if not self.unlisted:
+            return self.entries
+        return [*self.entries, {"name": "…", "reason": f"{self.unlisted} more skipped files are not listed"}]
+
+
+class ImageCandidate:
+    """A file of the working folder whose name has an image extension, as listed."""
+
+    def __init__(self, raw: bytes, info: os.stat_result) -> None:
+        self.raw, self.info = raw, info
+        self.shown = shown_name(raw)
+        # In the order the files were made; files of the same clock tick in their names' natural order.
+        self.sort_key = (info.st_mtime_ns, natural_key(self.shown), raw)
+
+
+def list_candidates(dir_fd: int, skipped: Skipped) -> list[ImageCandidate]:
+    """The folder's files with an image extension, oldest first; never followed through a symlink."""
+    candidates = []
+    with os.scandir(dir_fd) as entries:
+        for entry in entries:
+            # Names are the program's bytes: scandir decodes them with surrogateescape, which
+            # fsencode undoes exactly, so nothing here depends on them being UTF-8.
+            raw = os.fsencode(entry.name)
+            if os.path.splitext(raw)[1].lower().decode("latin-1") not in IMAGE_EXTENSIONS:
                 continue
             try:
-                # O_NOFOLLOW: a symlink is refused; O_NONBLOCK: a planted FIFO cannot hang us.
-                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+                info = entry.stat(follow_symlinks=False)
             except OSError as e:
-                skipped.append(f"{name}: {e.strerror}")
+                skipped.add(shown_name(raw), f"could not be read: {e.strerror}")
                 continue
-            with os.fdopen(fd, "rb") as f:
-                info = os.fstat(f.fileno())
-                if not stat.S_ISREG(info.st_mode):
-                    skipped.append(f"{name}: not a regular file")
-                    continue
-                if info.st_size > min(max_bytes, total_budget):
-                    skipped.append(f"{name}: {info.st_size} bytes is over the image size limit")
-                    continue
-                data = f.read(max_bytes + 1)
-            if len(data) > max_bytes:
-                skipped.append(f"{name}: over the image size limit")
-                continue
-            total_budget -= len(data)
-            images.append({"name": name, "mime": mime, "data": base64.b64encode(data).decode()})
+            candidates.append(ImageCandidate(raw, info))
+    candidates.sort(key=lambda candidate: candidate.sort_key)
+    return candidates
+
+
+def file_kind(mode: int) -> str:
+    """'a directory', 'a FIFO', ... for a file that is not a regular one."""
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISLNK, "a symbolic link (not followed)"),
+             (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))
+    return next((kind for test, kind in kinds if test(mode)), "a device or special file")
+
+
+def read_image(dir_fd: int, candidate: ImageCandidate, max_bytes: int, budget: int) -> tuple[str, bytes] | str:
+    """(MIME type, bytes) of an image file within the size limits; or why it is not one."""
+    size = candidate.info.st_size
+    if not stat.S_ISREG(candidate.info.st_mode):
+        return f"not a regular file: {file_kind(candidate.info.st_mode)}"
+    if size > max_bytes:
+        return f"{size} bytes is over the image size limit of {max_bytes}"
+    if size > budget:
+        return f"over the images' total size limit of {2 * max_bytes} bytes"
+    try:
+        # O_NOFOLLOW: a symlink is refused; O_NONBLOCK: a planted FIFO cannot hang us.
+        fd = os.open(candidate.raw, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError as e:
+        return f"could not be read: {e.strerror}"
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):  # not what was listed: never read anything but a file
+            return f"not a regular file: {file_kind(info.st_mode)}"
+        data = f.read(min(max_bytes, budget) + 1)
+    if len(data) > min(max_bytes, budget):
+        return "over the image size limits"
+    mime = image_type(data)
+    return (mime, data) if mime else f"not a {IMAGE_FORMATS} image"
+
+
+def collect_images(max_images: int, max_bytes: int) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """Images at the top of the working folder, in the order they were made; and what was skipped, and why.
+
+    Whatever the program left there (an unreadable folder, FIFOs, unreadable files, names that
+    are not text), the result is a report: what cannot be collected is skipped with its reason.
+    """
+    images: list[dict[str, str]] = []
+    skipped = Skipped()
+    budget = max_bytes * 2  # for all images together
+    try:
+        dir_fd = os.open(WORKDIR, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        # The agent has no CAP_DAC_OVERRIDE: a program can chmod its own folder out of its reach.
+        skipped.add(".", f"the working folder could not be read: {e.strerror}")
+        return images, skipped.report()
+    try:
+        seen: dict[str, str] = {}
+        for candidate in list_candidates(dir_fd, skipped):
+            reason = name_problem(candidate.raw, seen)
+            if reason is None and len(images) >= max_images:
+                reason = f"more than {max_images} images"
+            if reason is None:
+                found = read_image(dir_fd, candidate, max_bytes, budget)
+                if isinstance(found, str):
+                    reason = found
+                else:
+                    mime, data = found
+                    budget -= len(data)
+                    images.append({"name": candidate.raw.decode(), "mime": mime,
+                                   "data": base64.b64encode(data).decode()})
+            if reason is not None:
+                skipped.add(candidate.shown, reason)
+    except OSError as e:
+        skipped.add(".", f"the working folder could not be read: {e.strerror}")
     finally:
         os.close(dir_fd)
-    return images, skipped
+    return images, skipped.report()
 
 
 class Job:
     """A validated run request."""
 
     DEFAULTS: dict[str, Any] = {
-        "language": "python", "variables": None, "timeout": 30, "max_output_bytes": 1024 * 1024,
-        "max_images": 20, "max_image_bytes": 10 * 1024 * 1024,
+        "language": "python", "variables": None, "timeout": DEFAULT_TIMEOUT_SECONDS,
+        "max_output_bytes": DEFAULT_MAX_OUTPUT_BYTES, "max_images": DEFAULT_MAX_IMAGES,
+        "max_image_bytes": DEFAULT_MAX_IMAGE_BYTES,
     }
 
     def __init__(self, code: str, **settings: Any) -> None:
@@ -272,6 +536,38 @@ class Job:
         """Whether the program mentions a module the warm-up imports (or one built on them)."""
         return self.language == "python" and PRELOADED_MODULES.search(self.code) is not None
 
+    def program_variables(self) -> dict[str, Any]:
+        """The variables as the program gets them: Python globals hold the JSON values; bash's
+        environment holds strings, JSON for what is not one."""
+        if self.language == "python":
+            return self.variables
+        return {name: value if isinstance(value, str) else json.dumps(value) for name, value in self.variables.items()}
+
+    def check_bash_environment(self) -> None:
+        """ValueError naming the variable when bash's execve could not take the environment.
+
+        Otherwise bash would not even start: exit status 127, not a word said.
+        """
+        environment = {**worker_environment(), **self.program_variables()}
+        sizes = {}
+        for name, value in environment.items():
+            if "\0" in value:
+                raise ValueError(f"variable {name} holds a NUL character, which an environment variable cannot")
+            try:
+                size = len(name.encode()) + 1 + len(value.encode()) + 1  # NAME=value and its NUL
+            except UnicodeEncodeError:
+                raise ValueError(f"variable {name} is not valid Unicode text (a lone surrogate)") from None
+            if size > MAX_ARG_STRLEN:
+                raise ValueError(f"variable {name} is too large for bash's environment: {size} bytes, "
+                                 f"at most {MAX_ARG_STRLEN}")
+            sizes[name] = size
+        limit = min(os.sysconf("SC_ARG_MAX"), MAX_EXEC_SIZE) - 4096  # the command line's room
+        total = sum(sizes.values()) + 8 * (len(sizes) + 1)
+        if total > limit:
+            largest = max(self.variables or sizes, key=sizes.__getitem__)
+            raise ValueError(f"the variables are too large for bash's environment together: {total} bytes, "
+                             f"at most {limit} (the largest is {largest})")
+
     @classmethod
     def from_json(cls, body: Any) -> Job:
         """Check the center's request (absent fields take the defaults above); ValueError names the bad field."""
@@ -287,17 +583,25 @@ class Job:
         for name in ("timeout", "max_output_bytes", "max_images", "max_image_bytes"):
             value = getattr(job, name)
             lowest_allowed = 0 if name == "max_images" else 1e-9  # max_images 0: collect none
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < lowest_allowed:
-                raise ValueError(f"{name} must be a positive number")
+            # NaN compares false with everything (`NaN < lowest` let it through): finiteness is checked
+            # first. A huge number would overflow a wait or a read later.
+            if (isinstance(value, bool) or not isinstance(value, (int, float))
+                    or (isinstance(value, float) and not math.isfinite(value)) or value < lowest_allowed):
+                raise ValueError(f"{name} must be a finite positive number")
+            highest_allowed = threading.TIMEOUT_MAX if name == "timeout" else sys.maxsize
+            if value > highest_allowed:
+                raise ValueError(f"{name} must be at most {highest_allowed:.0f}")
+        if job.language == "bash":
+            job.check_bash_environment()
         return job
 
 
 class Agent:
     """Holds this container's one worker and runs the one job it is given."""
 
-    def __init__(self, max_processes: int = 0, warm_delay: float = WARM_DELAY_SECONDS) -> None:
-        self.max_processes = max_processes
-        self.worker = Worker(max_processes)
+    def __init__(self, uid: int, max_processes: int = 0, warm_delay: float = WARM_DELAY_SECONDS) -> None:
+        self.uid, self.max_processes = uid, max_processes
+        self.worker = Worker(uid, max_processes)
         self.lock = threading.Lock()  # guards `used` and the decision to warm up
         self.used = False
         timer = threading.Timer(warm_delay, self.warm_up)
@@ -326,7 +630,7 @@ class Agent:
         if worker.warming and not worker.warm.is_set() and not job.uses_preloaded_modules():
             kill_sandbox_processes()  # a cold start beats waiting for imports the program does not need
             worker.wait()
-            worker = self.worker = Worker(self.max_processes)
+            worker = self.worker = Worker(self.uid, self.max_processes)
         if not worker.started.wait(COLD_START_SECONDS):
             raise RuntimeError("the sandbox worker did not start")
         return worker
@@ -336,14 +640,14 @@ class Agent:
         worker = self.take_worker(job)
         oom_before = oom_kill_count()
         finished = threading.Event()
-        readers = [CappedReader(pipe, job.max_output_bytes, finished)
-                   for pipe in (worker.stdout, worker.stderr)]
+        budget = OutputBudget(int(job.max_output_bytes), finished)
+        readers = [OutputReader(pipe, budget) for pipe in (worker.stdout, worker.stderr)]
         for reader in readers:
             reader.start()
         threading.Thread(target=lambda: (worker.wait(), finished.set()), daemon=True).start()
 
         started = time.monotonic()
-        payload = json.dumps({"language": job.language, "code": job.code, "variables": job.variables})
+        payload = json.dumps({"language": job.language, "code": job.code, "variables": job.program_variables()})
         try:
             worker.send(payload.encode() + b"\n")
             worker.stdin.close()
@@ -361,7 +665,7 @@ class Agent:
         exit_code = returncode if returncode >= 0 else 128 - returncode
         if timed_out:
             status = "timeout"
-        elif stdout.truncated or stderr.truncated:
+        elif budget.cut:
             status = "output_limit"
         elif oom_kill_count() > oom_before:
             status = "oom"
@@ -369,31 +673,38 @@ class Agent:
             status = "error"
         else:
             status = "ok"
-        images, skipped = collect_images(int(job.max_images), int(job.max_image_bytes))
         result: dict[str, Any] = {
             "stdout": stdout.text(), "stderr": stderr.text(), "exit_code": exit_code,
-            "status": status, "duration_ms": round(duration_ms, 1), "images": images,
-            "skipped_images": skipped, "warm": worker.warm.is_set(),
+            "status": status, "duration_ms": round(duration_ms, 1), "images": [], "skipped": [],
+            "warm": worker.warm.is_set(),
         }
+        try:
+            result["images"], result["skipped"] = collect_images(int(job.max_images), int(job.max_image_bytes))
+        except Exception as e:  # noqa: BLE001 - the program's output is reported whatever its folder holds
+            result["skipped"] = [{"name": ".", "reason": f"images could not be collected: {type(e).__name__}: {e}"}]
         if status != "ok":
             result["error"] = self.describe_error(status, returncode, result["stderr"], job)
         return result
 
     @staticmethod
     def describe_error(status: str, returncode: int, stderr: str, job: Job) -> str:
-        """The traceback (stderr's tail) or a one-line reason."""
+        """A one-line reason, or the traceback: stderr's tail, a few KB at most (all of it is in `stderr`)."""
         if status in STATUS_MESSAGES:
             return STATUS_MESSAGES[status].format(timeout=job.timeout, max_output_bytes=job.max_output_bytes)
         if returncode < 0:
-            return f"the program was killed by {signal.Signals(-returncode).name}"
-        return stderr.strip()[-8000:] or f"the program exited with code {returncode}"
+            return f"the program was killed by {signal_description(-returncode)}"
+        stderr = stderr.strip()
+        tail = json_suffix(stderr, ERROR_TAIL_BYTES)
+        if len(tail) < len(stderr):
+            tail = "…" + tail
+        return tail or f"the program exited with code {returncode}"
 
 
 def route(agent: Agent, method: str, path: str, body: Any) -> tuple[int, dict[str, Any], bool]:
     """The agent's HTTP face: (status, JSON answer, exit once answered) for one request.
 
     After its one program the agent has nothing left to do: it exits once the report is sent, so
-    the container stops by itself.
+    the container stops by itself. A job it refuses is answered at once and changes nothing.
     """
     if path == "/healthz" and method == "GET":
         worker = agent.worker
@@ -407,25 +718,40 @@ def route(agent: Agent, method: str, path: str, body: Any) -> tuple[int, dict[st
             if agent.used:
                 return 409, {"error": "this sandbox has already run a program"}, False
             agent.used = True
-        return 200, agent.run(job), True
+        try:
+            return 200, agent.run(job), True
+        except Exception as e:  # noqa: BLE001 - a used sandbox can do nothing more: say why, then exit
+            return 500, {"error": f"agent error: {type(e).__name__}: {e}"}, True
     if path in ("/healthz", "/run"):
         raise HTTPError(405, f"{method} is not allowed on {path}")
     raise HTTPError(404, f"no such endpoint: {path}")
 
 
-def parse_arguments(argv: list[str]) -> tuple[str, int]:
-    """--socket PATH (default /agent/sock/agent.sock) and --max-processes N (RLIMIT_NPROC; 0: none)."""
-    options = {"--socket": "/agent/sock/agent.sock", "--max-processes": "0"}
+def parse_arguments(argv: list[str]) -> tuple[str, int, int]:
+    """(socket, max_processes, uid) from --socket PATH (default /agent/sock/agent.sock), --max-processes N
+    (RLIMIT_NPROC; 0: none) and --uid N (the program's uid and gid; default: the `sandbox` user's)."""
+    options = {"--socket": "/agent/sock/agent.sock", "--max-processes": "0", "--uid": ""}
+    usage = "usage: agent.py [--socket PATH] [--max-processes N] [--uid N]"
     if len(argv) % 2 or any(name not in options for name in argv[::2]):
-        raise SystemExit(f"usage: agent.py [--socket PATH] [--max-processes N]; got {argv}")
+        raise SystemExit(f"{usage}; got {argv}")
     options.update(zip(argv[::2], argv[1::2], strict=True))
-    return options["--socket"], int(options["--max-processes"])
+    try:
+        max_processes = int(options["--max-processes"])
+        uid = int(options["--uid"]) if options["--uid"] else pwd.getpwnam(SANDBOX_USER).pw_uid
+    except ValueError:
+        raise SystemExit(f"{usage}: N is a whole number; got {argv}") from None
+    if max_processes < 0:
+        raise SystemExit(f"--max-processes must be 0 or more; got {max_processes}")
+    # Never root's, and not (uid_t)-1, which set*id() calls read as "leave unchanged".
+    if not 0 < uid < 2**32 - 1:
+        raise SystemExit(f"--uid must be between 1 and {2**32 - 2}; got {uid}")
+    return options["--socket"], max_processes, uid
 
 
 def main(argv: list[str] | None = None) -> None:
     """Serve on the Unix socket the center reaches (the container has no network at all)."""
-    socket_path, max_processes = parse_arguments(sys.argv[1:] if argv is None else argv)
-    agent = Agent(max_processes)  # starts the worker: before the server's threads exist
+    socket_path, max_processes, uid = parse_arguments(sys.argv[1:] if argv is None else argv)
+    agent = Agent(uid, max_processes)  # starts the worker: before the server's threads exist
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     serve_unix_socket(socket_path, lambda method, path, body: route(agent, method, path, body))
 

@@ -16,9 +16,12 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from contract import MAX_JOB_BYTES
+
 MAX_HEADER_LINE = 8192
 MAX_HEADERS = 64
-MAX_BODY = 64 * 1024 * 1024
+MAX_BODY = MAX_JOB_BYTES
+REQUEST_SECONDS = 60.0  # for a request to arrive whole; a stalled client does not hold a thread forever
 REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
            411: "Length Required", 413: "Payload Too Large", 500: "Internal Server Error"}
 
@@ -69,16 +72,28 @@ def read_request(stream: Any) -> tuple[str, str, Any]:
         return method, path, None  # the route says what it expected
 
 
+def encode_json(answer: dict[str, Any]) -> bytes:
+    """UTF-8 JSON, non-ASCII text as is: the size the agent's output cap counts (escaped, a CJK character takes 6)."""
+    try:
+        return json.dumps(answer, ensure_ascii=False, allow_nan=False).encode()
+    except UnicodeEncodeError:  # a lone surrogate has no UTF-8: the ASCII form escapes it
+        return json.dumps(answer, allow_nan=False).encode()
+
+
 def write_response(sock: socket.socket, status: int, answer: dict[str, Any]) -> None:
-    """One JSON response; the connection closes after it."""
-    body = json.dumps(answer).encode()
+    """One JSON response (a 500 that says why when the answer is not JSON); the connection closes after it."""
+    try:
+        body = encode_json(answer)
+    except (TypeError, ValueError) as e:
+        status, body = 500, encode_json({"error": f"agent error: the answer could not be encoded: {e}"})
     head = (f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
     sock.sendall(head + body)
 
 
 def handle_connection(sock: socket.socket, route: Route) -> None:
-    """Read one request, answer it, close the connection; errors become JSON answers, never a crash.
+    """Read one request, answer it, close the connection; every error becomes a JSON answer, never a crash
+    or a dropped connection.
 
     When the route says so, the whole process exits once the answer is out: a container that stops
     by itself is removed without the engine's kill round trip.
@@ -86,13 +101,20 @@ def handle_connection(sock: socket.socket, route: Route) -> None:
     exit_after = False
     with sock, sock.makefile("rb") as stream:
         try:
-            status, answer, exit_after = route(*read_request(stream))
+            sock.settimeout(REQUEST_SECONDS)
+            request = read_request(stream)
+            sock.settimeout(None)  # a run takes as long as it takes; the answer may be large
         except HTTPError as e:
             status, answer = e.status, {"error": str(e)}
         except OSError:
-            return  # the client went away
-        except Exception as e:  # noqa: BLE001 - the agent must keep serving; the center reports it
-            status, answer = 500, {"error": f"agent error: {type(e).__name__}: {e}"}
+            return  # the client went away, or stalled mid-request
+        else:
+            try:
+                status, answer, exit_after = route(*request)
+            except HTTPError as e:
+                status, answer = e.status, {"error": str(e)}
+            except Exception as e:  # noqa: BLE001 - an OSError too: the agent's own, answered like any other
+                status, answer = 500, {"error": f"agent error: {type(e).__name__}: {e}"}
         try:
             write_response(sock, status, answer)  # a Unix socket: once sent, the answer is the client's
         except OSError:

@@ -5,8 +5,9 @@ main(STATUS_FD) with the job pipe as stdin and output pipes as stdout and stderr
 itself a fresh interpreter, writes b"r" to STATUS_FD and reads a line from stdin:
 "warm" makes it import the heavy modules ahead of time (then it writes b"w" and reads again);
 any other line is the job, one line of JSON (json is already loaded: the agent imported it):
-{"language": "python"|"bash", "code": str, "variables": {name: JSON value}}.
-Python runs in this very process (so pre-imports pay off); bash replaces it with exec.
+{"language": "python"|"bash", "code": str, "variables": {name: JSON value (a string for bash)}}.
+Python runs in this very process (so pre-imports pay off); bash replaces it with exec. Either way
+the program's stdin is /dev/null.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from typing import NoReturn
 
 SANDBOX_DIR = os.path.dirname(os.path.abspath(__file__))
 FONT_CACHE = "/opt/matplotlib-cache"
+# bash's command line: it reads the program whole from the inherited file descriptor, then runs it
+# with that descriptor closed. Errors read as with `bash -c` ("bash: line 2: foo: command not found").
+BASH_RUNNER = 'eval "$(< /dev/fd/{fd})" {fd}<&-'
 
 
 def become_fresh_interpreter() -> None:
@@ -125,6 +129,19 @@ def run_python(code: str, variables: dict) -> int:
     return status
 
 
+def run_bash(code: str, variables: dict[str, str]) -> NoReturn:
+    """Replace this process with bash running code, the variables in its environment (checked by the agent).
+
+    The code does not go on the command line, where one argument holds at most 128 KiB
+    (MAX_ARG_STRLEN): it is handed over in a memory file, which works under gVisor too.
+    """
+    fd = os.memfd_create("code", 0)  # no MFD_CLOEXEC: bash must inherit it
+    data = memoryview(code.encode("utf-8", "replace"))  # a lone surrogate (from JSON) becomes "?"
+    while data:
+        data = data[os.write(fd, data):]
+    os.execve("/bin/bash", ["bash", "-c", BASH_RUNNER.format(fd=fd)], {**os.environ, **variables})
+
+
 def main(status_fd: int) -> NoReturn:
     """Prepare, say "r", warm up if told to (then say "w"), then run the job read from stdin; never returns."""
     become_fresh_interpreter()
@@ -137,10 +154,11 @@ def main(status_fd: int) -> NoReturn:
         line = sys.stdin.buffer.readline()
     os.close(status_fd)
     job = json.loads(line)
-    sys.stdin = open(os.devnull)  # the job pipe is drained; the program sees an empty stdin
+    # The job pipe is drained: the program (and whatever it starts) reads an empty stdin.
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    sys.stdin = sys.__stdin__ = open(0, encoding="utf-8", closefd=False)
     if job["language"] == "bash":
-        env = dict(os.environ)
-        env.update({name: value if isinstance(value, str) else json.dumps(value)
-                    for name, value in job["variables"].items()})
-        os.execve("/bin/bash", ["bash", "-c", job["code"]], env)
+        run_bash(job["code"], job["variables"])
     finish(run_python(job["code"], job["variables"]))

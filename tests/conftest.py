@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import docker
 import docker.errors
@@ -29,7 +30,7 @@ import build
 from center import EXTENSION_KEY, create_app
 from config import PROJECT_DIR, Config, PortRange
 from pool import SandboxPool
-from sandboxes import DEPLOYMENT_LABEL, DockerSandboxes
+from sandboxes import DEPLOYMENT_LABEL, DockerSandboxes, Sandbox
 
 CI = os.environ.get("CI", "").lower() == "true"
 RUNTIME = os.environ.get("TEST_SANDBOX_RUNTIME", "runc")
@@ -116,6 +117,29 @@ def pool(sandboxes: DockerSandboxes, base_config: Config) -> Iterator[SandboxPoo
     assert wait_until(lambda: sandbox_pool.stats()["ready"] > 0, 120), "the test pool never became ready"
     yield sandbox_pool
     sandbox_pool.close()
+
+
+@pytest.fixture
+def run_in_sandbox(sandboxes: DockerSandboxes) -> Iterator[Callable[..., dict[str, Any]]]:
+    """Factory: start a fresh sandbox on its own, run one job in it, remove it, return the agent's report."""
+    def run(code: str, language: str = "python", variables: dict | None = None, timeout: float = 10,
+            **limits: int) -> dict[str, Any]:
+        sandbox = sandboxes.launch(9150)
+        try:
+            job = {"language": language, "code": code, "variables": variables or {}, "timeout": timeout, **limits}
+            return sandbox.run(job)
+        finally:
+            sandboxes.destroy(sandbox)
+
+    yield run
+
+
+@pytest.fixture
+def sandbox(sandboxes: DockerSandboxes) -> Iterator[Sandbox]:
+    """One fresh sandbox of the test's own, talked to directly; removed afterwards."""
+    sandbox = sandboxes.launch(9151)
+    yield sandbox
+    sandboxes.destroy(sandbox)
 
 
 @pytest.fixture

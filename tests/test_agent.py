@@ -5,40 +5,20 @@ from __future__ import annotations
 import base64
 import json
 import socket
+import subprocess
+import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import docker
 import pytest
 
-from sandboxes import AgentUnreachable, DockerSandboxes, Sandbox
+from sandboxes import AgentUnreachable, Sandbox
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture
-def run_in_sandbox(sandboxes: DockerSandboxes) -> Iterator[Callable[..., dict[str, Any]]]:
-    """Factory: start a fresh sandbox on its own, run one job in it, remove it, return the agent's report."""
-    def run(code: str, language: str = "python", variables: dict | None = None, timeout: float = 10,
-            **limits: int) -> dict[str, Any]:
-        sandbox = sandboxes.launch(9150)
-        try:
-            job = {"language": language, "code": code, "variables": variables or {}, "timeout": timeout, **limits}
-            return sandbox.run(job)
-        finally:
-            sandboxes.destroy(sandbox)
-
-    yield run
-
-
-@pytest.fixture
-def sandbox(sandboxes: DockerSandboxes) -> Iterator[Sandbox]:
-    """One fresh sandbox of the test's own, talked to directly; removed afterwards."""
-    sandbox = sandboxes.launch(9151)
-    yield sandbox
-    sandboxes.destroy(sandbox)
 
 
 def images_by_name(report: dict[str, Any]) -> dict[str, bytes]:
@@ -89,11 +69,26 @@ def test_timeout_kills_children_that_ignore_sigterm(run_in_sandbox: Callable[...
     assert elapsed < 2 + 2 + 1.5, f"the run took {elapsed:.1f} s for a 2 s limit (container start included)"
 
 
+def json_size(text: str) -> int:
+    """Bytes of text inside a JSON string as the agent sends it (UTF-8, only what JSON must escape)."""
+    return len(json.dumps(text, ensure_ascii=False).encode()) - 2
+
+
 def test_output_cap(run_in_sandbox: Callable[..., dict[str, Any]]) -> None:
     report = run_in_sandbox("while True:\n    print('x' * 1000)", max_output_bytes=10_000)
     assert report["status"] == "output_limit"
-    assert len(report["stdout"].encode()) == 10_000
+    # The cap counts the output as it is sent: each newline is two bytes of JSON ("\n").
+    assert 10_000 - 1 <= json_size(report["stdout"]) <= 10_000
+    assert report["stdout"].startswith("x" * 1000 + "\n")
     assert "10000 bytes" in report["error"]
+
+
+def test_output_cap_counts_stdout_and_stderr_together(run_in_sandbox: Callable[..., dict[str, Any]]) -> None:
+    code = "import sys, time\nprint('e' * 3000, file=sys.stderr)\ntime.sleep(0.5)\nprint('o' * 20_000)"
+    report = run_in_sandbox(code, max_output_bytes=10_000)
+    assert report["status"] == "output_limit"
+    assert report["stderr"] == "e" * 3000 + "\n"
+    assert report["stdout"] == "o" * (10_000 - json_size(report["stderr"]))
 
 
 def test_plot_captured_without_savefig(run_in_sandbox: Callable[..., dict[str, Any]]) -> None:
@@ -149,13 +144,19 @@ def test_symlink_planted_as_image_is_not_followed(run_in_sandbox: Callable[..., 
 
 def test_image_count_and_size_caps(run_in_sandbox: Callable[..., dict[str, Any]]) -> None:
     code = (
+        "import os\n"
+        "open('big.png', 'wb').write(b'\\x89PNG\\r\\n\\x1a\\n' + bytes(5000))\n"
+        "os.utime('big.png', ns=(10**18, 10**18))  # the oldest\n"
         "for i in range(6):\n"
-        "    open(f'small{i}.png', 'wb').write(b'x' * 100)\n"
-        "open('big.png', 'wb').write(b'x' * 5000)\n"
+        "    open(f'small{i}.png', 'wb').write(b'\\x89PNG\\r\\n\\x1a\\n' + bytes(100))\n"
+        "    os.utime(f'small{i}.png', ns=(10**18 + 1 + i, 10**18 + 1 + i))  # made in this order\n"
     )
     report = run_in_sandbox(code, max_images=3, max_image_bytes=1000)
-    names = [image["name"] for image in report["images"]]
-    assert len(names) == 3 and "big.png" not in names
+    assert [image["name"] for image in report["images"]] == ["small0.png", "small1.png", "small2.png"]
+    assert report["skipped"] == [
+        {"name": "big.png", "reason": "5008 bytes is over the image size limit of 1000"},
+        *({"name": f"small{i}.png", "reason": "more than 3 images"} for i in (3, 4, 5)),
+    ]
 
 
 def test_python_variables_are_globals_holding_json_values(run_in_sandbox: Callable[..., dict[str, Any]]) -> None:
@@ -187,6 +188,31 @@ def test_user_code_is_unprivileged_and_not_the_agent(run_in_sandbox: Callable[..
     assert int(capabilities, 16) == 0, "user code holds no capability"
     agent_uid = run_in_sandbox("import os\nprint(os.stat(f'/proc/{os.getppid()}').st_uid)")["stdout"].strip()
     assert agent_uid != uid, "the agent runs as a different user than the program"
+
+
+def test_program_runs_as_the_uid_its_sandbox_was_given(sandbox: Sandbox) -> None:
+    # The center gives each sandbox a uid of its own (agent.py --uid) and its /workspace to that uid.
+    code = (
+        "import os\n"
+        "print(os.getuid(), os.geteuid(), os.getgid(), os.getegid(), os.getgroups())\n"
+        "open('mine.txt', 'w').write('x')\n"
+        "print(os.stat('mine.txt').st_uid, os.stat('.').st_uid)\n"
+    )
+    report = sandbox.run({"language": "python", "code": code, "variables": {}, "timeout": 10})
+    uid = sandbox.program_uid
+    assert report["stdout"] == f"{uid} {uid} {uid} {uid} []\n{uid} {uid}\n", report
+
+
+@pytest.mark.parametrize("arguments", [
+    ["--uid", "0"], ["--uid", "-5"], ["--uid", "4294967295"], ["--uid", "sandbox"], ["--max-processes", "x"],
+    ["--bogus", "1"], ["--uid"],
+])
+def test_agent_refuses_bad_arguments_before_starting_anything(arguments: list[str]) -> None:
+    agent = Path(__file__).parent.parent / "sandbox" / "agent.py"
+    result = subprocess.run([sys.executable, "-E", "-S", str(agent), *arguments], capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode != 0
+    assert "usage" in result.stderr or "--" in result.stderr, result.stderr
 
 
 def test_non_utf8_output_is_replaced_not_fatal(run_in_sandbox: Callable[..., dict[str, Any]]) -> None:
