@@ -1,4 +1,8 @@
-"""A run request from its HTTP form to the agent's job: validation, fence unwrapping, the result body."""
+"""A run request from its HTTP form to the agent's job: validation, fence unwrapping, the result body.
+
+Every step takes time linear in the request's size, whatever its content: a regular expression
+that backtracked over client text would hold the GIL (and so the whole center) for as long as it ran.
+"""
 
 from __future__ import annotations
 
@@ -6,25 +10,39 @@ import json
 import keyword
 import math
 import re
-from collections.abc import Mapping
+import reprlib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from config import Config
 from errors import BadRequest
+from sandbox.contract import STATUSES
 
 LANGUAGES = ("python", "bash")
 FENCE_LANGUAGES = {"python": "python", "py": "python", "python3": "python",
                    "bash": "bash", "sh": "bash", "shell": "bash"}
-# A whole program wrapped in one Markdown fence, as LLMs like to send it: ```python ... ```
-FENCE = re.compile(r"\A\s*```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\r?\n(.*?)\r?\n?[ \t]*```\s*\Z", re.DOTALL)
-EMBEDDED_FENCE = re.compile(r"```[ \t]*(python3|python|py|bash|shell|sh)[ \t]*\r?\n(.*?)\r?\n?[ \t]*```",
-                            re.DOTALL | re.IGNORECASE)
+# The opening line of a Markdown fence (```python), matched at one position. The quantifiers are
+# possessive: `[ \t]*` runs on both sides of an optional tag would otherwise backtrack quadratically.
+FENCE_OPENING = re.compile(r"```[ \t]*+([A-Za-z0-9_+-]*+)[ \t]*+\r?\n")
+# An opening tagged python or bash anywhere in a text. The tag is never empty, so the two blank runs
+# cannot trade characters: each start position costs at most its own blank run. ASCII: no `ſh`.
+EMBEDDED_OPENING = re.compile(r"```[ \t]*+(python3|python|py|bash|shell|sh)[ \t]*+\r?\n", re.IGNORECASE | re.ASCII)
+CLOSING = "```"
 MAX_COMPILE_CHECK_CHARS = 64 * 1024
 VARIABLE_NAME = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*\Z")  # valid in Python and as a bash variable
-STATUSES = ("ok", "error", "timeout", "oom", "output_limit")
+INTEGER_TEXT = re.compile(r"[+-]?[0-9]+")
 MIN_TIMEOUT_SECONDS = 0.001
 MAX_VARIABLE_DEPTH = 64  # nesting of a variable's JSON value
+# bash variables reach the program through execve's environment (sandbox/worker.py). Linux refuses
+# one string over MAX_ARG_STRLEN (32 pages, its NUL included) and all of argv and envp together over
+# a quarter of the stack limit (2 MiB of Docker's default 8 MiB); the variables get half of that, so
+# that the sandbox's own environment always fits and the agent's later check never has to refuse.
+MAX_ENVIRONMENT_STRING_BYTES = 32 * 4096 - 1
+MAX_ENVIRONMENT_BYTES = 1024 * 1024
+POINTER_BYTES = 8  # envp's entry for each string counts against the same limit
+EXCERPT = reprlib.Repr()  # the start and end of a long string, the first items of a long list
+EXCERPT.maxstring = EXCERPT.maxother = 60
 
 
 @dataclass(frozen=True)
@@ -45,20 +63,59 @@ class RunRequest:
         }
 
 
-def unwrap_fence(code: str) -> tuple[str, str | None]:
-    """The program inside a Markdown fence, and the fence's language (None when it names none).
+def excerpt(value: Any) -> str:
+    """A value's repr for an error message, cut short: a 10 MB field is not echoed back (nor repr'd whole)."""
+    return EXCERPT.repr(value)
 
-    A fence around the whole text is always unwrapped. Like the original project, a fenced block
-    tagged python or bash inside other text (an LLM's prose around its code) is taken out of it,
-    but only when the whole text is not valid Python itself (a program may print backticks).
+
+def unwrap_fence(code: str, language: str | None = None) -> tuple[str, str | None]:
+    """The program inside a Markdown fence, and the fence's language (None when it names none or none was taken).
+
+    `language` is the request's languageType (None when absent). A fence around the whole text is
+    always unwrapped. Like the original project, a block tagged python or bash inside other text (an
+    LLM's prose around its code) is taken out of it when the whole text is not valid Python (a program
+    may print backticks): the first such block when no language is given, the first python block for
+    python. A bash request never has a block taken out of its text: a bash program is never valid
+    Python, and a heredoc may well hold a fenced block that is data, not the program.
     """
-    match = FENCE.match(code)
-    if match:
-        return match.group(2), FENCE_LANGUAGES.get(match.group(1).lower())
-    embedded = EMBEDDED_FENCE.search(code)
-    if embedded and not is_valid_python(code):
-        return embedded.group(2), FENCE_LANGUAGES[embedded.group(1).lower()]
+    whole = _whole_fence(code)
+    if whole is not None:
+        return whole
+    if language == "bash":
+        return code, None
+    embedded = _embedded_fence(code, ("python",) if language == "python" else ("python", "bash"))
+    if embedded is not None and not is_valid_python(code):
+        return embedded
     return code, None
+
+
+def _whole_fence(code: str) -> tuple[str, str | None] | None:
+    """The body and language of a fence that is the whole text (blank space around it aside), else None."""
+    text = code.strip()  # str.strip's white space is the `\s` that a regex would use
+    opening = FENCE_OPENING.match(text)
+    # The closing fence is the text's last three characters, after the opening line.
+    if opening is None or not text.endswith(CLOSING) or len(text) - len(CLOSING) < opening.end():
+        return None
+    return _block_body(text[opening.end():len(text) - len(CLOSING)]), FENCE_LANGUAGES.get(opening.group(1).lower())
+
+
+def _embedded_fence(code: str, languages: tuple[str, ...]) -> tuple[str, str] | None:
+    """The first block tagged with one of these languages and closed by a later ```, else None."""
+    position = 0
+    while (opening := EMBEDDED_OPENING.search(code, position)) is not None:
+        closing = code.find(CLOSING, opening.end())
+        if closing < 0:  # no ``` after this opening: none after any later one either
+            return None
+        language = FENCE_LANGUAGES[opening.group(1).lower()]
+        if language in languages:
+            return _block_body(code[opening.end():closing]), language
+        position = closing + len(CLOSING)  # a block in another language is skipped whole
+    return None
+
+
+def _block_body(inside: str) -> str:
+    """A block's text without the blanks and the one line break that open the closing fence's line."""
+    return inside.rstrip(" \t").removesuffix("\n").removesuffix("\r")
 
 
 def is_valid_python(code: str) -> bool:
@@ -72,15 +129,39 @@ def is_valid_python(code: str) -> bool:
     return True
 
 
-def nesting_depth(value: Any) -> int:
-    """How deep lists and objects nest in a JSON value (iteratively: no recursion to exhaust)."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, (dict, list)):
-            deepest = max(deepest, depth)
-            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+def _children(container: dict | list) -> Iterator[Any]:
+    return iter(container.values() if isinstance(container, dict) else container)
+
+
+def nesting_depth(value: Any, limit: int | None = None) -> int:
+    """How deep lists and objects nest in a JSON value; past `limit` it stops and answers limit + 1.
+
+    Depth first with one iterator per open level: memory grows with the depth, not the element count.
+    """
+    if not isinstance(value, (dict, list)):
+        return 0
+    levels = [_children(value)]
+    deepest = 1
+    while levels:
+        for child in levels[-1]:
+            if isinstance(child, (dict, list)):
+                levels.append(_children(child))
+                if len(levels) > deepest:
+                    deepest = len(levels)
+                    if limit is not None and deepest > limit:
+                        return deepest
+                break  # go down; this level's iterator resumes after the child when it is done
+        else:
+            levels.pop()
     return deepest
+
+
+def _parse_language(raw: Any) -> str | None:
+    if raw is None or raw == "":
+        return None
+    if not isinstance(raw, str) or raw.strip().lower() not in LANGUAGES:
+        raise BadRequest(f"languageType must be one of {', '.join(LANGUAGES)}, not {excerpt(raw)}")
+    return raw.strip().lower()
 
 
 def _parse_variables(raw: Any) -> dict[str, Any]:
@@ -93,27 +174,55 @@ def _parse_variables(raw: Any) -> dict[str, Any]:
             raise BadRequest("variables must be a JSON object, e.g. {\"n\": 3}") from None
     if not isinstance(raw, dict):
         raise BadRequest("variables must be a JSON object, e.g. {\"n\": 3}")
-    if nesting_depth(raw) > MAX_VARIABLE_DEPTH:
+    if nesting_depth(raw, MAX_VARIABLE_DEPTH) > MAX_VARIABLE_DEPTH:
         raise BadRequest(f"variables are nested deeper than {MAX_VARIABLE_DEPTH} levels")
     for name in raw:
         if not VARIABLE_NAME.match(name) or keyword.iskeyword(name) or name.startswith("__"):
-            raise BadRequest(f"variable name {name!r} is not allowed: use letters, digits and _, "
+            raise BadRequest(f"variable name {excerpt(name)} is not allowed: use letters, digits and _, "
                              "not starting with a digit or __, and not a Python keyword")
     return raw
+
+
+def check_bash_environment(variables: Mapping[str, Any]) -> None:
+    """Refuse bash variables that execve cannot pass as environment strings (NUL, over Linux's size limits)."""
+    total = 0
+    for name, value in variables.items():
+        text = value if isinstance(value, str) else json.dumps(value)  # as the sandbox's agent encodes it
+        if "\0" in text:
+            raise BadRequest(f"bash variable {excerpt(name)} holds a NUL character, "
+                             "which an environment variable cannot")
+        try:
+            size = len(name) + 1 + len(text.encode())
+        except UnicodeEncodeError:  # a lone surrogate (JSON's "\ud800" escape) has no UTF-8 form
+            raise BadRequest(f"bash variable {excerpt(name)} holds a lone UTF-16 surrogate, which an environment "
+                             "variable cannot") from None
+        if size > MAX_ENVIRONMENT_STRING_BYTES:
+            raise BadRequest(f"bash variable {excerpt(name)} takes {size} bytes as name=value, over the limit "
+                             f"of {MAX_ENVIRONMENT_STRING_BYTES} bytes for one environment variable")
+        total += size + 1 + POINTER_BYTES
+        if total > MAX_ENVIRONMENT_BYTES:
+            raise BadRequest(f"bash variables take over {MAX_ENVIRONMENT_BYTES} bytes as environment variables "
+                             f"(the limit of all of them together); the limit was passed at {excerpt(name)}")
 
 
 def _parse_timeout(raw: Any, limit: float) -> float:
     if raw is None or raw == "":
         return limit
     if isinstance(raw, str):
+        text = raw.strip()
         try:
-            raw = float(raw)
+            # Read as the JSON body's number would be: an integer exactly (10**400 is a large number,
+            # capped below, and more than 4300 digits is refused as JSON refuses it), anything else as a
+            # double (1e999 is infinite, as JSON's 1e999 is).
+            raw = int(text) if INTEGER_TEXT.fullmatch(text) else float(text)
         except ValueError:
             raise BadRequest("timeout must be a number of seconds") from None
-    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or raw <= 0:
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)):
         raise BadRequest("timeout must be a positive number of seconds")
-    if isinstance(raw, float) and not math.isfinite(raw):
+    if isinstance(raw, float) and not math.isfinite(raw):  # NaN would pass every comparison below
         raise BadRequest("timeout must be a finite number of seconds")
+    if raw <= 0:
+        raise BadRequest("timeout must be a positive number of seconds")
     # A request may lower the configured limit, never raise it; a vanishingly small one means 1 ms.
     return max(float(min(raw, limit)), MIN_TIMEOUT_SECONDS)
 
@@ -127,22 +236,31 @@ def parse_run_request(fields: Any, config: Config) -> RunRequest:
         raise BadRequest("the 'code' field is required")
     if not isinstance(code, str):
         raise BadRequest("the 'code' field must be a string")
-    code, fence_language = unwrap_fence(code)
-    language = fields.get("languageType")
-    if language is None or language == "":
-        language = fence_language or "python"
-    if not isinstance(language, str) or language.strip().lower() not in LANGUAGES:
-        raise BadRequest(f"languageType must be one of {', '.join(LANGUAGES)}, not {language!r}")
-    return RunRequest(
-        code=code,
-        language=language.strip().lower(),
-        variables=_parse_variables(fields.get("variables")),
-        timeout=_parse_timeout(fields.get("timeout"), config.timeout_seconds),
-    )
+    language = _parse_language(fields.get("languageType"))
+    code, fence_language = unwrap_fence(code, language)
+    language = language or fence_language or "python"
+    variables = _parse_variables(fields.get("variables"))
+    if language == "bash":
+        check_bash_environment(variables)
+    return RunRequest(code=code, language=language, variables=variables,
+                      timeout=_parse_timeout(fields.get("timeout"), config.timeout_seconds))
+
+
+MAX_SKIPPED = 100  # entries of `skipped` passed on; the agent lists at most 50 and counts the rest
+
+
+def skipped_entries(report: Mapping[str, Any]) -> list[dict[str, str]]:
+    """The report's `skipped` list as the client gets it: well-formed {"name", "reason"} entries only."""
+    entries = report.get("skipped")
+    if not isinstance(entries, list):
+        return []
+    return [{"name": entry["name"][:300], "reason": entry["reason"][:300]} for entry in entries[:MAX_SKIPPED]
+            if isinstance(entry, dict) and isinstance(entry.get("name"), str) and isinstance(entry.get("reason"), str)]
 
 
 def result_body(report: Mapping[str, Any], image_urls: dict[str, str]) -> dict[str, Any]:
-    """The client's view of an agent report (SPEC: output, stderr, exit_code, status, duration_ms, images, error)."""
+    """The client's view of an agent report (SPEC: output, stderr, exit_code, status, duration_ms, images,
+    skipped, error)."""
     status = report.get("status")
     if status not in STATUSES:
         status = "error"
@@ -153,6 +271,7 @@ def result_body(report: Mapping[str, Any], image_urls: dict[str, str]) -> dict[s
         "status": status,
         "duration_ms": report.get("duration_ms"),
         "images": image_urls,
+        "skipped": skipped_entries(report),
     }
     if status != "ok":
         body["error"] = str(report.get("error") or f"the run ended with status {status}")

@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import math
+import random
+import re
 from dataclasses import replace
+from decimal import Decimal
 from typing import Any
 
 import pytest
 
 from config import Config
 from errors import BadRequest
-from execution import STATUSES, parse_run_request, result_body, unwrap_fence
+from execution import (
+    FENCE_LANGUAGES,
+    STATUSES,
+    is_valid_python,
+    nesting_depth,
+    parse_run_request,
+    result_body,
+    unwrap_fence,
+)
 
 CONFIG = replace(Config(), timeout_seconds=30.0)
 
@@ -81,6 +92,91 @@ def test_explicit_language_wins_over_the_fence() -> None:
 def test_fenced_python_is_unwrapped_in_a_request() -> None:
     run = parse_run_request({"code": "```python\nprint('Hello, World!')\n```"}, CONFIG)
     assert (run.code, run.language) == ("print('Hello, World!')", "python")
+
+
+HEREDOC = "cat <<'EOF'\nExample:\n```python\nprint('python ran')\n```\nEOF\necho \"bash ran: $((6 * 7))\"\n"
+
+
+@pytest.mark.parametrize("language", ["bash", "Bash", " BASH "])
+def test_bash_request_keeps_a_heredoc_that_holds_a_fenced_block(language: str) -> None:
+    run = parse_run_request({"code": HEREDOC, "languageType": language}, CONFIG)
+    assert (run.code, run.language) == (HEREDOC, "bash")
+
+
+@pytest.mark.parametrize("code", [
+    "Run this:\n```bash\necho hi\n```",
+    "Run this:\n```python\nprint(1)\n```",
+    "echo start\n```sh\necho inner\n```\necho end",
+], ids=["prose-bash", "prose-python", "bash-around-sh-block"])
+def test_bash_request_never_has_a_block_taken_out_of_its_text(code: str) -> None:
+    assert unwrap_fence(code, "bash") == (code, None)
+    assert parse_run_request({"code": code, "languageType": "bash"}, CONFIG).code == code
+
+
+def test_bash_request_still_has_a_whole_fence_unwrapped() -> None:
+    assert unwrap_fence("```bash\necho hi\n```", "bash") == ("echo hi", "bash")
+    assert unwrap_fence("```python\necho hi\n```", "bash") == ("echo hi", "python")
+    assert parse_run_request({"code": "```\necho hi\n```", "languageType": "bash"}, CONFIG).code == "echo hi"
+
+
+def test_python_request_takes_the_first_python_block_past_bash_ones() -> None:
+    code = "Install it:\n```bash\npip install x\n```\nthen run:\n```python\nprint(2)\n```\nDone."
+    assert unwrap_fence(code, "python") == ("print(2)", "python")
+    assert unwrap_fence(code) == ("pip install x", "bash")  # no language: the first block, as before
+    run = parse_run_request({"code": code, "languageType": "python"}, CONFIG)
+    assert (run.code, run.language) == ("print(2)", "python")
+
+
+def test_python_request_skips_a_bash_block_whole() -> None:
+    # The ```python line inside the bash block closes that block; it does not open a python one.
+    code = "Setup:\n```bash\ncat <<EOF\n```python\nprint(1)\n```\nEOF\n```\ntext"
+    assert unwrap_fence(code, "python") == (code, None)
+
+
+def test_python_request_with_only_a_bash_block_keeps_its_text() -> None:
+    code = "Run this:\n```bash\necho hi\n```"
+    assert unwrap_fence(code, "python") == (code, None)
+    run = parse_run_request({"code": code, "languageType": "python"}, CONFIG)
+    assert (run.code, run.language) == (code, "python")
+
+
+@pytest.mark.parametrize("tag", ["\u017fh", "ba\u017fh", "\u017fhell"], ids=["sh", "bash", "shell"])
+def test_only_ascii_tags_name_a_language(tag: str) -> None:
+    # `ſ` matches `s` case-insensitively in a Unicode regex; the lookup of the tag then failed (a 500).
+    code = f"Here:\n```{tag}\necho hi\n```\nbye"
+    assert unwrap_fence(code) == (code, None)
+    assert parse_run_request({"code": code}, CONFIG).language == "python"
+
+
+# The expressions unwrap_fence used before it was made linear: on short texts they define its result.
+REFERENCE_FENCE = re.compile(r"\A\s*```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\r?\n(.*?)\r?\n?[ \t]*```\s*\Z", re.DOTALL)
+REFERENCE_EMBEDDED = re.compile(r"```[ \t]*(python3|python|py|bash|shell|sh)[ \t]*\r?\n(.*?)\r?\n?[ \t]*```",
+                                re.DOTALL | re.IGNORECASE)
+PIECES = ["```", "```", "`", "``", "```python\n", "```bash \r\n", "``` py\n", "```sh\n", "```js\n", " ", "\t", "\n",
+          "\r", "\r\n", "python", "sh", "x", "print(1)", "\xa0", "\x1c", "\u2028", "\x85", "\f", "\v", "'"]
+
+
+def reference_unwrap(code: str) -> tuple[str, str | None]:
+    """unwrap_fence as it was, for a request without languageType."""
+    match = REFERENCE_FENCE.match(code)
+    if match:
+        return match.group(2), FENCE_LANGUAGES.get(match.group(1).lower())
+    embedded = REFERENCE_EMBEDDED.search(code)
+    if embedded and not is_valid_python(code):
+        return embedded.group(2), FENCE_LANGUAGES[embedded.group(1).lower()]
+    return code, None
+
+
+def test_unwrapping_agrees_with_the_original_expressions() -> None:
+    rng = random.Random(20240611)
+    texts = ["".join(rng.choice(PIECES) for _ in range(rng.randint(0, 12))) for _ in range(30000)]
+    unwrapped = 0
+    for code in texts:
+        expected = reference_unwrap(code)
+        assert unwrap_fence(code) == expected, repr(code)
+        assert unwrap_fence(code, "python") == expected or expected[1] == "bash", repr(code)
+        unwrapped += expected != (code, None)
+    assert unwrapped > 5000  # the texts do exercise both kinds of fence, not only the untouched case
 
 
 # --- languageType --------------------------------------------------------------------------------
@@ -198,6 +294,26 @@ def test_huge_integer_timeout_is_clamped() -> None:
     assert parse_run_request({"code": "x", "timeout": 10**400}, CONFIG).timeout == 30.0
 
 
+@pytest.mark.parametrize("timeout", [
+    math.nan, -math.nan, math.inf, -math.inf, float("1e999"),
+    "nan", "NaN", "-nan", " nan ", "inf", "+inf", "-inf", "Infinity", "-Infinity", "INFINITY", "1e400", "-1e999",
+    Decimal("NaN"), Decimal("Infinity"), Decimal("5"), "1" * 5000, "-" + "9" * 400,
+], ids=lambda value: repr(value)[:24])
+def test_nan_infinite_and_odd_timeouts_are_a_bad_request(timeout: Any) -> None:
+    assert "timeout" in bad_request({"code": "x", "timeout": timeout}).message
+
+
+@pytest.mark.parametrize("text", ["1" + "0" * 400, " +1" + "0" * 4000 + " ", "999999999999999999999999"],
+                         ids=["400-digits", "4000-digits", "24-digits"])
+def test_huge_integer_timeout_as_text_is_clamped_like_the_json_integer(text: str) -> None:
+    # A JSON integer is exact whatever its size; the same digits in a query string are the same number.
+    assert parse_run_request({"code": "x", "timeout": text}, CONFIG).timeout == 30.0
+
+
+def test_finite_timeout_message_for_nan() -> None:
+    assert "finite" in bad_request({"code": "x", "timeout": "nan"}).message
+
+
 # --- the GET form and the agent's job ------------------------------------------------------------
 
 def test_get_form_fields_are_all_strings() -> None:
@@ -226,7 +342,15 @@ def report(**overrides: Any) -> dict[str, Any]:
 def test_ok_result_has_the_spec_fields_and_no_error() -> None:
     body = result_body(report(), {})
     assert body == {"output": "Hello, World!\n", "stderr": "", "exit_code": 0, "status": "ok",
-                    "duration_ms": 41.7, "images": {}}
+                    "duration_ms": 41.7, "images": {}, "skipped": []}
+
+
+def test_skipped_entries_pass_through_and_malformed_ones_do_not() -> None:
+    entries = [{"name": "bad\\xff.png", "reason": "the name is not UTF-8"}, {"name": 3, "reason": "x"}, "junk",
+               {"name": "n" * 1000, "reason": "too long a name"}]
+    skipped = result_body(report(skipped=entries), {})["skipped"]
+    assert skipped[0] == entries[0] and len(skipped) == 2 and len(skipped[1]["name"]) == 300
+    assert result_body(report(skipped="not a list"), {})["skipped"] == []
 
 
 def test_ok_result_drops_a_stray_error() -> None:
@@ -287,6 +411,21 @@ def test_vanishingly_small_timeout_is_one_millisecond() -> None:
 def test_reasonable_nesting_is_accepted() -> None:
     variables = {"a": [[[[{"b": [1, 2]}]]]], "c": {"d": {"e": None}}}
     assert parse_run_request({"code": "x", "variables": variables}, Config()).variables == variables
+
+
+@pytest.mark.parametrize(("value", "depth"), [
+    (1, 0), ("s", 0), ([], 1), ({}, 1), ([1, [2, [3]]], 3), ({"a": [1, {"b": []}], "c": 2}, 4), ([[], [[[]]], []], 4),
+])
+def test_nesting_depth(value: Any, depth: int) -> None:
+    assert nesting_depth(value) == depth
+
+
+def test_nesting_depth_stops_past_the_limit() -> None:
+    deep: object = 1
+    for _ in range(1000):
+        deep = [deep]
+    assert nesting_depth(deep) == 1000
+    assert nesting_depth(deep, 64) == 65
 
 
 def test_deeply_nested_variables_are_400() -> None:
