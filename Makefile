@@ -26,7 +26,8 @@ test: build $(VENV)/.installed-dev
 	$(PY) -m ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-SANDBOX_SUITES := tests/test_attacks.py tests/test_agent.py tests/test_isolation.py
+SANDBOX_SUITES := tests/test_attacks.py tests/test_agent.py tests/test_isolation.py tests/test_hostile_programs.py \
+                  tests/test_kernel_surface.py
 
 # The attack suite again with sandboxes under crun, the faster OCI runtime (registered with Docker as crun).
 test-crun: build $(VENV)/.installed-dev

@@ -159,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"center.py: {e}", file=sys.stderr)
         return 2
+    for key in ("kubeconfig_path", "k8s_interpreter_yaml"):
+        if getattr(config, key):
+            log.warning("config key '%s' is ignored: only the original project's k8s mode read it", key)
     # Installed before anything starts, so that a signal at any point still removes the containers.
     shutdown = Shutdown(config)
     shutdown.install()

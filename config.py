@@ -16,13 +16,21 @@ from urllib.parse import quote
 
 import yaml
 
+from sandbox.contract import (
+    DEFAULT_MAX_IMAGE_BYTES,
+    DEFAULT_MAX_IMAGES,
+    DEFAULT_MAX_OUTPUT_BYTES,
+    DEFAULT_TIMEOUT_SECONDS,
+    MAX_JOB_BYTES,
+)
+
 PROJECT_DIR = Path(__file__).resolve().parent
 DEFAULT_CONFIG_FILE = PROJECT_DIR / "config.yaml"
 DEFAULT_DATA_DIR = PROJECT_DIR / "data"
 ENV_PREFIX = "CIA_"
-# The agent refuses jobs over 64 MiB (sandbox/http_server.py MAX_BODY); a request is re-encoded into
-# a job with some growth (escapes), so the center takes at most half of that.
-MAX_REQUEST_BYTES_LIMIT = 32 * 1024 * 1024
+# The agent refuses jobs over MAX_JOB_BYTES; a request is re-encoded into a job with some growth
+# (escapes), so the center takes at most half of that.
+MAX_REQUEST_BYTES_LIMIT = MAX_JOB_BYTES // 2
 DEPLOYMENT_NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
 # Visible ASCII without a comma (the list separator of CIA_AUTH_TOKENS): what every client can put
 # in an Authorization header unchanged. Other characters arrive differently from client to client.
@@ -96,7 +104,7 @@ class Config:
     postgres: PostgresSettings | None = None
     interpreter_image: str = "code-interpreter-sandbox:latest"
     interpreter_port_range: PortRange = field(default_factory=PortRange)
-    timeout_seconds: float = 30.0
+    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
     resource_limits: ResourceLimits = field(default_factory=ResourceLimits)
     dependencies: tuple[str, ...] = DEFAULT_DEPENDENCIES
     max_request_bytes: int = 10 * 1024 * 1024
@@ -104,9 +112,9 @@ class Config:
     sandbox_runtime: str = "runc"
     cors_origins: tuple[str, ...] = ()
     image_retention_days: float = 0.0
-    max_output_bytes: int = 1024 * 1024
-    max_images: int = 20
-    max_image_bytes: int = 10 * 1024 * 1024
+    max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES
+    max_images: int = DEFAULT_MAX_IMAGES
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
     sandbox_socket_dir: str = ""
     deployment: str = ""
     sandbox_start_timeout: float = 60.0

@@ -19,16 +19,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from errors import StorageFailed
 from models import Image
+from sandbox.contract import IMAGE_TYPES
 
-EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/gif": "gif", "image/svg+xml": "svg",
-              "image/webp": "webp"}
 log = logging.getLogger(__name__)
-STORED_NAME = re.compile(r"\A[A-Za-z0-9_-]{32}\.(png|jpg|gif|svg|webp)\Z")
+STORED_NAME = re.compile(rf"\A[A-Za-z0-9_-]{{32}}\.({'|'.join(IMAGE_TYPES.values())})\Z")
 
 
 def new_filename(mime_type: str) -> str:
     """32 random URL-safe characters (192 bits) plus the extension of the type."""
-    return f"{secrets.token_urlsafe(24)}.{EXTENSIONS[mime_type]}"
+    return f"{secrets.token_urlsafe(24)}.{IMAGE_TYPES[mime_type]}"
 
 
 def store_images(session: Session, images: Iterable[Mapping[str, Any]]) -> tuple[dict[str, str], int]:
@@ -37,7 +36,7 @@ def store_images(session: Session, images: Iterable[Mapping[str, Any]]) -> tuple
     rows = []
     for image in images:
         mime_type = image.get("mime")
-        if mime_type not in EXTENSIONS:
+        if mime_type not in IMAGE_TYPES:
             continue
         try:
             data = base64.b64decode(image.get("data", ""), validate=True)

@@ -11,6 +11,9 @@ from prometheus_client.registry import Collector
 from pool import SandboxPool
 
 DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+# The statuses the center answers with; anything else (a hostile client cannot add labels) is "other".
+KNOWN_STATUSES = frozenset({200, 201, 204, 304, 400, 401, 403, 404, 405, 409, 410, 413, 415, 431,
+                            500, 502, 503, 504, 507})
 
 
 class PoolCollector(Collector):
@@ -49,7 +52,7 @@ class Metrics:
 
     def count_request(self, method: str, status: int) -> None:
         """Count one answered request; the labels come from small fixed sets (hostile requests add none)."""
-        self.http_requests.labels(method=method, status=str(status) if 100 <= status <= 599 else "other").inc()
+        self.http_requests.labels(method=method, status=str(status) if status in KNOWN_STATUSES else "other").inc()
 
     def observe_run(self, language: str, status: str, duration_ms: float | None) -> None:
         """Count one execution and its duration."""

@@ -5,11 +5,18 @@ from __future__ import annotations
 import keyword
 from typing import Any
 
-from execution import LANGUAGES, STATUSES
+from execution import (
+    FENCE_LANGUAGES,
+    LANGUAGES,
+    MAX_ENVIRONMENT_BYTES,
+    MAX_ENVIRONMENT_STRING_BYTES,
+    MAX_VARIABLE_DEPTH,
+    STATUSES,
+)
+from sandbox.contract import IMAGE_TYPES
 
 OPENAPI_VERSION = "3.1.0"
 API_VERSION = "1.0.0"
-IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/svg+xml", "image/webp")
 
 
 def _ref(kind: str, name: str) -> dict[str, str]:
@@ -48,8 +55,11 @@ def _schemas() -> dict[str, Any]:
         "description": (
             "Inputs of the program. Python: each key becomes a global holding the JSON value "
             "(`{\"s\": \"hi\"}` makes `s == \"hi\"`). Bash: environment variables; values that are not "
-            "strings arrive JSON-encoded. Keys must be identifiers (`[A-Za-z_][A-Za-z0-9_]*`) that are not "
-            "Python keywords and do not start with `__`; any other key is a 400."
+            "strings arrive JSON-encoded, and each must fit an environment: no NUL, `name=value` at most "
+            f"{MAX_ENVIRONMENT_STRING_BYTES} bytes, all of them together at most {MAX_ENVIRONMENT_BYTES} bytes "
+            "(else a 400). Keys must be identifiers (`[A-Za-z_][A-Za-z0-9_]*`) that are not "
+            f"Python keywords and do not start with `__`; any other key is a 400. Values nest at most "
+            f"{MAX_VARIABLE_DEPTH} levels; NaN and Infinity are not JSON and are a 400."
         ),
         "propertyNames": {"pattern": variable_name_pattern()},
         "additionalProperties": True,
@@ -66,9 +76,11 @@ def _schemas() -> dict[str, Any]:
                     "type": "string",
                     "description": (
                         "The program. When the whole program is wrapped in one Markdown fence (```python, "
-                        "```bash, ```), the fence is removed first; a block fenced as python or bash inside "
-                        "other text is taken out of it unless the whole text is valid Python. With no "
-                        "`languageType`, the fence's language (python, py, python3, bash, sh, shell) is used."
+                        "```bash, ```), the fence is removed first. A block fenced as python or bash inside "
+                        "other text (an LLM's prose) is taken out of it unless the whole text is valid Python: "
+                        "the first such block with no `languageType`, the first python block for `python`, and "
+                        "never for `bash` (a bash program may hold a fenced block in a heredoc). With no "
+                        f"`languageType`, the fence's language ({', '.join(FENCE_LANGUAGES)}) is used."
                     ),
                     "examples": ["print('Hello, World!')"],
                 },
@@ -109,7 +121,7 @@ def _schemas() -> dict[str, Any]:
                 "The outcome of one run. HTTP 200 whatever the program's own outcome, "
                 "except a timeout, which is a 504 with this same body."
             ),
-            "required": ["output", "stderr", "exit_code", "status", "duration_ms", "images"],
+            "required": ["output", "stderr", "exit_code", "status", "duration_ms", "images", "skipped"],
             "properties": {
                 "output": {"type": "string", "description": "stdout, decoded as UTF-8 (invalid bytes become U+FFFD)."},
                 "stderr": {"type": "string", "description": "stderr, decoded the same way."},
@@ -122,7 +134,7 @@ def _schemas() -> dict[str, Any]:
                     "enum": list(STATUSES),
                     "description": (
                         f"One of {status_names}: `error` is a non-zero exit, an uncaught exception or a kill "
-                        "by a signal; `oom` the memory limit; `output_limit` stdout or stderr cut at the cap."
+                        "by a signal; `oom` the memory limit; `output_limit` stdout and stderr together cut at the cap."
                     ),
                 },
                 "duration_ms": {
@@ -134,9 +146,24 @@ def _schemas() -> dict[str, Any]:
                     "description": "Each image the program made, by its name, to an absolute URL; `{}` when none.",
                     "additionalProperties": {"type": "string", "format": "uri"},
                 },
+                "skipped": {
+                    "type": "array",
+                    "description": (
+                        "Each image file that was left out, and why: over `max_images` or `max_image_bytes`, "
+                        "not the image its name says (images are recognised by content), not a regular file, "
+                        "unreadable, or a name that is not safe text. `[]` when none."
+                    ),
+                    "items": {
+                        "type": "object", "required": ["name", "reason"],
+                        "properties": {"name": {"type": "string"}, "reason": {"type": "string"}},
+                    },
+                },
                 "error": {
                     "type": "string",
-                    "description": "Present exactly when `status` is not `ok`: the traceback or a one-line reason.",
+                    "description": (
+                        "Present exactly when `status` is not `ok`: the end of the traceback (at most 4 KiB) "
+                        "or a one-line reason."
+                    ),
                 },
                 "image_error": {
                     "type": "string",
@@ -149,6 +176,7 @@ def _schemas() -> dict[str, Any]:
             "examples": [{
                 "output": "Hello, World!\n", "stderr": "", "exit_code": 0, "status": "ok", "duration_ms": 41.7,
                 "images": {"figure_1.png": "http://127.0.0.1:5000/image/vM95ff3xsUYywcRYdyG5Rh8nrFytsREE.png"},
+                "skipped": [],
             }],
         },
         "Error": {
@@ -194,44 +222,24 @@ def _schemas() -> dict[str, Any]:
     }
 
 
+def _header(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A response header that is always sent (a string unless the schema says more)."""
+    return {"description": description, "required": True, "schema": schema or {"type": "string"}}
+
+
 def _headers() -> dict[str, Any]:
     return {
-        "WWW-Authenticate": {
-            "description": "The scheme to use: `Bearer realm=\"code-interpreter\"`.",
-            "required": True,
-            "schema": {"type": "string", "pattern": "^Bearer"},
-        },
-        "Retry-After": {
-            "description": "Seconds to wait before trying again: `queue_wait_seconds`, rounded, at least 1.",
-            "required": True,
-            "schema": {"type": "string", "pattern": "^[0-9]+$"},
-        },
-        "Allow": {
-            "description": "The methods the route allows.",
-            "required": True,
-            "schema": {"type": "string"},
-        },
-        "ETag": {
-            "description": "The SHA-256 of the bytes, quoted.",
-            "required": True,
-            "schema": {"type": "string"},
-        },
-        "Cache-Control": {
-            "description": "Stored images never change: `public, max-age=31536000, immutable`.",
-            "required": True,
-            "schema": {"type": "string"},
-        },
-        "X-Content-Type-Options": {
-            "description": "Browsers must not guess another type.",
-            "required": True,
-            "schema": {"const": "nosniff"},
-        },
-        "Content-Security-Policy": {
-            "description": "An SVG opened directly cannot run script: "
-                           "`default-src 'none'; style-src 'unsafe-inline'; sandbox`.",
-            "required": True,
-            "schema": {"type": "string"},
-        },
+        "WWW-Authenticate": _header("The scheme to use: `Bearer realm=\"code-interpreter\"`.",
+                                    {"type": "string", "pattern": "^Bearer"}),
+        "Retry-After": _header("Seconds to wait before trying again: `queue_wait_seconds`, rounded, at least 1 "
+                               "(5 while the Docker engine cannot be reached).",
+                               {"type": "string", "pattern": "^[0-9]+$"}),
+        "Allow": _header("The methods the route allows."),
+        "ETag": _header("The SHA-256 of the bytes, quoted."),
+        "Cache-Control": _header("Stored images never change: `public, max-age=31536000, immutable`."),
+        "X-Content-Type-Options": _header("Browsers must not guess another type.", {"const": "nosniff"}),
+        "Content-Security-Policy": _header("An SVG opened directly cannot run script: "
+                                           "`default-src 'none'; style-src 'unsafe-inline'; sandbox`."),
     }
 
 
@@ -239,7 +247,8 @@ def _responses() -> dict[str, Any]:
     return {
         "BadRequest": _error_response(
             "The body is not JSON or not an object, `code` is missing or not a string, `variables` is not an "
-            "object or has a bad key, `languageType` is unknown, or `timeout` is bad."
+            "object, has a bad key, nests too deep, holds NaN or Infinity or (bash) does not fit an environment, "
+            "`languageType` is unknown, `timeout` is bad, or the text holds a lone UTF-16 surrogate."
         ),
         "Unauthorized": _error_response(
             "The bearer token is missing or not accepted (only when the server has `auth_tokens`).",

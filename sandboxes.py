@@ -49,7 +49,6 @@ GVISOR_THREAD_HEADROOM = 1024
 RUN_GRACE_SECONDS = 15.0  # beyond the program's own limit, for the agent to collect and answer
 EXIT_WAIT_SECONDS = 2.0  # for an agent that answered to exit by itself before its container is removed
 MAX_SOCKET_PATH = 100  # sockaddr_un holds 108 bytes
-AGENT_MAX_JOB_BYTES = 64 * 1024 * 1024  # the largest job the agent reads (sandbox/http_server.py MAX_BODY)
 
 
 class SandboxStartError(Exception):

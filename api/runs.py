@@ -13,7 +13,7 @@ from api.http import guarded_blueprint
 from errors import BadRequest, PayloadTooLarge, StorageFailed
 from execution import parse_run_request, result_body
 from images import store_images
-from sandboxes import AGENT_MAX_JOB_BYTES
+from sandbox.contract import MAX_JOB_BYTES
 from services import Services, db_session, services
 
 log = logging.getLogger("center")
@@ -49,7 +49,14 @@ def _parse_body(svc: Services) -> EncodedRun:
     else:
         fields = request.args.to_dict()
     run = parse_run_request(fields, svc.config)
-    job = json.dumps(run.job(svc.config), ensure_ascii=False, allow_nan=False).encode()
+    try:
+        text = json.dumps(run.job(svc.config), ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        raise BadRequest("variables hold NaN or Infinity, which JSON does not allow") from None
+    try:
+        job = text.encode()
+    except UnicodeEncodeError:
+        raise BadRequest("the request holds a lone UTF-16 surrogate (\\ud800-\\udfff), which is not text") from None
     return EncodedRun(run.language, run.timeout, job)
 
 
@@ -58,9 +65,9 @@ def read_run_request(svc: Services) -> EncodedRun:
     cannot together take the center's memory; the parsed form is let go before the run."""
     with svc.body_budget.reserve(request.content_length or 0, svc.config.queue_wait_seconds):
         run = _parse_body(svc)
-    if len(run.job) > AGENT_MAX_JOB_BYTES:
+    if len(run.job) > MAX_JOB_BYTES:
         raise PayloadTooLarge(f"the program and its variables take {len(run.job)} bytes once encoded, "
-                              f"over the sandbox's limit of {AGENT_MAX_JOB_BYTES}")
+                              f"over the sandbox's limit of {MAX_JOB_BYTES}")
     return run
 
 

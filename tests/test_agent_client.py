@@ -34,7 +34,7 @@ def fake_agent(tmp_path: Path) -> Iterator[Callable[[Answer], AgentClient]]:
                 except OSError:
                     return
                 with connection:
-                    connection.recv(65536)
+                    read_request(connection)
                     answer(connection)
 
         threading.Thread(target=serve, daemon=True).start()
@@ -43,6 +43,22 @@ def fake_agent(tmp_path: Path) -> Iterator[Callable[[Answer], AgentClient]]:
     yield start
     for listener in listeners:
         listener.close()
+
+
+def read_request(connection: socket.socket) -> bytes:
+    """The whole request, as the agent reads it: head, then a Content-Length body."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = connection.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"content-length:")), 0)
+    while len(body) < length:
+        body += connection.recv(65536)
+    return data
 
 
 def http_answer(status: int, body: object) -> Answer:

@@ -386,6 +386,46 @@ def test_huge_and_very_many_images_are_capped(run: Run, client: FlaskClient) -> 
     assert client.get(first.removeprefix("http://localhost")).status_code == 200
 
 
+def test_files_posing_as_images_are_skipped_with_a_reason(run: Run, client: FlaskClient) -> None:
+    code = (
+        "open('notes.png', 'w').write('<script>alert(1)</script>')\n"
+        "open('real.gif', 'wb').write(b'\\x89PNG\\r\\n\\x1a\\n' + bytes(64))\n"  # a PNG under a gif name
+        "print('drawn')\n"
+    )
+    status, body = run(code)
+    assert status == 200 and body["output"] == "drawn\n"
+    assert list(body["images"]) == ["real.gif"]
+    served = client.get(body["images"]["real.gif"].removeprefix("http://localhost"))
+    assert served.headers["Content-Type"] == "image/png", "served as what it is, not as its name says"
+    assert [entry["name"] for entry in body["skipped"]] == ["notes.png"] and body["skipped"][0]["reason"]
+
+
+@pytest.mark.parametrize("how", [
+    "os.chmod('.', 0)",
+    "os.chmod('.', 0o100)",
+    "[os.remove(n) for n in os.listdir('.')]; os.mkfifo('a.png'); open('b.png', 'w').close(); os.chmod('b.png', 0)",
+])
+def test_a_program_that_takes_its_folder_away_still_gets_its_output(run: Run, how: str) -> None:
+    started = time.monotonic()
+    status, body = run(f"import os\nimport matplotlib.pyplot as plt\nplt.plot([1, 2])\nplt.savefig('x.png')\n"
+                       f"print('kept')\n{how}\n")
+    assert status == 200 and body["output"] == "kept\n", body
+    assert time.monotonic() - started < 8, "answered at once, not after the agent's connection dropped"
+
+
+def test_a_real_time_signal_is_a_clean_error(run: Run) -> None:
+    status, body = run("import os\nprint('before', flush=True)\nos.kill(os.getpid(), 40)")
+    assert status == 200 and body["status"] == "error" and body["output"] == "before\n"
+    assert "signal 40" in body["error"]
+
+
+def test_output_on_both_streams_is_capped_as_a_whole(run: Run, base_config: Config) -> None:
+    code = "import sys\nfor s in (sys.stdout, sys.stderr):\n    s.write('\\x00' * (1 << 20)); s.flush()"
+    status, body = run(code)
+    assert status == 200 and body["status"] == "output_limit"
+    assert len(json.dumps(body, ensure_ascii=False).encode()) < base_config.max_output_bytes + 64 * 1024
+
+
 def test_binary_output_is_returned_as_text(run: Run) -> None:
     status, body = run("import os, sys\nsys.stdout.buffer.write(os.urandom(4096))\nsys.stderr.buffer.write(b'\\xff')")
     assert status == 200 and body["status"] == "ok"

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import docker
 import pytest
 import requests
-from conftest import CenterProcess, containers_of
+from conftest import CenterProcess, containers_of, wait_until
 
 from config import PROJECT_DIR
 
@@ -101,3 +103,47 @@ def test_environment_overrides_the_file(center_process: Callable[..., CenterProc
         response = requests.post(url, json={"code": "print(1)"}, headers={"Authorization": f"Bearer {token}"},
                                  timeout=60)
         assert response.status_code == status
+
+
+def test_sigterm_during_start_up_removes_the_sandboxes_already_started(center_process: Callable[..., CenterProcess],
+                                                                       docker_client: docker.DockerClient) -> None:
+    # A "database" that takes connections and never answers: start-up waits on it (connect_timeout)
+    # while the pool is already starting sandboxes.
+    with socket.socket() as silent_database:
+        silent_database.bind(("127.0.0.1", 0))
+        silent_database.listen(16)
+        port = silent_database.getsockname()[1]
+        center = center_process(database_url=f"postgresql+psycopg2://u:p@127.0.0.1:{port}/d")
+        center.start(wait_ready=False)
+        assert wait_until(lambda: containers_of(docker_client, deployment(center)), 60), "no sandbox started"
+        assert requests_fail(f"{center.url}/healthz"), "still starting: not serving yet"
+        center.signal(signal.SIGTERM)
+        assert center.process.wait(60) == 0
+    assert containers_of(docker_client, deployment(center)) == [], "start-up stopped midway left sandboxes"
+
+
+def requests_fail(url: str) -> bool:
+    """Whether nothing answers at the URL."""
+    try:
+        requests.get(url, timeout=2)
+    except requests.RequestException:
+        return True
+    return False
+
+
+def test_sigterm_lets_running_programs_finish_then_stops(center_process: Callable[..., CenterProcess],
+                                                         docker_client: docker.DockerClient) -> None:
+    center = center_process().start()
+    answers: list[requests.Response] = []
+    running = threading.Thread(target=lambda: answers.append(requests.post(
+        f"{center.url}/runcode", json={"code": "import time\nprint('began', flush=True)\ntime.sleep(4)\nprint('done')"},
+        timeout=60)))
+    running.start()
+    assert wait_until(lambda: requests.get(f"{center.url}/readyz", timeout=5).json()["pool"]["busy"] == 1, 20)
+    center.signal(signal.SIGTERM)
+    running.join(60)
+    (answer,) = answers
+    assert answer.status_code == 200 and answer.json()["output"] == "began\ndone\n", answer.text
+    assert center.process.wait(60) == 0
+    assert containers_of(docker_client, deployment(center)) == []
+    assert "finishing the running programs" in center.log_path.read_text()

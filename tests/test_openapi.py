@@ -28,7 +28,7 @@ pytestmark = pytest.mark.docker
 # SPEC.md, "Errors": every status of its table, and the header each one must carry.
 SPEC_ERROR_STATUSES = {400: None, 401: "WWW-Authenticate", 404: None, 405: "Allow", 413: None,
                        503: "Retry-After", 502: None, 500: None}
-SPEC_RESULT_FIELDS = {"output", "stderr", "exit_code", "status", "duration_ms", "images", "error"}
+SPEC_RESULT_FIELDS = {"output", "stderr", "exit_code", "status", "duration_ms", "images", "skipped", "error"}
 SPEC_STATUSES = {"ok", "error", "timeout", "oom", "output_limit"}
 SPEC_REQUEST_FIELDS = {"code", "languageType", "variables", "timeout"}
 # Routes of the app that are files, not API operations.

@@ -116,7 +116,8 @@ def test_postgres_restart_and_outage(make_app: Callable[..., Flask], postgres_ur
     assert client.post("/runcode", json={"code": PLOT}).get_json()["images"]
 
 
-def test_sandboxes_that_cannot_start_give_clear_503s_and_back_off(base_config: Config, tmp_path) -> None:
+def test_sandboxes_that_cannot_start_give_clear_503s_and_back_off(base_config: Config, tmp_path,
+                                                                  docker_client: docker.DockerClient) -> None:
     config = replace(base_config, interpreter_image="code-interpreter-no-such-image:never",
                      deployment=f"{base_config.deployment}-broken", queue_wait_seconds=1, data_dir=str(tmp_path))
     launcher = DockerSandboxes(config)
@@ -134,7 +135,7 @@ def test_sandboxes_that_cannot_start_give_clear_503s_and_back_off(base_config: C
     finally:
         broken.close()
         app.extensions[EXTENSION_KEY].close()
-    assert containers_of(launcher.client, config.deployment_label) == []
+    assert containers_of(docker_client, config.deployment_label) == []
 
 
 def restart_docker_daemon() -> None:
