@@ -17,6 +17,8 @@ from urllib.parse import quote
 import yaml
 
 from sandbox.contract import (
+    DEFAULT_MAX_FILE_BYTES,
+    DEFAULT_MAX_FILES,
     DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_MAX_IMAGES,
     DEFAULT_MAX_OUTPUT_BYTES,
@@ -115,6 +117,12 @@ class Config:
     max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES
     max_images: int = DEFAULT_MAX_IMAGES
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    max_files: int = DEFAULT_MAX_FILES
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+    max_sessions: int = 8
+    session_idle_timeout_seconds: float = 600.0
+    session_max_lifetime_seconds: float = 3600.0
+    max_upload_bytes: int = 100 * 1024 * 1024
     sandbox_socket_dir: str = ""
     deployment: str = ""
     sandbox_start_timeout: float = 60.0
@@ -308,6 +316,12 @@ PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "max_output_bytes": _integer(1024),
     "max_images": _integer(0),
     "max_image_bytes": _integer(1024),
+    "max_files": _integer(0),
+    "max_file_bytes": _integer(1024),
+    "max_sessions": _integer(0),
+    "session_idle_timeout_seconds": _number(0, exclusive=True),
+    "session_max_lifetime_seconds": _number(0, exclusive=True),
+    "max_upload_bytes": _integer(1024),
     "sandbox_socket_dir": _string,
     "deployment": _deployment,
     "sandbox_start_timeout": _number(0, exclusive=True),

@@ -6,6 +6,8 @@ that backtracked over client text would hold the GIL (and so the whole center) f
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import keyword
 import math
@@ -41,6 +43,8 @@ MAX_VARIABLE_DEPTH = 64  # nesting of a variable's JSON value
 MAX_ENVIRONMENT_STRING_BYTES = 32 * 4096 - 1
 MAX_ENVIRONMENT_BYTES = 1024 * 1024
 POINTER_BYTES = 8  # envp's entry for each string counts against the same limit
+MAX_PATH_BYTES = 4096
+MAX_INPUT_FILES = 100  # files a one-shot request may bring (their bytes count against max_request_bytes)
 EXCERPT = reprlib.Repr()  # the start and end of a long string, the first items of a long list
 EXCERPT.maxstring = EXCERPT.maxother = 60
 
@@ -53,13 +57,15 @@ class RunRequest:
     language: str
     variables: dict[str, Any]
     timeout: float
+    files: tuple[dict[str, str], ...] = ()
 
     def job(self, config: Config) -> dict[str, Any]:
-        """The agent's job: the program plus the configured output and image limits."""
+        """The agent's job: the program, its input files and the configured output, image and file limits."""
         return {
             "language": self.language, "code": self.code, "variables": self.variables,
-            "timeout": self.timeout, "max_output_bytes": config.max_output_bytes,
+            "timeout": self.timeout, "files": list(self.files), "max_output_bytes": config.max_output_bytes,
             "max_images": config.max_images, "max_image_bytes": config.max_image_bytes,
+            "max_files": config.max_files, "max_file_bytes": config.max_file_bytes,
         }
 
 
@@ -157,11 +163,50 @@ def nesting_depth(value: Any, limit: int | None = None) -> int:
 
 
 def _parse_language(raw: Any) -> str | None:
+    """python or bash from languageType (any case; python3, py, sh and shell too), None when absent."""
     if raw is None or raw == "":
         return None
-    if not isinstance(raw, str) or raw.strip().lower() not in LANGUAGES:
-        raise BadRequest(f"languageType must be one of {', '.join(LANGUAGES)}, not {excerpt(raw)}")
-    return raw.strip().lower()
+    if not isinstance(raw, str) or raw.strip().lower() not in FENCE_LANGUAGES:
+        raise BadRequest(f"languageType must be one of {', '.join(FENCE_LANGUAGES)}, not {excerpt(raw)}")
+    return FENCE_LANGUAGES[raw.strip().lower()]
+
+
+def workspace_path(raw: Any, what: str = "a file path") -> str:
+    """A path inside the sandbox's working folder: relative, no '..', no NUL, sane lengths; BadRequest otherwise."""
+    if not isinstance(raw, str) or not raw:
+        raise BadRequest(f"{what} must be a non-empty string")
+    parts = raw.split("/")
+    problem = None
+    if raw.startswith("/"):
+        problem = "is absolute"
+    elif "\0" in raw:
+        problem = "holds a NUL character"
+    elif any(part in ("", ".", "..") for part in parts):
+        problem = "has an empty, '.' or '..' part"
+    elif len(raw.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES or any(len(p.encode()) > 255 for p in parts):
+        problem = "is too long"
+    if problem:
+        raise BadRequest(f"{what} {excerpt(raw)} {problem}: give a relative path inside the working folder")
+    return raw
+
+
+def _parse_files(raw: Any) -> list[dict[str, str]]:
+    """`files`: [{"path", "content_base64"}] to write into the working folder before the program starts."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list) or len(raw) > MAX_INPUT_FILES:
+        raise BadRequest(f"files must be a list of at most {MAX_INPUT_FILES} {{\"path\", \"content_base64\"}} objects")
+    files: dict[str, dict[str, str]] = {}  # by path: a later entry for the same path replaces an earlier one
+    for item in raw:
+        if not isinstance(item, Mapping) or not isinstance(item.get("content_base64"), str):
+            raise BadRequest("each of files must be an object with \"path\" and \"content_base64\" strings")
+        path = workspace_path(item.get("path"))
+        try:
+            base64.b64decode(item["content_base64"], validate=True)
+        except (binascii.Error, ValueError):
+            raise BadRequest(f"the content_base64 of {excerpt(path)} is not base64") from None
+        files[path] = {"path": path, "content_base64": item["content_base64"]}
+    return list(files.values())
 
 
 def _parse_variables(raw: Any) -> dict[str, Any]:
@@ -236,14 +281,16 @@ def parse_run_request(fields: Any, config: Config) -> RunRequest:
         raise BadRequest("the 'code' field is required")
     if not isinstance(code, str):
         raise BadRequest("the 'code' field must be a string")
-    language = _parse_language(fields.get("languageType"))
+    # `language` is a synonym (LLM tools send it); languageType wins when both are there.
+    language = _parse_language(fields.get("languageType") or fields.get("language"))
     code, fence_language = unwrap_fence(code, language)
     language = language or fence_language or "python"
     variables = _parse_variables(fields.get("variables"))
     if language == "bash":
         check_bash_environment(variables)
     return RunRequest(code=code, language=language, variables=variables,
-                      timeout=_parse_timeout(fields.get("timeout"), config.timeout_seconds))
+                      timeout=_parse_timeout(fields.get("timeout"), config.timeout_seconds),
+                      files=tuple(_parse_files(fields.get("files"))))
 
 
 MAX_SKIPPED = 100  # entries of `skipped` passed on; the agent lists at most 50 and counts the rest
@@ -258,7 +305,8 @@ def skipped_entries(report: Mapping[str, Any]) -> list[dict[str, str]]:
             if isinstance(entry, dict) and isinstance(entry.get("name"), str) and isinstance(entry.get("reason"), str)]
 
 
-def result_body(report: Mapping[str, Any], image_urls: dict[str, str]) -> dict[str, Any]:
+def result_body(report: Mapping[str, Any], image_urls: dict[str, str],
+                file_urls: dict[str, str] | None = None) -> dict[str, Any]:
     """The client's view of an agent report (SPEC: output, stderr, exit_code, status, duration_ms, images,
     skipped, error)."""
     status = report.get("status")
@@ -271,6 +319,7 @@ def result_body(report: Mapping[str, Any], image_urls: dict[str, str]) -> dict[s
         "status": status,
         "duration_ms": report.get("duration_ms"),
         "images": image_urls,
+        "files": file_urls or {},
         "skipped": skipped_entries(report),
     }
     if status != "ok":

@@ -1,11 +1,12 @@
-"""Database: the stored images (SQLAlchemy 2.0 typed ORM), the engine and the one session factory."""
+"""Database (SQLAlchemy 2.0 typed ORM): stored images and files, the session registry, the engine and the
+one session factory."""
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sqlalchemy import DateTime, Engine, Integer, LargeBinary, String, create_engine, event
+from sqlalchemy import Boolean, DateTime, Engine, Float, Integer, LargeBinary, String, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 
@@ -18,19 +19,50 @@ class Base(DeclarativeBase):
     """Declarative base of this project's tables."""
 
 
-class Image(Base):
-    """An image a program produced, served at /image/<filename>."""
-
-    __tablename__ = "stored_images"
+class StoredBlob:
+    """Columns of a stored output (an image or a file): bytes under an unguessable name."""
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     filename: Mapped[str] = mapped_column(String(64), unique=True, index=True)  # unguessable
     original_name: Mapped[str] = mapped_column(String(255))
-    mime_type: Mapped[str] = mapped_column(String(64))
+    mime_type: Mapped[str] = mapped_column(String(128))
     size: Mapped[int] = mapped_column(Integer)
     sha256: Mapped[str] = mapped_column(String(64))
     data: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+
+
+class Image(StoredBlob, Base):
+    """An image a program produced, served at /image/<filename>."""
+
+    __tablename__ = "stored_images"
+
+
+class StoredFile(StoredBlob, Base):
+    """A file other than an image that a one-shot program wrote, served at /file/<filename>."""
+
+    __tablename__ = "stored_files"
+
+
+class SessionRecord(Base):
+    """A session: one sandbox kept alive for its owner's cells; the registry every center shares."""
+
+    __tablename__ = "sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # also the container's sandbox label
+    owner: Mapped[str] = mapped_column(String(64), index=True)  # sha256 of the creating token ("" without auth)
+    node: Mapped[str] = mapped_column(String(255), index=True)  # the center (deployment) that holds it
+    container_id: Mapped[str] = mapped_column(String(128))
+    socket_dir: Mapped[str] = mapped_column(String(1024))
+    program_uid: Mapped[int] = mapped_column(Integer)
+    idle_timeout: Mapped[float] = mapped_column(Float)
+    execution_count: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_active_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    lifetime_ends_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True, index=True)
+    end_reason: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    dead: Mapped[bool] = mapped_column(Boolean, default=False)  # ended because it could not go on
 
 
 def make_engine(url: str) -> Engine:

@@ -7,9 +7,9 @@ from typing import Any
 
 from execution import (
     FENCE_LANGUAGES,
-    LANGUAGES,
     MAX_ENVIRONMENT_BYTES,
     MAX_ENVIRONMENT_STRING_BYTES,
+    MAX_INPUT_FILES,
     MAX_VARIABLE_DEPTH,
     STATUSES,
 )
@@ -17,6 +17,11 @@ from sandbox.contract import IMAGE_TYPES
 
 OPENAPI_VERSION = "3.1.0"
 API_VERSION = "1.0.0"
+
+
+# execution.workspace_path's rule: relative, no empty, '.' or '..' part, no NUL (lengths aside).
+WORKSPACE_PATH_PATTERN = r"^(?!/)(?!(?:.*/)?\.\.?(?:/|$))(?!.*//)(?!.*/$)[^\x00]+$"
+BASE64_PATTERN = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
 
 
 def _ref(kind: str, name: str) -> dict[str, str]:
@@ -29,7 +34,7 @@ def _any_case(word: str) -> str:
 
 def language_pattern() -> str:
     """The languageType values the server accepts, in any case (ECMA-262 and Python `re` alike)."""
-    return "^(?:" + "|".join(_any_case(language) for language in LANGUAGES) + ")$"
+    return "^(?:" + "|".join(_any_case(language) for language in FENCE_LANGUAGES) + ")$"
 
 
 def variable_name_pattern() -> str:
@@ -89,7 +94,8 @@ def _schemas() -> dict[str, Any]:
                     "pattern": language_pattern(),
                     "default": "python",
                     "description": (
-                        "`python` or `bash`, in any case. Omitted, null or empty: the fence's language, "
+                        f"`python` or `bash` ({', '.join(FENCE_LANGUAGES)} are accepted), in any case. "
+                        "`language` is a synonym. Omitted, null or empty: the fence's language, "
                         "else `python`. Surrounding white space is ignored. Any other value is a 400."
                     ),
                     "examples": ["python", "bash"],
@@ -100,6 +106,25 @@ def _schemas() -> dict[str, Any]:
                         "A JSON object (default `{}`). The server also accepts the same object as JSON text, "
                         "and null or an empty string for none."
                     ),
+                },
+                "language": {"type": "string", "pattern": language_pattern(),
+                             "description": "A synonym of `languageType`, which wins when both are given."},
+                "files": {
+                    "type": "array",
+                    "maxItems": MAX_INPUT_FILES,
+                    "description": (
+                        "Files written into the working folder before the program starts. Paths are relative "
+                        "(subfolders are made); absolute paths, `..` and NUL are a 400."
+                    ),
+                    "items": {
+                        "type": "object", "required": ["path", "content_base64"],
+                        "properties": {
+                            "path": {"type": "string", "pattern": WORKSPACE_PATH_PATTERN},
+                            "content_base64": {"type": "string", "contentEncoding": "base64",
+                                               "pattern": BASE64_PATTERN},
+                        },
+                    },
+                    "examples": [[{"path": "data.csv", "content_base64": "YSxiCjEsMgo="}]],
                 },
                 "timeout": {
                     "type": "number",
@@ -121,7 +146,7 @@ def _schemas() -> dict[str, Any]:
                 "The outcome of one run. HTTP 200 whatever the program's own outcome, "
                 "except a timeout, which is a 504 with this same body."
             ),
-            "required": ["output", "stderr", "exit_code", "status", "duration_ms", "images", "skipped"],
+            "required": ["output", "stderr", "exit_code", "status", "duration_ms", "images", "files", "skipped"],
             "properties": {
                 "output": {"type": "string", "description": "stdout, decoded as UTF-8 (invalid bytes become U+FFFD)."},
                 "stderr": {"type": "string", "description": "stderr, decoded the same way."},
@@ -144,6 +169,14 @@ def _schemas() -> dict[str, Any]:
                 "images": {
                     "type": "object",
                     "description": "Each image the program made, by its name, to an absolute URL; `{}` when none.",
+                    "additionalProperties": {"type": "string", "format": "uri"},
+                },
+                "files": {
+                    "type": "object",
+                    "description": (
+                        "Each file other than an image that the program wrote at the top of its working folder "
+                        "(one-shot runs), by its name, to an absolute URL under /file/ (a download); `{}` when none."
+                    ),
                     "additionalProperties": {"type": "string", "format": "uri"},
                 },
                 "skipped": {
@@ -176,7 +209,7 @@ def _schemas() -> dict[str, Any]:
             "examples": [{
                 "output": "Hello, World!\n", "stderr": "", "exit_code": 0, "status": "ok", "duration_ms": 41.7,
                 "images": {"figure_1.png": "http://127.0.0.1:5000/image/vM95ff3xsUYywcRYdyG5Rh8nrFytsREE.png"},
-                "skipped": [],
+                "files": {}, "skipped": [],
             }],
         },
         "Error": {
@@ -238,6 +271,7 @@ def _headers() -> dict[str, Any]:
         "ETag": _header("The SHA-256 of the bytes, quoted."),
         "Cache-Control": _header("Stored images never change: `public, max-age=31536000, immutable`."),
         "X-Content-Type-Options": _header("Browsers must not guess another type.", {"const": "nosniff"}),
+        "Content-Disposition": _header("`attachment`, with the program's own file name (RFC 6266)."),
         "Content-Security-Policy": _header("An SVG opened directly cannot run script: "
                                            "`default-src 'none'; style-src 'unsafe-inline'; sandbox`."),
     }
@@ -310,6 +344,9 @@ def _run_paths(security: list[dict[str, list[str]]]) -> dict[str, Any]:
         {"name": "languageType", "in": "query", "required": False,
          "schema": {k: v for k, v in schemas["languageType"].items() if k != "examples"},
          "description": schemas["languageType"]["description"], "example": "python"},
+        {"name": "language", "in": "query", "required": False,
+         "schema": {"type": "string", "pattern": schemas["language"]["pattern"]},
+         "description": schemas["language"]["description"]},
         {"name": "variables", "in": "query", "required": False,
          "description": "The variables object as JSON text, e.g. `{\"m\": 7, \"n\": 4}` (URL-encoded).",
          "content": {"application/json": {"schema": _ref("schemas", "Variables")}}},
@@ -362,35 +399,42 @@ def _run_paths(security: list[dict[str, list[str]]]) -> dict[str, Any]:
     }
 
 
-def _image_path() -> dict[str, Any]:
+def _stored_path(kind: str) -> dict[str, Any]:
+    """GET and HEAD of a stored output: kind "image" (served with its type) or "file" (a download)."""
     binary = {"type": "string", "format": "binary"}
-    image_headers = {name: _ref("headers", name) for name in
-                     ("ETag", "Cache-Control", "X-Content-Type-Options", "Content-Security-Policy")}
+    names = ["ETag", "Cache-Control", "X-Content-Type-Options", "Content-Security-Policy"]
+    if kind == "file":
+        names.append("Content-Disposition")
+    content = {mime: {"schema": binary} for mime in IMAGE_TYPES} if kind == "image" else {"*/*": {"schema": binary}}
     responses = {
         "200": {
-            "description": "The stored bytes, with their real type. No token is needed.",
-            "headers": image_headers,
-            "content": {mime: {"schema": binary} for mime in IMAGE_TYPES},
+            "description": ("The stored bytes, with their real type. No token is needed." if kind == "image" else
+                            "The stored bytes, as a download under the program's own file name. No token is needed."),
+            "headers": {name: _ref("headers", name) for name in names},
+            "content": content,
         },
         "304": {
-            "description": "`If-None-Match` matches the image's ETag: not modified.",
+            "description": f"`If-None-Match` matches the {kind}'s ETag: not modified.",
             "headers": {"ETag": _ref("headers", "ETag")},
         },
         "404": _ref("responses", "NotFound"),
         "500": _ref("responses", "InternalError"),
     }
+    example = "vM95ff3xsUYywcRYdyG5Rh8nrFytsREE." + ("png" if kind == "image" else "csv")
     parameters = [
         {"name": "filename", "in": "path", "required": True,
-         "description": "The stored name from a result's `images`: 32 URL-safe characters and the extension. "
+         "description": f"The stored name from a result's `{kind}s`: 32 URL-safe characters and the extension. "
                         "Any other name is a 404.",
-         "schema": {"type": "string"}, "example": "vM95ff3xsUYywcRYdyG5Rh8nrFytsREE.png"},
+         "schema": {"type": "string"}, "example": example},
         {"name": "If-None-Match", "in": "header", "required": False,
          "description": "An ETag from an earlier answer: 304 when it still matches.", "schema": {"type": "string"}},
     ]
-    operation = {"tags": ["images"], "parameters": parameters, "responses": responses}
+    operation = {"tags": [f"{kind}s"], "parameters": parameters, "responses": responses}
+    title, article = kind.capitalize(), "An" if kind == "image" else "A"
     return {
-        "get": {**operation, "operationId": "getImage", "summary": "An image a run produced"},
-        "head": {**operation, "operationId": "headImage", "summary": "The headers of an image, without its bytes"},
+        "get": {**operation, "operationId": f"get{title}", "summary": f"{article} {kind} a run produced"},
+        "head": {**operation, "operationId": f"head{title}", "summary": f"The headers of {article.lower()} {kind}, "
+                                                                         "without its bytes"},
     }
 
 
@@ -429,12 +473,14 @@ def openapi_document(*, auth_required: bool | None = None) -> dict[str, Any]:
         "tags": [
             {"name": "run", "description": "Run code"},
             {"name": "images", "description": "Images that runs produced"},
+            {"name": "files", "description": "Files other than images that one-shot runs wrote"},
             {"name": "health", "description": "Liveness and readiness"},
             {"name": "pages", "description": "Pages for people and tools"},
         ],
         "paths": {
             "/runcode": _run_paths(security),
-            "/image/{filename}": _image_path(),
+            "/image/{filename}": _stored_path("image"),
+            "/file/{filename}": _stored_path("file"),
             "/healthz": {"get": {
                 "tags": ["health"], "operationId": "healthz", "summary": "Liveness: 200 while the process serves",
                 "responses": {"200": {"description": "Serving.",

@@ -22,11 +22,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from config import Config
 from errors import ServiceUnavailable, StorageFailed
-from images import RetentionSweeper
 from metrics import Metrics
 from models import create_tables, make_engine, make_session_factory
 from pool import SandboxPool
 from sandboxes import DockerSandboxes
+from storage import RetentionSweeper
 
 log = logging.getLogger(__name__)
 

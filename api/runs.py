@@ -12,9 +12,10 @@ from werkzeug.exceptions import MethodNotAllowed
 from api.http import guarded_blueprint
 from errors import BadRequest, PayloadTooLarge, StorageFailed
 from execution import parse_run_request, result_body
-from images import store_images
+from models import Image, StoredFile
 from sandbox.contract import MAX_JOB_BYTES
 from services import Services, db_session, services
+from storage import store_outputs
 
 log = logging.getLogger("center")
 blueprint = guarded_blueprint("runs", __name__)
@@ -71,9 +72,43 @@ def read_run_request(svc: Services) -> EncodedRun:
     return run
 
 
+def store_outputs_of(svc: Services, report: dict[str, Any]) -> tuple[dict[str, str], dict[str, str], str | None]:
+    """Store the report's images and files; their URLs by name, and what went wrong with the database, if anything.
+
+    The run's own result is worth more than its outputs: a database that is down leaves them out
+    (said in `image_error`), it does not turn the answer into an error.
+    """
+    urls: dict[type, dict[str, str]] = {Image: {}, StoredFile: {}}
+    for model, key, route in ((Image, "images", "image"), (StoredFile, "files", "file")):
+        if not report.get(key):
+            continue
+        try:
+            stored, stored_bytes = store_outputs(db_session(), model, report[key])
+        except StorageFailed as e:
+            log.error("%s: %s", e.message, e.__cause__)
+            return {}, {}, e.message
+        svc.metrics.image_bytes.inc(stored_bytes)
+        base = public_base_url(svc)
+        urls[model] = {name: f"{base}/{route}/{filename}" for name, filename in stored.items()}
+    return urls[Image], urls[StoredFile], None
+
+
+def answer_report(svc: Services, report: dict[str, Any], language: str,
+                  extra: dict[str, Any] | None = None) -> tuple[Response, int]:
+    """The client's answer to an agent report (one-shot or a session's cell): 200, or 504 on timeout."""
+    image_urls, file_urls, storage_error = store_outputs_of(svc, report)
+    body = result_body(report, image_urls, file_urls)
+    body.update(extra or {})
+    if storage_error:
+        body["image_error"] = storage_error
+    g.run_status = body["status"]
+    svc.metrics.observe_run(language, body["status"], body["duration_ms"])
+    return jsonify(body), 504 if body["status"] == "timeout" else 200
+
+
 @blueprint.route("/runcode", methods=["GET", "POST"])
 def run_code() -> tuple[Response, int]:
-    """POST/GET /runcode: validate, run in a fresh sandbox, store images, answer (504 on timeout)."""
+    """POST/GET /runcode: validate, run in a fresh sandbox, store images and files, answer (504 on timeout)."""
     svc = services()
     if request.method == "HEAD":  # Flask adds HEAD to GET routes; a HEAD must never run a program
         raise MethodNotAllowed(valid_methods=["GET", "POST"])
@@ -81,21 +116,4 @@ def run_code() -> tuple[Response, int]:
     with svc.pool.sandbox(svc.config.queue_wait_seconds) as sandbox:
         g.slot = sandbox.slot
         report = svc.sandboxes.run(sandbox, run.job, run.timeout)
-    image_urls: dict[str, str] = {}
-    image_error = None
-    if report.get("images"):
-        try:
-            stored, stored_bytes = store_images(db_session(), report["images"])
-        except StorageFailed as e:
-            log.error("%s: %s", e.message, e.__cause__)
-            image_error = e.message
-        else:
-            svc.metrics.image_bytes.inc(stored_bytes)
-            base = public_base_url(svc)
-            image_urls = {name: f"{base}/image/{filename}" for name, filename in stored.items()}
-    body = result_body(report, image_urls)
-    if image_error:
-        body["image_error"] = image_error
-    g.run_status = body["status"]
-    svc.metrics.observe_run(run.language, body["status"], body["duration_ms"])
-    return jsonify(body), 504 if body["status"] == "timeout" else 200
+    return answer_report(svc, report, run.language)

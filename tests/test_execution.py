@@ -195,7 +195,7 @@ def test_language_defaults_to_python(fields: dict[str, Any]) -> None:
     assert parse_run_request(fields, CONFIG).language == "python"
 
 
-@pytest.mark.parametrize("language", ["ruby", "javascript", "py", "python2", 5, ["python"], {"name": "python"}])
+@pytest.mark.parametrize("language", ["ruby", "javascript", "pyth", "python2", 5, ["python"], {"name": "python"}])
 def test_unknown_language_is_a_bad_request(language: Any) -> None:
     error = bad_request({"code": "print(1)", "languageType": language})
     assert "languageType" in error.message
@@ -323,10 +323,50 @@ def test_get_form_fields_are_all_strings() -> None:
 
 
 def test_job_carries_the_request_and_the_configured_limits() -> None:
-    config = replace(CONFIG, max_output_bytes=4096, max_images=3, max_image_bytes=2048)
+    config = replace(CONFIG, max_output_bytes=4096, max_images=3, max_image_bytes=2048, max_files=4,
+                     max_file_bytes=1024)
     job = parse_run_request({"code": "print(n)", "variables": {"n": 1}, "timeout": 3}, config).job(config)
-    assert job == {"language": "python", "code": "print(n)", "variables": {"n": 1}, "timeout": 3.0,
-                   "max_output_bytes": 4096, "max_images": 3, "max_image_bytes": 2048}
+    assert job == {"language": "python", "code": "print(n)", "variables": {"n": 1}, "timeout": 3.0, "files": [],
+                   "max_output_bytes": 4096, "max_images": 3, "max_image_bytes": 2048, "max_files": 4,
+                   "max_file_bytes": 1024}
+
+
+@pytest.mark.parametrize("name", ["python3", "py", "PY", " Python3 "])
+def test_python_synonyms_are_python(name: str) -> None:
+    assert parse_run_request({"code": "print(1)", "languageType": name}, CONFIG).language == "python"
+
+
+@pytest.mark.parametrize("name", ["sh", "shell", "Bash"])
+def test_bash_synonyms_are_bash(name: str) -> None:
+    assert parse_run_request({"code": "echo 1", "language": name}, CONFIG).language == "bash"
+
+
+def test_language_is_a_synonym_and_language_type_wins() -> None:
+    assert parse_run_request({"code": "x", "language": "bash", "languageType": "python"}, CONFIG).language == "python"
+
+
+def test_input_files_are_checked_and_carried_in_the_job() -> None:
+    fields = {"code": "x", "files": [{"path": "data/in.csv", "content_base64": "YSxiCg=="}]}
+    job = parse_run_request(fields, CONFIG).job(CONFIG)
+    assert job["files"] == [{"path": "data/in.csv", "content_base64": "YSxiCg=="}]
+
+
+@pytest.mark.parametrize("files, word", [
+    ("data.csv", "list"),
+    ([{"path": "a"}], "content_base64"),
+    ([{"path": "/etc/passwd", "content_base64": ""}], "absolute"),
+    ([{"path": "../x", "content_base64": ""}], "'..'"),
+    ([{"path": "a/../../x", "content_base64": ""}], "'..'"),
+    ([{"path": "a\0b", "content_base64": ""}], "NUL"),
+    ([{"path": "a//b", "content_base64": ""}], "empty"),
+    ([{"path": "", "content_base64": ""}], "non-empty"),
+    ([{"path": "x" * 300, "content_base64": ""}], "too long"),
+    ([{"path": "a", "content_base64": "not base64!"}], "base64"),
+    ([{"path": f"f{n}", "content_base64": ""} for n in range(101)], "at most"),
+])
+def test_bad_input_files_are_a_bad_request(files: object, word: str) -> None:
+    with pytest.raises(BadRequest, match=word):
+        parse_run_request({"code": "x", "files": files}, CONFIG)
 
 
 # --- result body ---------------------------------------------------------------------------------
@@ -342,7 +382,7 @@ def report(**overrides: Any) -> dict[str, Any]:
 def test_ok_result_has_the_spec_fields_and_no_error() -> None:
     body = result_body(report(), {})
     assert body == {"output": "Hello, World!\n", "stderr": "", "exit_code": 0, "status": "ok",
-                    "duration_ms": 41.7, "images": {}, "skipped": []}
+                    "duration_ms": 41.7, "images": {}, "files": {}, "skipped": []}
 
 
 def test_skipped_entries_pass_through_and_malformed_ones_do_not() -> None:

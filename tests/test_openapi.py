@@ -28,9 +28,9 @@ pytestmark = pytest.mark.docker
 # SPEC.md, "Errors": every status of its table, and the header each one must carry.
 SPEC_ERROR_STATUSES = {400: None, 401: "WWW-Authenticate", 404: None, 405: "Allow", 413: None,
                        503: "Retry-After", 502: None, 500: None}
-SPEC_RESULT_FIELDS = {"output", "stderr", "exit_code", "status", "duration_ms", "images", "skipped", "error"}
+SPEC_RESULT_FIELDS = {"output", "stderr", "exit_code", "status", "duration_ms", "images", "files", "skipped", "error"}
 SPEC_STATUSES = {"ok", "error", "timeout", "oom", "output_limit"}
-SPEC_REQUEST_FIELDS = {"code", "languageType", "variables", "timeout"}
+SPEC_REQUEST_FIELDS = {"code", "languageType", "language", "variables", "timeout", "files"}
 # Routes of the app that are files, not API operations.
 UNDOCUMENTED_ENDPOINTS = {"static", "web.docs_asset"}
 PLOT = "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3], [1, 4, 9])\nprint('plotted')"
@@ -102,7 +102,8 @@ def test_document_has_every_field_status_and_error_of_the_spec(document: dict[st
     request = schemas["RunRequest"]
     assert set(request["properties"]) == SPEC_REQUEST_FIELDS and request["required"] == ["code"]
     parameters = {p["name"]: p for p in document["paths"]["/runcode"]["get"]["parameters"]}
-    assert set(parameters) == SPEC_REQUEST_FIELDS and all(p["in"] == "query" for p in parameters.values())
+    # Files travel in a JSON body only (base64 in a URL would be absurd).
+    assert set(parameters) == SPEC_REQUEST_FIELDS - {"files"} and all(p["in"] == "query" for p in parameters.values())
     assert parameters["code"]["required"] and "application/json" in parameters["variables"]["content"]
 
     result = schemas["RunResult"]
@@ -283,3 +284,18 @@ if schemathesis is not None:
         load_all_checks()
         checks = CHECKS.get_by_names(list(BUILT_IN_CHECKS)) + [no_server_error, valid_runs_are_accepted]
         case.call_and_validate(checks=checks, timeout=60)
+
+
+@pytest.mark.parametrize("path", ["a", "data.csv", "d/e/f.txt", "..a", "a..", ".hidden", "a b/ü.csv", "/etc/passwd",
+                                  "..", ".", "a/../b", "a/./b", "a//b", "a/", "x\x00y", "../x"])
+def test_the_documented_file_path_rule_is_the_servers(path: str) -> None:
+    from errors import BadRequest
+    from execution import workspace_path
+    from openapi import WORKSPACE_PATH_PATTERN
+
+    try:
+        workspace_path(path)
+        accepted = True
+    except BadRequest:
+        accepted = False
+    assert bool(re.match(WORKSPACE_PATH_PATTERN, path)) == accepted
