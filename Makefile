@@ -27,7 +27,7 @@ test: build $(VENV)/.installed-dev
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 SANDBOX_SUITES := tests/test_attacks.py tests/test_agent.py tests/test_isolation.py tests/test_hostile_programs.py \
-                  tests/test_kernel_surface.py
+                  tests/test_kernel_surface.py tests/test_sessions.py tests/test_agent_sessions.py
 
 # The attack suite again with sandboxes under crun, the faster OCI runtime (registered with Docker as crun).
 test-crun: build $(VENV)/.installed-dev
@@ -41,6 +41,7 @@ test-gvisor: build $(VENV)/.installed-dev
 bench: build
 	$(PY) bench/latency.py
 	if docker info --format '{{json .Runtimes}}' | grep -q '"crun"'; then $(PY) bench/latency.py --runtime crun; fi
+	$(PY) bench/sessions.py
 
 clean:
 	rm -rf $(VENV) .build .pytest_cache

@@ -12,10 +12,15 @@ import http.client
 import json
 import os
 import socket
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+from urllib.parse import quote
+
+from sandbox.contract import UPLOAD_LIMIT_HEADER
 
 SOCKET_NAME = "agent.sock"
 HEALTH_TIMEOUT_SECONDS = 1.0
+CHUNK_BYTES = 256 * 1024
 
 
 class AgentUnreachable(Exception):
@@ -83,10 +88,62 @@ class AgentClient:
             return None
         return body if status == 200 and isinstance(body, dict) else None
 
-    def run(self, job: dict[str, Any] | bytes, timeout: float) -> dict[str, Any]:
+    def run(self, job: dict[str, Any] | bytes, timeout: float, path: str = "/run") -> dict[str, Any]:
         """Send the job (a dict, or its JSON already encoded) and return the agent's report."""
-        status, body = self.request("POST", "/run", job, timeout=timeout)
-        if status != 200 or not isinstance(body, dict):
-            message = body.get("error") if isinstance(body, dict) else None
-            raise AgentRefused(status, str(message or body)[:500])
-        return body
+        return self.call("POST", path, job, timeout)
+
+    def call(self, method: str, path: str, body: Any, timeout: float,
+             ok: tuple[int, ...] = (200, 201)) -> dict[str, Any]:
+        """One exchange whose answer must be a JSON object with an ok status; AgentRefused otherwise."""
+        status, answer = self.request(method, path, body, timeout=timeout)
+        return self._expect(status, answer, ok)
+
+    @staticmethod
+    def _expect(status: int, answer: Any, ok: tuple[int, ...]) -> dict[str, Any]:
+        """The answer when its status is one of `ok` and it is a JSON object; else AgentRefused in its words."""
+        if status not in ok or not isinstance(answer, dict):
+            message = answer.get("error") if isinstance(answer, dict) else None
+            raise AgentRefused(status, str(message or answer)[:500])
+        return answer
+
+    def upload(self, path: str, stream: BinaryIO, size: int, max_bytes: int, timeout: float) -> dict[str, Any]:
+        """PUT /files/<path> with the bytes read from stream (size of them), never holding them whole."""
+        connection = UnixHTTPConnection(self.socket_path, timeout)
+        try:
+            connection.putrequest("PUT", "/files/" + quote(path, safe="/"))
+            connection.putheader("Content-Length", str(size))
+            connection.putheader("Content-Type", "application/octet-stream")
+            connection.putheader(UPLOAD_LIMIT_HEADER, str(max_bytes))
+            connection.endheaders()
+            while chunk := stream.read(CHUNK_BYTES):
+                connection.send(chunk)
+            response = connection.getresponse()
+            status, answer = response.status, json.loads(response.read())
+        except (OSError, http.client.HTTPException, ValueError) as e:
+            raise AgentUnreachable(f"{type(e).__name__}: {e}") from e
+        finally:
+            connection.close()
+        return self._expect(status, answer, (201,))
+
+    def download(self, path: str, timeout: float) -> tuple[int, Iterator[bytes]]:
+        """GET /files/<path>: (size, the bytes in chunks); AgentRefused (404...) before any byte is given."""
+        connection = UnixHTTPConnection(self.socket_path, timeout)
+        try:
+            connection.request("GET", "/files/" + quote(path, safe="/"))
+            response = connection.getresponse()
+            if response.status != 200:
+                answer = json.loads(response.read() or b"{}")
+                connection.close()
+                raise AgentRefused(response.status, str(answer.get("error") if isinstance(answer, dict) else answer))
+        except (OSError, http.client.HTTPException, ValueError) as e:
+            connection.close()
+            raise AgentUnreachable(f"{type(e).__name__}: {e}") from e
+
+        def chunks() -> Iterator[bytes]:
+            try:
+                while chunk := response.read(CHUNK_BYTES):
+                    yield chunk
+            finally:
+                connection.close()
+
+        return int(response.getheader("Content-Length") or 0), chunks()

@@ -26,7 +26,7 @@ from waitress.task import ErrorTask
 
 import api.http
 import web
-from api import ops, outputs, runs
+from api import ops, outputs, runs, sessions
 from config import Config, ConfigError, load_config
 from pool import SandboxPool
 from sandboxes import SandboxStartError
@@ -62,6 +62,7 @@ def create_app(config: Config | None = None, *, pool: SandboxPool | None = None,
     api.http.install(app)
     app.register_blueprint(runs.blueprint)
     app.register_blueprint(outputs.blueprint)
+    app.register_blueprint(sessions.blueprint)
     app.register_blueprint(ops.blueprint)
     app.register_blueprint(web.blueprint)
     app.teardown_appcontext(close_db_session)

@@ -1,10 +1,15 @@
 """Load client for the dispatch center: fire N /runcode requests from C threads and check every answer.
 
+With --sessions N it drives N notebook sessions at once instead: each is created, gets a small CSV
+uploaded, runs cells that build on each other's state and read the CSV, lists and downloads its
+files and is deleted; every answer's content is checked and each step's latency reported.
+
 Examples:
     python concurrent_test.py --requests 50 --concurrency 8
     python concurrent_test.py --kind plot --fetch-images --token s3cret
     python concurrent_test.py --kind timeout --requests 4 --json
     python concurrent_test.py --language bash --code 'echo hi' --expect hi
+    python concurrent_test.py --sessions 4 --rounds 5 --check-conflict
 
 Exit status: 0 when every answer was right, 1 otherwise (2 for bad arguments).
 """
@@ -15,11 +20,12 @@ import argparse
 import json
 import math
 import re
+import secrets
 import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -152,6 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=positive_float, default=120.0,
                    help="per-request HTTP timeout in seconds (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    sessions = p.add_argument_group("session mode (replaces the /runcode load above)")
+    sessions.add_argument("--sessions", type=positive_int, metavar="N",
+                          help="drive N sessions at once, each on its own thread, and check every step")
+    sessions.add_argument("--rounds", type=positive_int, default=3,
+                          help="state-building cells per session, besides the fixed ones (default: %(default)s)")
+    sessions.add_argument("--check-conflict", action="store_true",
+                          help="also check that a call while a cell runs answers 409 and the cell still answers")
     return p
 
 
@@ -356,10 +369,338 @@ def render_text(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# --- session mode -----------------------------------------------------------------------------------
+
+SESSION_STEPS = ("create", "upload", "cell", "files", "download", "conflict", "delete")
+CSV_PATH = "inputs/orders.csv"  # a subfolder: uploads may carry one in the part's filename
+REPORT_PATH = "report.csv"
+
+
+class StepFailed(Exception):
+    """A session step got a wrong answer (or none): the session stops there, with this outcome and reason."""
+
+    def __init__(self, outcome: str, reason: str) -> None:
+        super().__init__(reason)
+        self.outcome, self.reason = outcome, reason
+
+
+@dataclass(frozen=True)
+class SessionPlan:
+    """What every session of a --sessions run does and where."""
+
+    url: str
+    headers: dict[str, str]
+    http_timeout: float
+    rounds: int
+    check_conflict: bool
+
+
+@dataclass
+class SessionRun:
+    """One session's outcome and the latency of each of its steps (ms by step name)."""
+
+    outcome: str = OK
+    reason: str = ""
+    latencies: dict[str, list[float]] = field(default_factory=lambda: {step: [] for step in SESSION_STEPS})
+    cells: int = 0
+
+
+@dataclass(frozen=True)
+class SessionData:
+    """The CSV one session uploads and the answers its cells must give: distinct per session,
+    so that state or files that leak from one session into another show as wrong answers."""
+
+    marker: str
+    index: int
+    csv: bytes
+    rows: int
+    qty_total: int
+    revenue: int
+
+    @classmethod
+    def make(cls, index: int) -> SessionData:
+        """This session's data: quantities shift with its index, prices are fixed."""
+        rows = [(f"item{i}", i + index, 10 * i) for i in range(1, 7)]
+        text = "item,qty,price\n" + "".join(f"{name},{qty},{price}\n" for name, qty, price in rows)
+        return cls(marker=f"s{index}-{secrets.token_hex(4)}", index=index, csv=text.encode(), rows=len(rows),
+                   qty_total=sum(qty for _, qty, _ in rows), revenue=sum(qty * price for _, qty, price in rows))
+
+
+class SessionDriver:
+    """Walks one session through its steps on its own HTTP connection, timing and checking each answer."""
+
+    def __init__(self, plan: SessionPlan, index: int) -> None:
+        self.plan, self.data = plan, SessionData.make(index)
+        self.http = requests.Session()
+        self.http.headers.update(plan.headers)
+        self.run = SessionRun()
+        self.session_url = ""
+        self.count = 0  # the execution_count the last cell answered
+
+    def call(self, step: str, method: str, path: str, timed: bool = True, **kwargs: Any) -> requests.Response:
+        """One HTTP call of a step, timed; a connection failure ends the session as connection_error."""
+        start = time.perf_counter()
+        try:
+            response = self.http.request(method, f"{self.plan.url}{path}", timeout=self.plan.http_timeout, **kwargs)
+        except requests.RequestException as exc:
+            raise StepFailed(CONN, f"{step}: {describe_exception(exc)}") from exc
+        if timed:
+            self.run.latencies[step].append((time.perf_counter() - start) * 1000)
+        return response
+
+    @staticmethod
+    def expect_status(step: str, response: requests.Response, status: int) -> Any:
+        """The answer's JSON (None for an empty body) when its HTTP status is the expected one."""
+        body: Any = None
+        if response.content:
+            try:
+                body = response.json()
+            except ValueError:
+                body = None
+        if response.status_code != status:
+            detail = body.get("error") if isinstance(body, dict) else response.text[:200]
+            raise StepFailed(WRONG, f"{step}: HTTP {response.status_code}, expected {status}: {short(detail, 160)}")
+        return body
+
+    def execute(self) -> SessionRun:
+        """Create, use and delete the session; whatever fails, a created session is deleted."""
+        self.guarded(self.create)
+        if self.session_url:  # created, even if its answer was wrong: it must not outlive the run
+            if self.run.outcome == OK:
+                self.guarded(self.use)
+            self.guarded(self.delete)
+        return self.run
+
+    def guarded(self, stage: Callable[[], None]) -> None:
+        """Run a stage; its failure is recorded, not raised."""
+        try:
+            stage()
+        except StepFailed as failure:
+            self.fail(failure.outcome, failure.reason)
+        except Exception as exc:  # noqa: BLE001 - an answer of an unexpected shape is a wrong answer
+            self.fail(WRONG, f"{stage.__name__}: {type(exc).__name__}: {exc}"[:200])
+
+    def fail(self, outcome: str, reason: str) -> None:
+        """Record a failure; the first one is the one reported (later steps depend on the earlier ones)."""
+        if self.run.outcome == OK:
+            self.run.outcome, self.run.reason = outcome, reason
+
+    def create(self) -> None:
+        """POST /sessions: 201 with an id, an idle status and a Location; 503 is busy (the center is full)."""
+        response = self.call("create", "POST", "/sessions", json={})
+        if response.status_code == 503:
+            raise StepFailed(BUSY, "create: HTTP 503 (all sessions in use)")
+        body = self.expect_status("create", response, 201)
+        session_id = body.get("session_id") if isinstance(body, dict) else None
+        if not isinstance(session_id, str) or not session_id:
+            raise StepFailed(WRONG, f"create: no session_id in {short(body)}")
+        self.session_url = f"/sessions/{session_id}"
+        if response.headers.get("Location") != self.session_url:
+            raise StepFailed(WRONG, f"create: Location {response.headers.get('Location')!r}, not {self.session_url!r}")
+        if body.get("status") != "idle" or body.get("execution_count") not in (0, None):
+            raise StepFailed(WRONG, f"create: a new session is not idle with no cells: {short(body)}")
+
+    def use(self) -> None:
+        """Every step between creation and deletion, in order: each depends on the one before."""
+        data = self.data
+        self.upload()
+        self.cell("import pandas as pd\n"
+                  f"df = pd.read_csv({CSV_PATH!r})\n"
+                  "print(len(df), int(df['qty'].sum()))",
+                  output=f"{data.rows} {data.qty_total}\n", result=None)
+        self.cell("revenue = int((df['qty'] * df['price']).sum())\n"
+                  f"marker = {data.marker!r}\n"
+                  "revenue", result=str(data.revenue))
+        for n in range(1, self.plan.rounds + 1):
+            self.cell("calls = globals().get('calls', 0) + 1\n(calls, revenue * calls, marker)",
+                      result=repr((n, data.revenue * n, data.marker)))
+        self.cell(f"wc -l < {CSV_PATH}; echo \"$((6 * 7))\"", language="bash", output=f"{data.rows + 1}\n42\n")
+        self.cell(f"df.assign(revenue=df['qty'] * df['price']).to_csv({REPORT_PATH!r}, index=False)\n"
+                  f"len(open({REPORT_PATH!r}).read().splitlines())", result=str(data.rows + 1))
+        if self.plan.check_conflict:
+            self.conflict()
+        self.files()
+        report = self.download(REPORT_PATH)
+        first = report.decode(errors="replace").splitlines()[:2]
+        qty = 1 + data.index  # the first row's quantity (see SessionData.make)
+        want = ["item,qty,price,revenue", f"item1,{qty},10,{10 * qty}"]
+        if first != want:
+            raise StepFailed(WRONG, f"download: {REPORT_PATH} starts {short(first)}, expected {short(want)}")
+        if self.download(CSV_PATH) != data.csv:
+            raise StepFailed(WRONG, f"download: {CSV_PATH} differs from the uploaded bytes")
+
+    def upload(self) -> None:
+        """POST the CSV as a multipart `file` part whose filename holds a folder: 201 with its path and size."""
+        response = self.call("upload", "POST", f"{self.session_url}/files",
+                             files=[("file", (CSV_PATH, self.data.csv, "text/csv"))])
+        body = self.expect_status("upload", response, 201)
+        want = [{"path": CSV_PATH, "size": len(self.data.csv)}]
+        if not isinstance(body, dict) or body.get("files") != want:
+            raise StepFailed(WRONG, f"upload: answered {short(body)}, expected files {want}")
+
+    def cell(self, code: str, language: str = "python", output: str | None = None, result: str | None = None,
+             ) -> dict[str, Any]:
+        """Run one cell: 200, status ok, the next execution_count, and the expected output and result."""
+        step = f"cell {self.count + 1}"
+        response = self.call("cell", "POST", f"{self.session_url}/runcode",
+                             json={"code": code, "languageType": language})
+        body = self.expect_status(step, response, 200)
+        self.run.cells += 1
+        if not isinstance(body, dict):
+            raise StepFailed(WRONG, f"{step}: a JSON {type(body).__name__}, not an object")
+        if body.get("status") != "ok":
+            problem = short(body.get("error") or body.get("stderr"))
+            raise StepFailed(WRONG, f"{step}: status {body.get('status')!r}: {problem}")
+        if body.get("execution_count") != self.count + 1:
+            count = body.get("execution_count")
+            raise StepFailed(WRONG, f"{step}: execution_count {count!r}, expected {self.count + 1}")
+        self.count += 1
+        if output is not None and body.get("output") != output:
+            raise StepFailed(WRONG, f"{step}: output {short(body.get('output'))}, expected {output!r}")
+        if language == "python" and body.get("result") != result:
+            raise StepFailed(WRONG, f"{step}: result {short(body.get('result'))}, expected {result!r}")
+        return body
+
+    def conflict(self) -> None:
+        """While a slow cell runs, GET says busy and another cell answers 409; the slow cell still answers."""
+        answers: list[requests.Response | BaseException] = []
+
+        def slow_cell() -> None:
+            try:  # a connection of its own: requests.Session is not for two threads at once
+                answers.append(requests.post(f"{self.plan.url}{self.session_url}/runcode", headers=self.plan.headers,
+                                             json={"code": "import time\ntime.sleep(2)\nmarker",
+                                                   "languageType": "python"}, timeout=self.plan.http_timeout))
+            except requests.RequestException as exc:
+                answers.append(exc)
+
+        slow = threading.Thread(target=slow_cell, name="slow-cell", daemon=True)
+        slow.start()
+        seen_busy = False
+        while slow.is_alive() and not seen_busy:  # poll until the slow cell holds the session
+            state = self.expect_status("conflict", self.call("conflict", "GET", self.session_url, timed=False), 200)
+            seen_busy = isinstance(state, dict) and state.get("status") == "busy"
+            if not seen_busy:
+                time.sleep(0.02)
+        if seen_busy:
+            response = self.call("conflict", "POST", f"{self.session_url}/runcode",
+                                 json={"code": "marker", "languageType": "python"})
+            self.expect_status("conflict", response, 409)
+            if not response.headers.get("Retry-After"):
+                raise StepFailed(WRONG, "conflict: the 409 has no Retry-After")
+        slow.join(self.plan.http_timeout)
+        if not answers or isinstance(answers[0], BaseException):
+            reason = describe_exception(answers[0]) if answers else "no answer"
+            raise StepFailed(CONN, f"conflict: the slow cell failed: {reason}")
+        body = self.expect_status("conflict", answers[0], 200)
+        if not seen_busy:
+            raise StepFailed(WRONG, "conflict: the session never said busy while its slow cell ran")
+        self.count += 1
+        self.run.cells += 1
+        if body.get("result") != repr(self.data.marker) or body.get("execution_count") != self.count:
+            raise StepFailed(WRONG, f"conflict: the slow cell answered {short(body)}")
+
+    def files(self) -> None:
+        """GET the listing: the uploaded CSV with its size, and the report a cell wrote."""
+        body = self.expect_status("files", self.call("files", "GET", f"{self.session_url}/files"), 200)
+        listed = body.get("files") if isinstance(body, dict) else None
+        if not isinstance(listed, list):
+            raise StepFailed(WRONG, f"files: no list in {short(body)}")
+        sizes = {f.get("path"): f.get("size") for f in listed if isinstance(f, dict)}
+        if sizes.get(CSV_PATH) != len(self.data.csv) or REPORT_PATH not in sizes:
+            raise StepFailed(WRONG, f"files: expected {CSV_PATH} ({len(self.data.csv)} bytes) and {REPORT_PATH}, "
+                                    f"got {short(sizes)}")
+        if not all(isinstance(f.get("modified"), (int, float, str)) for f in listed):
+            raise StepFailed(WRONG, f"files: an entry without 'modified': {short(listed)}")
+
+    def download(self, path: str) -> bytes:
+        """GET one file: 200 as an attachment; its bytes."""
+        response = self.call("download", "GET", f"{self.session_url}/files/{path}")
+        self.expect_status("download", response, 200)
+        if "attachment" not in response.headers.get("Content-Disposition", ""):
+            raise StepFailed(WRONG, f"download: {path} is not sent as an attachment")
+        return response.content
+
+    def delete(self) -> None:
+        """DELETE: 204; afterwards the session answers 410."""
+        self.expect_status("delete", self.call("delete", "DELETE", self.session_url), 204)
+        self.expect_status("delete", self.call("delete", "GET", self.session_url, timed=False), 410)
+
+
+def run_sessions(plan: SessionPlan, total: int) -> tuple[list[SessionRun], float]:
+    """Drive total sessions at once, one thread each; their runs and the wall time."""
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=total, thread_name_prefix="session") as pool:
+        runs = list(pool.map(lambda index: SessionDriver(plan, index).execute(), range(total)))
+    return runs, time.perf_counter() - start
+
+
+def session_summary(runs: list[SessionRun], elapsed_s: float, allow_busy: bool,
+                    extra: dict[str, Any]) -> dict[str, Any]:
+    """The session run's summary as plain JSON-able data."""
+    results = [Result(run.outcome, run.reason) for run in runs]
+    summary = Summary(results, elapsed_s, allow_busy)
+    steps = {}
+    for step in SESSION_STEPS:
+        values = [ms for run in runs for ms in run.latencies[step]]
+        if values:
+            steps[step] = {"count": len(values), "p50": rounded(percentile(values, 50)),
+                           "p95": rounded(percentile(values, 95)), "max": rounded(max(values))}
+    cells = sum(run.cells for run in runs)
+    return {
+        **extra,
+        "sessions": len(runs),
+        "successes": summary.count(OK),
+        "wrong": summary.count(WRONG),
+        "wrong_reasons": first_reasons(results, WRONG),
+        "busy": summary.count(BUSY),
+        "allow_busy": allow_busy,
+        "connection_errors": summary.count(CONN),
+        "connection_error_reasons": first_reasons(results, CONN),
+        "cells": cells,
+        "step_latency_ms": steps,
+        "elapsed_s": round(elapsed_s, 3),
+        "cells_per_s": round(cells / elapsed_s, 2) if elapsed_s > 0 else None,
+        # busy sessions are allowed, but a run where no session got through proves nothing
+        "passed": summary.passed() and summary.count(OK) > 0,
+    }
+
+
+def render_session_text(data: dict[str, Any]) -> str:
+    """The human-readable report of a session run."""
+    lines = [
+        f"target:             {data['url']}/sessions  sessions={data['sessions']}  rounds={data['rounds']}"
+        f"  check_conflict={data['check_conflict']}",
+        f"sessions passed:    {data['successes']} of {data['sessions']}",
+        f"wrong answers:      {data['wrong']}",
+        *(f"  - {r['reason']}  (x{r['count']})" for r in data["wrong_reasons"]),
+        f"busy (HTTP 503):    {data['busy']}" + ("  (allowed)" if data["allow_busy"] else "  (counted as wrong)"),
+        f"connection errors:  {data['connection_errors']}",
+        *(f"  - {r['reason']}  (x{r['count']})" for r in data["connection_error_reasons"]),
+        "latency ms:         step       count      p50      p95      max",
+        *(f"                    {step:<9}{v['count']:>6}{fmt(v['p50']):>9}{fmt(v['p95']):>9}{fmt(v['max']):>9}"
+          for step, v in data["step_latency_ms"].items()),
+        f"cells:              {data['cells']} ({fmt(data['cells_per_s'], ' cells/s')}) over {data['elapsed_s']} s",
+        f"result:             {'PASS' if data['passed'] else 'FAIL'}",
+    ]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run the load, print the summary; 0 only when every answer was right."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.sessions is not None:
+        if args.code is not None:
+            parser.error("--code is for /runcode loads; --sessions runs its own cells")
+        headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
+        session_plan = SessionPlan(url=args.url.rstrip("/"), headers=headers, http_timeout=args.timeout,
+                                   rounds=args.rounds, check_conflict=args.check_conflict)
+        runs, elapsed = run_sessions(session_plan, args.sessions)
+        data = session_summary(runs, elapsed, args.allow_busy, {
+            "url": session_plan.url, "mode": "sessions", "rounds": args.rounds,
+            "check_conflict": args.check_conflict})
+        print(json.dumps(data) if args.json else render_session_text(data))
+        return 0 if data["passed"] else 1
     plan = make_plan(args, parser)
     summary = run_all(plan, args.requests, args.concurrency, args.allow_busy)
     summary.extra = {"url": plan.url, "kind": "custom" if args.code is not None else args.kind,

@@ -31,10 +31,38 @@ class Unauthorized(ServiceError):
     headers = {"WWW-Authenticate": 'Bearer realm="code-interpreter"'}
 
 
+class Forbidden(ServiceError):
+    """The program's own permissions forbid it (a file it made unreadable)."""
+
+    status = 403
+
+
 class NotFound(ServiceError):
     """No such route or image."""
 
     status = 404
+
+
+class Conflict(ServiceError):
+    """The resource is busy with another request (a session running a cell)."""
+
+    status = 409
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.headers = {"Retry-After": str(retry_after)}
+
+
+class Gone(ServiceError):
+    """The resource existed and has ended (a session deleted, expired or dead); the message says why."""
+
+    status = 410
+
+
+class InsufficientStorage(ServiceError):
+    """The sandbox's disk is full."""
+
+    status = 507
 
 
 class PayloadTooLarge(ServiceError):

@@ -19,7 +19,7 @@ from typing import Any
 
 from config import Config
 from errors import BadRequest
-from sandbox.contract import STATUSES
+from sandbox.contract import STATUSES, check_path
 
 LANGUAGES = ("python", "bash")
 FENCE_LANGUAGES = {"python": "python", "py": "python", "python3": "python",
@@ -43,7 +43,6 @@ MAX_VARIABLE_DEPTH = 64  # nesting of a variable's JSON value
 MAX_ENVIRONMENT_STRING_BYTES = 32 * 4096 - 1
 MAX_ENVIRONMENT_BYTES = 1024 * 1024
 POINTER_BYTES = 8  # envp's entry for each string counts against the same limit
-MAX_PATH_BYTES = 4096
 MAX_INPUT_FILES = 100  # files a one-shot request may bring (their bytes count against max_request_bytes)
 EXCERPT = reprlib.Repr()  # the start and end of a long string, the first items of a long list
 EXCERPT.maxstring = EXCERPT.maxother = 60
@@ -172,22 +171,11 @@ def _parse_language(raw: Any) -> str | None:
 
 
 def workspace_path(raw: Any, what: str = "a file path") -> str:
-    """A path inside the sandbox's working folder: relative, no '..', no NUL, sane lengths; BadRequest otherwise."""
-    if not isinstance(raw, str) or not raw:
-        raise BadRequest(f"{what} must be a non-empty string")
-    parts = raw.split("/")
-    problem = None
-    if raw.startswith("/"):
-        problem = "is absolute"
-    elif "\0" in raw:
-        problem = "holds a NUL character"
-    elif any(part in ("", ".", "..") for part in parts):
-        problem = "has an empty, '.' or '..' part"
-    elif len(raw.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES or any(len(p.encode()) > 255 for p in parts):
-        problem = "is too long"
-    if problem:
-        raise BadRequest(f"{what} {excerpt(raw)} {problem}: give a relative path inside the working folder")
-    return raw
+    """A path inside the sandbox's working folder (the agent's own rule, sandbox/contract.py); BadRequest otherwise."""
+    try:
+        return check_path(raw)
+    except ValueError as e:
+        raise BadRequest(f"{what} {excerpt(raw)} is refused: {e}") from None
 
 
 def _parse_files(raw: Any) -> list[dict[str, str]]:
@@ -318,6 +306,7 @@ def result_body(report: Mapping[str, Any], image_urls: dict[str, str],
         "exit_code": report.get("exit_code"),
         "status": status,
         "duration_ms": report.get("duration_ms"),
+        "result": report["result"] if isinstance(report.get("result"), str) else None,
         "images": image_urls,
         "files": file_urls or {},
         "skipped": skipped_entries(report),

@@ -13,14 +13,15 @@ from execution import (
     MAX_VARIABLE_DEPTH,
     STATUSES,
 )
-from sandbox.contract import IMAGE_TYPES
+from sandbox.contract import IMAGE_TYPES, UNSAFE_PATH_CHARACTERS
 
 OPENAPI_VERSION = "3.1.0"
 API_VERSION = "1.0.0"
 
 
-# execution.workspace_path's rule: relative, no empty, '.' or '..' part, no NUL (lengths aside).
-WORKSPACE_PATH_PATTERN = r"^(?!/)(?!(?:.*/)?\.\.?(?:/|$))(?!.*//)(?!.*/$)[^\x00]+$"
+# contract.check_path's rule: relative, no empty, '.' or '..' part, no control character (lengths aside).
+WORKSPACE_PATH_PATTERN = (r"^(?!/)(?!(?:.*/)?\.\.?(?:/|$))(?!.*//)(?!.*/$)[^"
+                          + UNSAFE_PATH_CHARACTERS.pattern.strip("[]") + "]+$")
 BASE64_PATTERN = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
 
 
@@ -146,7 +147,8 @@ def _schemas() -> dict[str, Any]:
                 "The outcome of one run. HTTP 200 whatever the program's own outcome, "
                 "except a timeout, which is a 504 with this same body."
             ),
-            "required": ["output", "stderr", "exit_code", "status", "duration_ms", "images", "files", "skipped"],
+            "required": ["output", "stderr", "exit_code", "status", "duration_ms", "result", "images", "files",
+                         "skipped"],
             "properties": {
                 "output": {"type": "string", "description": "stdout, decoded as UTF-8 (invalid bytes become U+FFFD)."},
                 "stderr": {"type": "string", "description": "stderr, decoded the same way."},
@@ -165,6 +167,14 @@ def _schemas() -> dict[str, Any]:
                 "duration_ms": {
                     "type": ["number", "null"],
                     "description": "Wall-clock time of the program inside the sandbox, in milliseconds.",
+                },
+                "result": {
+                    "type": ["string", "null"],
+                    "description": (
+                        "The text repr of the value of the program's last expression, as a notebook shows it "
+                        "(`df.head()` shows the table); null when the last statement is not an expression or "
+                        "its value is None."
+                    ),
                 },
                 "images": {
                     "type": "object",
@@ -208,6 +218,7 @@ def _schemas() -> dict[str, Any]:
             "else": {"required": ["error"]},
             "examples": [{
                 "output": "Hello, World!\n", "stderr": "", "exit_code": 0, "status": "ok", "duration_ms": 41.7,
+                "result": None,
                 "images": {"figure_1.png": "http://127.0.0.1:5000/image/vM95ff3xsUYywcRYdyG5Rh8nrFytsREE.png"},
                 "files": {}, "skipped": [],
             }],
@@ -301,6 +312,11 @@ def _responses() -> dict[str, Any]:
         "InternalError": _error_response(
             "The center failed (or the image database is unavailable when an image is read)."
         ),
+        "Conflict": _error_response("A cell is already running in this session.",
+                                    {"Retry-After": _ref("headers", "Retry-After")}),
+        "Gone": _error_response("The session has ended (deleted, idle past its timeout, past its lifetime, or dead): "
+                                "the message says why."),
+        "InsufficientStorage": _error_response("The session's working folder is full."),
         "Timeout": {
             "description": (
                 "The run passed its wall-clock limit and every process of the program was killed: the result, "
@@ -438,6 +454,124 @@ def _stored_path(kind: str) -> dict[str, Any]:
     }
 
 
+def _session_schemas() -> dict[str, Any]:
+    timestamp = {"type": "string", "format": "date-time"}
+    return {
+        "Session": {
+            "type": "object",
+            "description": "A session: one sandbox kept alive for its owner's cells.",
+            "required": ["session_id", "status", "created_at", "last_active_at", "expires_at", "idle_timeout"],
+            "properties": {
+                "session_id": {"type": "string", "description": "Unguessable; only the creating token sees it."},
+                "status": {"type": "string", "enum": ["idle", "busy", "dead"],
+                           "description": "`busy` while a cell runs."},
+                "created_at": timestamp, "last_active_at": timestamp,
+                "expires_at": {**timestamp, "description": "When it ends unless used: the idle timeout after its "
+                                                           "last use, or the end of its maximum lifetime."},
+                "idle_timeout": {"type": "number", "description": "Seconds of idleness that end it."},
+                "execution_count": {"type": "integer", "description": "Cells run so far."},
+            },
+        },
+        "SessionCreate": {
+            "type": ["object", "null"],
+            "properties": {"idle_timeout": {
+                "type": "number", "exclusiveMinimum": 0,
+                "description": "Seconds of idleness that end the session; can only lower the server's "
+                               "`session_idle_timeout_seconds`."}},
+        },
+        "CellResult": {
+            "allOf": [_ref("schemas", "RunResult"), {
+                "type": "object", "required": ["execution_count"],
+                "properties": {
+                    "execution_count": {"type": "integer", "description": "This cell's number in the session."},
+                },
+            }],
+        },
+        "FileList": {
+            "type": "object", "required": ["files"],
+            "properties": {"files": {"type": "array", "items": {
+                "type": "object", "required": ["path", "size", "modified"],
+                "properties": {"path": {"type": "string"}, "size": {"type": "integer"},
+                               "modified": {"type": "number", "description": "Unix time."}}}},
+                           "truncated": {"type": "boolean"}},
+        },
+        "Uploaded": {
+            "type": "object", "required": ["files"],
+            "properties": {"files": {"type": "array", "items": {
+                "type": "object", "required": ["path", "size"],
+                "properties": {"path": {"type": "string"}, "size": {"type": "integer"}}}}},
+        },
+    }
+
+
+def _session_paths(security: list[dict[str, list[str]]]) -> dict[str, Any]:
+    session_id = {"name": "session_id", "in": "path", "required": True, "schema": {"type": "string"},
+                  "description": "The id `POST /sessions` gave."}
+    found = {"401": _ref("responses", "Unauthorized"), "404": _ref("responses", "NotFound"),
+             "410": _ref("responses", "Gone"), "503": _ref("responses", "ServiceUnavailable")}
+
+    def json_answer(description: str, schema: str) -> dict[str, Any]:
+        return {"description": description, "content": {"application/json": {"schema": _ref("schemas", schema)}}}
+
+    def operation(operation_id: str, summary: str, responses: dict[str, Any], **more: Any) -> dict[str, Any]:
+        return {"tags": ["sessions"], "operationId": operation_id, "summary": summary, "security": security,
+                "responses": {**responses, **found}, **more}
+
+    cell_responses = _run_responses(with_body=True)
+    cell_responses["200"] = json_answer("The cell ran (whatever its own outcome).", "CellResult")
+    cell_responses["504"] = json_answer("The cell passed its limit and was interrupted (the session keeps its "
+                                        "state when the interrupt took).", "CellResult")
+    cell_responses["409"] = _ref("responses", "Conflict")
+    return {
+        "/sessions": {"post": {
+            "tags": ["sessions"], "operationId": "createSession", "security": security,
+            "summary": "Start a session: a sandbox that keeps its state between cells",
+            "requestBody": {"required": False, "content": {"application/json": {
+                "schema": _ref("schemas", "SessionCreate")}}},
+            "responses": {
+                "201": {**json_answer("The new session.", "Session"),
+                        "headers": {"Location": {"description": "`/sessions/<id>`", "schema": {"type": "string"}}}},
+                "400": _ref("responses", "BadRequest"), "401": _ref("responses", "Unauthorized"),
+                "502": _ref("responses", "BadGateway"), "503": _ref("responses", "ServiceUnavailable"),
+            },
+        }},
+        "/sessions/{session_id}": {
+            "parameters": [session_id],
+            "get": operation("getSession", "The session's state", {"200": json_answer("The session.", "Session")}),
+            "delete": operation("deleteSession", "End the session; its sandbox is removed at once",
+                                {"204": {"description": "Ended."}}),
+        },
+        "/sessions/{session_id}/runcode": {
+            "parameters": [session_id],
+            "post": operation("runCell", "Run a cell (Python or bash) in the session", cell_responses,
+                              requestBody={"required": True, "content": {"application/json": {
+                                  "schema": _ref("schemas", "RunRequest")}}}),
+        },
+        "/sessions/{session_id}/files": {
+            "parameters": [session_id],
+            "get": operation("listFiles", "The session's working folder, recursively",
+                             {"200": json_answer("The files.", "FileList")}),
+            "post": operation(
+                "uploadFiles", "Upload files into the working folder (multipart `file` parts; a part's filename "
+                "may hold subfolders)",
+                {"201": json_answer("Written.", "Uploaded"), "400": _ref("responses", "BadRequest"),
+                 "413": _ref("responses", "PayloadTooLarge"), "507": _ref("responses", "InsufficientStorage")},
+                requestBody={"required": True, "content": {"multipart/form-data": {"schema": {
+                    "type": "object", "properties": {"file": {"type": "array", "items": {
+                        "type": "string", "format": "binary"}}}}}}}),
+        },
+        "/sessions/{session_id}/files/{path}": {
+            "parameters": [session_id, {"name": "path", "in": "path", "required": True,
+                                        "schema": {"type": "string", "pattern": WORKSPACE_PATH_PATTERN}}],
+            "get": operation("downloadFile", "One file of the working folder, as a download",
+                             {"200": {"description": "The bytes.",
+                                      "headers": {"Content-Disposition": _ref("headers", "Content-Disposition")},
+                                      "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}},
+                              "400": _ref("responses", "BadRequest")}),
+        },
+    }
+
+
 def _page(operation_id: str, summary: str, description: str) -> dict[str, Any]:
     return {"get": {
         "tags": ["pages"], "operationId": operation_id, "summary": summary, "description": description,
@@ -458,10 +592,12 @@ def openapi_document(*, auth_required: bool | None = None) -> dict[str, Any]:
             "description": (
                 "Runs untrusted Python or bash code, each request in a fresh Docker sandbox, and returns its "
                 "output and the images it made.\n\n"
-                "**Authentication:** when the server has `auth_tokens`, `/runcode` needs "
-                "`Authorization: Bearer <token>`; without them it is open. Images, health and pages never need one.\n\n"
+                "**Authentication:** when the server has `auth_tokens`, `/runcode` and `/sessions` need "
+                "`Authorization: Bearer <token>`; without them they are open. A session is visible only to the "
+                "token that created it. Images, files, health and pages never need one.\n\n"
                 "**Errors** are always a JSON body `{\"error\": \"<one sentence>\"}`: 400 bad request, 401 token, "
-                "404 unknown route or image, 405 method not allowed (with `Allow`), 413 body too large, "
+                "404 unknown route, image or session, 405 method not allowed (with `Allow`), 409 a cell is running, "
+                "410 the session has ended, 413 body too large, 507 the session's disk is full, "
                 "503 no free sandbox (with `Retry-After`), 502 sandbox failure, 500 center failure.\n\n"
                 "**Request ids:** every answer carries `X-Request-ID`: the client's own (1 to 128 of "
                 "`A-Za-z0-9._-`), else a new one; the server's access log names it.\n\n"
@@ -472,6 +608,7 @@ def openapi_document(*, auth_required: bool | None = None) -> dict[str, Any]:
         "servers": [{"url": "/"}],
         "tags": [
             {"name": "run", "description": "Run code"},
+            {"name": "sessions", "description": "Sessions: state that persists between cells, and their files"},
             {"name": "images", "description": "Images that runs produced"},
             {"name": "files", "description": "Files other than images that one-shot runs wrote"},
             {"name": "health", "description": "Liveness and readiness"},
@@ -479,6 +616,7 @@ def openapi_document(*, auth_required: bool | None = None) -> dict[str, Any]:
         ],
         "paths": {
             "/runcode": _run_paths(security),
+            **_session_paths(security),
             "/image/{filename}": _stored_path("image"),
             "/file/{filename}": _stored_path("file"),
             "/healthz": {"get": {
@@ -511,7 +649,7 @@ def openapi_document(*, auth_required: bool | None = None) -> dict[str, Any]:
             }},
         },
         "components": {
-            "schemas": _schemas(),
+            "schemas": {**_schemas(), **_session_schemas()},
             "responses": _responses(),
             "headers": _headers(),
             "securitySchemes": {

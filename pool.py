@@ -178,6 +178,16 @@ class SandboxPool(Generic[S]):
             self.dead_total += 1
             self.release(slot)
 
+    def detach(self, timeout: float) -> S:
+        """A ready sandbox handed over for good (a session's): its slot starts a replacement at once."""
+        slot = self.acquire(timeout)
+        with self._lock:
+            sandbox, slot.sandbox = slot.sandbox, None
+            slot.state = SlotState.STARTING
+        slot.released.set()  # the slot's thread finds no sandbox to retire and starts the next
+        assert sandbox is not None
+        return sandbox
+
     def release(self, slot: Slot[S]) -> None:
         """Give the slot back: its sandbox is retired and a fresh one started in its place (once)."""
         self._retire_if(slot, SlotState.BUSY)

@@ -17,6 +17,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from agent_client import SOCKET_NAME, AgentClient, AgentRefused, AgentUnreachabl
 from config import Config
 from engine import Engine
 from errors import EngineError, EngineUnavailable, SandboxFailed
+from sandbox.contract import INTERRUPT_GRACE_SECONDS
 from sandbox_image import INPUTS_LABEL, inputs_hash
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,9 @@ log = logging.getLogger(__name__)
 __all__ = ["AgentUnreachable", "DockerSandboxes", "Sandbox", "SandboxStartError", "DEPLOYMENT_LABEL"]
 
 DEPLOYMENT_LABEL = "code-interpreter.deployment"
+# Each container's own id (128 random bits): a session keeps its sandbox's id as its session id, so
+# the container of a session carries the session's label, from the day it was started warm.
+SANDBOX_LABEL = "code-interpreter.sandbox"
 AGENT_SOCKET_DIR = "/agent/sock"  # inside the container; /agent is root's only (Dockerfile.sandbox)
 # The agent runs as root inside the container with only what it needs: start the program as the
 # sandbox user (SETUID, SETGID) and kill it (KILL). The program itself ends up with no capability.
@@ -47,6 +52,7 @@ PROGRAM_UID_SPAN = 1_000_000
 HEALTH_POLL_SECONDS = 0.01
 GVISOR_THREAD_HEADROOM = 1024
 RUN_GRACE_SECONDS = 15.0  # beyond the program's own limit, for the agent to collect and answer
+SESSION_START_SECONDS = 10.0
 EXIT_WAIT_SECONDS = 2.0  # for an agent that answered to exit by itself before its container is removed
 MAX_SOCKET_PATH = 100  # sockaddr_un holds 108 bytes
 
@@ -69,9 +75,10 @@ class Sandbox:
     """One running container whose agent is ready to run one program."""
 
     container_id: str
-    slot: int  # the pool slot it fills
+    slot: int  # the pool slot it fills (0: none, e.g. a session's own)
     socket_dir: str  # on the host
     program_uid: int  # the uid its program runs as, this sandbox's own
+    sandbox_id: str = ""  # its SANDBOX_LABEL
     answered: bool = False  # the agent sent its report, after which it exits by itself
     agent: AgentClient = field(init=False, repr=False)
 
@@ -97,6 +104,11 @@ class Sandbox:
         report = self.agent.run(job, timeout=limit + RUN_GRACE_SECONDS)
         self.answered = True
         return report
+
+    def run_cell(self, job: bytes, timeout: float) -> dict[str, Any]:
+        """One cell of a session (the agent interrupts it at its limit, then kills it after a grace)."""
+        return self.agent.run(job, timeout=timeout + INTERRUPT_GRACE_SECONDS + RUN_GRACE_SECONDS,
+                              path="/session/cell")
 
 
 def opaque_folder_name(label: str) -> str:
@@ -135,8 +147,9 @@ class DockerSandboxes:
 
     # --- set-up and clean-up -------------------------------------------------------------
 
-    def prepare(self) -> None:
-        """Check the engine, image and runtime; remove a previous run's leftovers."""
+    def prepare(self) -> dict[str, Sandbox]:
+        """Check the engine, image and runtime; remove a previous run's leftovers but its live sessions,
+        which it returns by sandbox id."""
         try:
             self.engine.ping()
             labels = self.engine.image_labels(self.config.interpreter_image)
@@ -161,21 +174,67 @@ class DockerSandboxes:
         if len(str(longest)) > MAX_SOCKET_PATH:
             raise SandboxStartError(f"socket folder {self.socket_root} is too deep for a Unix socket path; "
                                     "set sandbox_socket_dir to a shorter folder")
-        removed = self.remove_leftovers()
+        sessions = self.session_sandboxes()
+        removed = self.remove_leftovers(keep=sessions)
         if removed:
             log.info("removed %d leftover sandbox containers of deployment %s", removed, self.label)
+        if sessions:
+            log.info("kept %d session sandboxes of deployment %s", len(sessions), self.label)
+        return sessions
 
-    def remove_leftovers(self) -> int:
-        """Force-remove every container labelled with this deployment, and their socket folders."""
+    def remove_leftovers(self, keep: Collection[str] = ()) -> int:
+        """Force-remove every container labelled with this deployment but those whose sandbox id is in
+        `keep` (live sessions), and every socket folder but theirs."""
         try:
             containers = self.engine.labelled(DEPLOYMENT_LABEL, self.label)
         except EngineUnavailable as e:
             log.warning("could not list leftover sandboxes: %s", e.message)
             containers = [{"Id": container_id} for container_id in self._unremoved]
+        kept_folders = set()
+        removed = 0
         for container in containers:
+            if (container.get("Labels") or {}).get(SANDBOX_LABEL) in keep:
+                kept_folders.update(mount.get("Source") for mount in container.get("Mounts") or ())
+                continue
             self._remove(container["Id"])
-        shutil.rmtree(self.socket_root, ignore_errors=True)
-        return len(containers)
+            removed += 1
+        if not kept_folders:
+            shutil.rmtree(self.socket_root, ignore_errors=True)
+        elif self.socket_root.is_dir():
+            for folder in self.socket_root.iterdir():
+                if str(folder) not in kept_folders:
+                    shutil.rmtree(folder, ignore_errors=True)
+        return removed
+
+    def session_sandboxes(self) -> dict[str, Sandbox]:
+        """This deployment's containers whose agent says it holds a live session, by sandbox id.
+
+        Asked of the agents themselves, not the database, so that a center that restarts while the
+        database is down still tells sessions from leftovers.
+        """
+        found = {}
+        try:
+            containers = self.engine.labelled(DEPLOYMENT_LABEL, self.label)
+        except EngineUnavailable:
+            return {}
+        for container in containers:
+            labels = container.get("Labels") or {}
+            sources = [mount.get("Source") for mount in container.get("Mounts") or ()
+                       if mount.get("Destination") == AGENT_SOCKET_DIR]
+            if not sources or not labels.get(SANDBOX_LABEL):
+                continue
+            sandbox = Sandbox(container["Id"], 0, sources[0], program_uid=0, sandbox_id=labels[SANDBOX_LABEL])
+            health = sandbox.health()
+            if health and health.get("mode") == "session" and health.get("alive", True):
+                found[sandbox.sandbox_id] = sandbox
+        return found
+
+    def start_session(self, sandbox: Sandbox) -> None:
+        """Turn a fresh sandbox into a session's: its agent keeps its interpreter and never exits by itself."""
+        try:
+            sandbox.agent.call("POST", "/session/start", {}, timeout=SESSION_START_SECONDS)
+        except (AgentRefused, AgentUnreachable) as e:
+            raise SandboxFailed(f"the sandbox could not start a session ({e})") from e
 
     # --- one sandbox -----------------------------------------------------------------------
 
@@ -189,7 +248,7 @@ class DockerSandboxes:
             arguments += ["--max-processes", str(self.config.resource_limits.pids)]
         return arguments
 
-    def container_options(self, slot: int, socket_dir: str, program_uid: int) -> dict[str, Any]:
+    def container_options(self, slot: int, socket_dir: str, program_uid: int, sandbox_id: str) -> dict[str, Any]:
         """create_container's arguments: everything that locks a sandbox down; see README's security section."""
         limits = self.config.resource_limits
         runtime = self.config.sandbox_runtime
@@ -235,7 +294,7 @@ class DockerSandboxes:
             image=self.config.interpreter_image,
             name=f"cia-{secrets.token_hex(8)}",
             command=self.agent_arguments(program_uid),
-            labels={DEPLOYMENT_LABEL: self.label},
+            labels={DEPLOYMENT_LABEL: self.label, SANDBOX_LABEL: sandbox_id},
             environment={},
             use_config_proxy=False,  # never hand the host's proxy settings to untrusted code
             hostname="sandbox",
@@ -268,6 +327,11 @@ class DockerSandboxes:
                     self._uids_in_use.add(uid)
                     return uid
 
+    def claim_uid(self, uid: int) -> None:
+        """Mark a uid as taken by a sandbox this center did not start in this run (an adopted session's)."""
+        with self._lock:
+            self._uids_in_use.add(uid)
+
     def _give_back_uid(self, uid: int) -> None:
         with self._lock:
             self._uids_in_use.discard(uid)
@@ -281,15 +345,18 @@ class DockerSandboxes:
         deadline = time.monotonic() + self.config.sandbox_start_timeout
         program_uid = self._take_uid()
         socket_dir = self.make_socket_dir()
+        sandbox_id = secrets.token_hex(16)
         try:
-            container_id = self.engine.start_container(self.container_options(slot, socket_dir, program_uid))
+            container_id = self.engine.start_container(
+                self.container_options(slot, socket_dir, program_uid, sandbox_id))
         except (EngineUnavailable, EngineError) as e:
             shutil.rmtree(socket_dir, ignore_errors=True)
             self._give_back_uid(program_uid)
             if isinstance(e, EngineUnavailable):
                 raise
             raise SandboxStartError(f"cannot start a sandbox container: {e.message}") from e
-        sandbox = Sandbox(container_id=container_id, slot=slot, socket_dir=socket_dir, program_uid=program_uid)
+        sandbox = Sandbox(container_id=container_id, slot=slot, socket_dir=socket_dir, program_uid=program_uid,
+                          sandbox_id=sandbox_id)
         checks = 0
         while time.monotonic() < deadline and not (cancelled and cancelled.is_set()):
             if sandbox.health() is not None:

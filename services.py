@@ -26,6 +26,7 @@ from metrics import Metrics
 from models import create_tables, make_engine, make_session_factory
 from pool import SandboxPool
 from sandboxes import DockerSandboxes
+from sessions import SessionRegistry
 from storage import RetentionSweeper
 
 log = logging.getLogger(__name__)
@@ -105,20 +106,23 @@ class Services:
     owns_pool: bool
     metrics: Metrics
     body_budget: BodyBudget
+    registry: SessionRegistry
     retention: RetentionSweeper | None = None
     tables_ready: bool = False
     started: bool = field(default=False, repr=False)
 
     def start(self) -> None:
         """Prepare Docker (leftovers removed), start the pool and the image sweeper; create tables if possible."""
-        if self.owns_pool:
-            self.started = True  # from here on close() removes containers, even if start-up stops midway
-            self.sandboxes.prepare()
-            self.pool.start()
         try:
             self.ensure_tables()
         except StorageFailed as e:
             log.warning("%s at start (%s); the tables will be created when it answers", e.message, e.__cause__)
+        found: dict = {}
+        if self.owns_pool:
+            self.started = True  # from here on close() removes containers, even if start-up stops midway
+            found = self.sandboxes.prepare()
+            self.pool.start()
+        self.registry.start(found)
         if self.config.image_retention_days > 0:
             self.retention = RetentionSweeper(self.sessions, self.config.image_retention_days)
             self.retention.start()
@@ -142,9 +146,12 @@ class Services:
         """Release everything: the pool's containers (and any leftovers), the database connections."""
         if self.retention is not None:
             self.retention.stop()
+        # An app on a pool it does not own (tests, embedding) does not outlive its sessions either.
+        self.registry.close(end_sessions=not self.owns_pool)
         if self.owns_pool and self.started:
             self.pool.close()
-            self.sandboxes.remove_leftovers()
+            # Sessions outlive the center: a center that starts again serves them.
+            self.sandboxes.remove_leftovers(keep=self.registry.kept_sandbox_ids())
         self.engine.dispose()
 
 
@@ -159,7 +166,9 @@ def build_services(config: Config, pool: SandboxPool | None = None) -> Services:
         sandboxes = pool.launcher
     # Room for one body at the size limit (and the small ones that never wait).
     budget = BodyBudget(config.max_request_bytes + SMALL_BODY_BYTES)
-    return Services(config, engine, make_session_factory(engine), sandboxes, pool, owns_pool, Metrics(pool), budget)
+    database = make_session_factory(engine)
+    registry = SessionRegistry(config, sandboxes, pool, database)
+    return Services(config, engine, database, sandboxes, pool, owns_pool, Metrics(pool), budget, registry)
 
 
 def services() -> Services:
@@ -180,4 +189,7 @@ def close_db_session(_exc: BaseException | None = None) -> None:
     """teardown_appcontext: give the request's connection back."""
     session = g.pop("db", None)
     if session is not None:
-        session.close()
+        try:
+            session.close()
+        except SQLAlchemyError as e:  # its connection died with the database: the pool discards it
+            log.warning("closing a database session failed: %s", type(e).__name__)

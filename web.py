@@ -42,12 +42,16 @@ def _page(template: str, *, own_scripts: bool = False, **context: object) -> Res
 
 @blueprint.get("/")
 def playground() -> Response:
-    """The playground: edit a program, run it, see its output, status, duration and images."""
+    """The playground: run a program once, or cell by cell in a session with its files."""
     try:
         runcode_url = url_for("runs.run_code")
     except BuildError:  # the API's endpoint has another name: the route itself is fixed by the contract
         runcode_url = "/runcode"
-    return _page("playground.html", runcode_url=runcode_url)
+    try:
+        sessions_url = url_for("sessions.create_session")
+    except BuildError:  # an app without the session routes: the page's session calls then say 404
+        sessions_url = "/sessions"
+    return _page("playground.html", runcode_url=runcode_url, sessions_url=sessions_url)
 
 
 @blueprint.get("/docs")

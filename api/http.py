@@ -15,6 +15,7 @@ from werkzeug.exceptions import HTTPException
 from config import Config
 from errors import ServiceError, Unauthorized
 from services import services
+from sessions import owner_of
 
 log = logging.getLogger("center")
 access_log = logging.getLogger("center.access")
@@ -32,10 +33,10 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
     return response
 
 
-def check_token(config: Config) -> None:
-    """Bearer authentication against auth_tokens, in constant time; no tokens configured: open."""
+def check_token(config: Config) -> str | None:
+    """Bearer authentication against auth_tokens, in constant time; the accepted token (None: no tokens configured)."""
     if not config.auth_tokens:
-        return
+        return None
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -46,6 +47,7 @@ def check_token(config: Config) -> None:
         accepted |= hmac.compare_digest(presented, candidate.encode())
     if not accepted:
         raise Unauthorized("the bearer token is not accepted")
+    return token.strip()
 
 
 def require_token() -> None:
@@ -54,7 +56,7 @@ def require_token() -> None:
     A CORS preflight carries no credentials by design, so it passes (it runs nothing).
     """
     if request.method != "OPTIONS":
-        check_token(services().config)
+        g.owner = owner_of(check_token(services().config))
 
 
 def guarded_blueprint(name: str, import_name: str) -> Blueprint:

@@ -1,12 +1,16 @@
 """In-container agent: a small HTTP service that runs exactly one program in this container, then is done.
 
-GET /healthz answers {"ok": true, "warm": bool, "warming": bool, "used": bool} once the agent listens. POST /run
-takes {"language", "code", "variables", "timeout", "max_output_bytes", "max_images", "max_image_bytes"}
-and answers {"stdout", "stderr", "exit_code", "status", "error"?, "duration_ms", "warm",
-"images": [{"name", "mime", "data"}], "skipped": [{"name", "reason"}]}; then the agent exits, and
-with it the container. A job it refuses gets a 400 {"error"} at once, and the agent stays ready.
-The program runs as an unprivileged user (--uid; see worker.py); this agent runs as root with
-only the capabilities to start that user's process and to kill it.
+GET /healthz answers {"ok": true, "warm": bool, "warming": bool, "used": bool, "mode": "fresh"|"oneshot"|"session"}
+once the agent listens. POST /run takes {"language", "code", "variables", "timeout", "max_output_bytes",
+"max_images", "max_image_bytes", "files"?: [{"path", "content_base64"}], "max_files", "max_file_bytes"}
+and answers {"stdout", "stderr", "exit_code", "status", "error"?, "duration_ms", "warm", "result",
+"images": [{"name", "mime", "data"}], "files": [{"name", "data"}], "skipped": [{"name", "reason"}]};
+then the agent exits, and with it the container. A job it refuses gets a 400 {"error"} at once,
+and the agent stays ready. The program runs as an unprivileged user (--uid; see worker.py); this
+agent runs as root with only the capabilities to start that user's process and to kill it.
+
+POST /session/start instead makes this a session's agent: one interpreter that runs cell after
+cell (POST /session/cell) and files to upload, list and download (/files): see session.py.
 
 Every container starts its own agent, so its start-up is paid by every request: the agent uses
 the standard library only (see http_server.py). Flask alone took ~140 ms of CPU to import here,
@@ -37,19 +41,22 @@ import time  # noqa: E402
 from typing import IO, Any, NoReturn  # noqa: E402
 
 from contract import (  # noqa: E402
+    DEFAULT_MAX_FILE_BYTES,
+    DEFAULT_MAX_FILES,
     DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_MAX_IMAGES,
     DEFAULT_MAX_OUTPUT_BYTES,
     DEFAULT_TIMEOUT_SECONDS,
     IMAGE_EXTENSIONS,
 )
-from http_server import HTTPError, serve_unix_socket  # noqa: E402
+from http_server import HTTPError, RawResponse, Request, serve_unix_socket  # noqa: E402
 
 SANDBOX_USER = "sandbox"  # the image's unprivileged user: the program's uid and gid unless --uid says otherwise
 WORKDIR = "/workspace"
 # What a warm-up imports (worker.preload) and the libraries built on it.
 PRELOADED_MODULES = re.compile(r"\b(?:numpy|pandas|matplotlib|seaborn|scipy|sklearn|statsmodels)\b")
 WORKER_FAILED = 127  # the forked worker's exit status when it could not even start
+MAX_RECORD_BYTES = 2 * 1024 * 1024  # a record line on the status pipe (a result repr, JSON-escaped)
 # Images: only files with these extensions are looked at, and each must be what its first bytes
 # say it is; the MIME type sent is the content's, never the name's. A row's (offset, bytes) all match.
 IMAGE_MAGIC: tuple[tuple[str, tuple[tuple[int, bytes], ...]], ...] = (
@@ -180,15 +187,49 @@ class Worker:
         self.started = threading.Event()
         self.warm = threading.Event()
         self.warming = False
-        threading.Thread(target=self._follow_status, args=(status_read,), daemon=True).start()
+        self.record: dict[str, Any] | None = None  # the one-shot run's result record
+        self.in_session = threading.Event()  # the worker became a session's interpreter
+        self.session_status: tuple[int, bytes] | None = None  # then its status pipe is the session's
+        self.status_thread = threading.Thread(target=self._follow_status, args=(status_read,), daemon=True)
+        self.status_thread.start()
 
     def _follow_status(self, fd: int) -> None:
-        """The worker writes b"r" once it waits for input and b"w" once it has warmed up."""
+        """The worker writes b"r" once it waits for input and b"w" once it has warmed up; a one-shot
+        run's record is a JSON line; b"s" hands the pipe over to the session (see session.py)."""
         events = {b"r": self.started, b"w": self.warm}
-        with os.fdopen(fd, "rb") as pipe:
-            while byte := pipe.read(1):
+        buffer = b""
+        while chunk := os.read(fd, 65536):
+            buffer += chunk
+            position = 0
+            while position < len(buffer):
+                byte = buffer[position:position + 1]
+                if byte == b"{":
+                    end = buffer.find(b"\n", position)
+                    if end == -1:
+                        break
+                    self._take_record(buffer[position:end])
+                    position = end + 1
+                    continue
+                position += 1
+                if byte == b"s":
+                    self.session_status = (fd, buffer[position:])
+                    self.in_session.set()
+                    return
                 if byte in events:
                     events[byte].set()
+            buffer = buffer[position:]
+            if len(buffer) > MAX_RECORD_BYTES:  # not a record the worker wrote: the program's noise
+                buffer = b""
+        os.close(fd)
+
+    def _take_record(self, line: bytes) -> None:
+        """Keep the run's record (the worker writes one; the program could write anything)."""
+        try:
+            record = json.loads(line)
+        except ValueError:
+            return
+        if isinstance(record, dict):
+            self.record = record
 
     def send(self, data: bytes) -> None:
         """A command line or the job to the worker's stdin (see worker.py's protocol)."""
@@ -412,32 +453,60 @@ class Skipped:
         return [*self.entries, {"name": "…", "reason": f"{self.unlisted} more skipped files are not listed"}]
 
 
-class ImageCandidate:
-    """A file of the working folder whose name has an image extension, as listed."""
+Snapshot = dict[bytes, tuple[int, int, int]]
 
-    def __init__(self, raw: bytes, info: os.stat_result) -> None:
-        self.raw, self.info = raw, info
+
+def workspace_snapshot() -> Snapshot | None:
+    """name -> (mtime_ns, size, inode) of each entry at the top of the working folder; None when unreadable.
+
+    Taken before a program (or cell) starts, so that what it did not make or change is not collected.
+    """
+    try:
+        with os.scandir(WORKDIR.encode()) as entries:
+            snapshot = {}
+            for entry in entries:
+                try:
+                    info = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                snapshot[entry.name] = (info.st_mtime_ns, info.st_size, info.st_ino)
+            return snapshot
+    except OSError:
+        return None
+
+
+class Candidate:
+    """A file of the working folder that may be reported: an image (by its extension) or another file."""
+
+    def __init__(self, raw: bytes, info: os.stat_result, is_image: bool) -> None:
+        self.raw, self.info, self.is_image = raw, info, is_image
         self.shown = shown_name(raw)
         # In the order the files were made; files of the same clock tick in their names' natural order.
         self.sort_key = (info.st_mtime_ns, natural_key(self.shown), raw)
 
 
-def list_candidates(dir_fd: int, skipped: Skipped) -> list[ImageCandidate]:
-    """The folder's files with an image extension, oldest first; never followed through a symlink."""
+def list_candidates(dir_fd: int, skipped: Skipped, before: Snapshot | None, with_files: bool) -> list[Candidate]:
+    """The folder's files to look at, oldest first: those with an image extension, and the others when
+    `with_files` (folders aside); none left as they were in `before`. Never followed through a symlink."""
     candidates = []
     with os.scandir(dir_fd) as entries:
         for entry in entries:
             # Names are the program's bytes: scandir decodes them with surrogateescape, which
             # fsencode undoes exactly, so nothing here depends on them being UTF-8.
             raw = os.fsencode(entry.name)
-            if os.path.splitext(raw)[1].lower().decode("latin-1") not in IMAGE_EXTENSIONS:
+            is_image = os.path.splitext(raw)[1].lower().decode("latin-1") in IMAGE_EXTENSIONS
+            if not is_image and not with_files:
                 continue
             try:
                 info = entry.stat(follow_symlinks=False)
             except OSError as e:
                 skipped.add(shown_name(raw), f"could not be read: {e.strerror}")
                 continue
-            candidates.append(ImageCandidate(raw, info))
+            if before is not None and before.get(raw) == (info.st_mtime_ns, info.st_size, info.st_ino):
+                continue  # an input file, or one an earlier cell made, left as it was
+            if not is_image and stat.S_ISDIR(info.st_mode):
+                continue  # a folder the program made is not an output file, nor an error
+            candidates.append(Candidate(raw, info, is_image))
     candidates.sort(key=lambda candidate: candidate.sort_key)
     return candidates
 
@@ -449,15 +518,16 @@ def file_kind(mode: int) -> str:
     return next((kind for test, kind in kinds if test(mode)), "a device or special file")
 
 
-def read_image(dir_fd: int, candidate: ImageCandidate, max_bytes: int, budget: int) -> tuple[str, bytes] | str:
-    """(MIME type, bytes) of an image file within the size limits; or why it is not one."""
+def read_candidate(dir_fd: int, candidate: Candidate, max_bytes: int, budget: int) -> bytes | str:
+    """The bytes of a regular file within the size limits (one file's, all files' of its kind); or why not."""
+    what = "image" if candidate.is_image else "file"
     size = candidate.info.st_size
     if not stat.S_ISREG(candidate.info.st_mode):
         return f"not a regular file: {file_kind(candidate.info.st_mode)}"
     if size > max_bytes:
-        return f"{size} bytes is over the image size limit of {max_bytes}"
+        return f"{size} bytes is over the {what} size limit of {max_bytes}"
     if size > budget:
-        return f"over the images' total size limit of {2 * max_bytes} bytes"
+        return f"over the {what}s' total size limit of {2 * max_bytes} bytes"
     try:
         # O_NOFOLLOW: a symlink is refused; O_NONBLOCK: a planted FIFO cannot hang us.
         fd = os.open(candidate.raw, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
@@ -469,48 +539,67 @@ def read_image(dir_fd: int, candidate: ImageCandidate, max_bytes: int, budget: i
             return f"not a regular file: {file_kind(info.st_mode)}"
         data = f.read(min(max_bytes, budget) + 1)
     if len(data) > min(max_bytes, budget):
-        return "over the image size limits"
-    mime = image_type(data)
-    return (mime, data) if mime else f"not a {IMAGE_FORMATS} image"
+        return f"over the {what} size limits"
+    return data
 
 
-def collect_images(max_images: int, max_bytes: int) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
-    """Images at the top of the working folder, in the order they were made; and what was skipped, and why.
+class Outputs:
+    """What a run left at the top of its working folder for the report: images, other files, and what was skipped."""
+
+    def __init__(self) -> None:
+        self.images: list[dict[str, str]] = []
+        self.files: list[dict[str, str]] = []
+        self.skipped = Skipped()
+
+
+def collect_outputs(job: Job, before: Snapshot | None = None, with_files: bool = True) -> Outputs:
+    """Images (and, `with_files`, other files) at the top of the working folder, in the order they were
+    made, made or changed since `before`; and what was skipped, and why.
 
     Whatever the program left there (an unreadable folder, FIFOs, unreadable files, names that
     are not text), the result is a report: what cannot be collected is skipped with its reason.
+    Images follow max_images and max_image_bytes; other files max_files and max_file_bytes; each
+    kind may take twice its per-file limit in all.
     """
-    images: list[dict[str, str]] = []
-    skipped = Skipped()
-    budget = max_bytes * 2  # for all images together
+    outputs = Outputs()
+    skipped = outputs.skipped
+    # (count, bytes per file) allowed and bytes left in all, for images (True) and other files (False).
+    limits = {True: (int(job.max_images), int(job.max_image_bytes)),
+              False: (int(job.max_files), int(job.max_file_bytes))}
+    budgets = {is_image: max_bytes * 2 for is_image, (_, max_bytes) in limits.items()}
     try:
         dir_fd = os.open(WORKDIR, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as e:
         # The agent has no CAP_DAC_OVERRIDE: a program can chmod its own folder out of its reach.
         skipped.add(".", f"the working folder could not be read: {e.strerror}")
-        return images, skipped.report()
+        return outputs
     try:
-        seen: dict[str, str] = {}
-        for candidate in list_candidates(dir_fd, skipped):
+        seen: dict[str, str] = {}  # one namespace: an image and a file never share a name
+        for candidate in list_candidates(dir_fd, skipped, before, with_files):
+            is_image = candidate.is_image
+            found = outputs.images if is_image else outputs.files
+            max_count, max_bytes = limits[is_image]
             reason = name_problem(candidate.raw, seen)
-            if reason is None and len(images) >= max_images:
-                reason = f"more than {max_images} images"
+            if reason is None and len(found) >= max_count:
+                reason = f"more than {max_count} {'images' if is_image else 'files'}"
             if reason is None:
-                found = read_image(dir_fd, candidate, max_bytes, budget)
-                if isinstance(found, str):
-                    reason = found
+                data = read_candidate(dir_fd, candidate, max_bytes, budgets[is_image])
+                mime = image_type(data) if is_image and isinstance(data, bytes) else None
+                if isinstance(data, str):
+                    reason = data
+                elif is_image and mime is None:
+                    reason = f"not a {IMAGE_FORMATS} image"
                 else:
-                    mime, data = found
-                    budget -= len(data)
-                    images.append({"name": candidate.raw.decode(), "mime": mime,
-                                   "data": base64.b64encode(data).decode()})
+                    budgets[is_image] -= len(data)
+                    entry = {"name": candidate.raw.decode(), "data": base64.b64encode(data).decode()}
+                    found.append({"name": entry["name"], "mime": mime, "data": entry["data"]} if is_image else entry)
             if reason is not None:
                 skipped.add(candidate.shown, reason)
     except OSError as e:
         skipped.add(".", f"the working folder could not be read: {e.strerror}")
     finally:
         os.close(dir_fd)
-    return images, skipped.report()
+    return outputs
 
 
 class Job:
@@ -519,8 +608,10 @@ class Job:
     DEFAULTS: dict[str, Any] = {
         "language": "python", "variables": None, "timeout": DEFAULT_TIMEOUT_SECONDS,
         "max_output_bytes": DEFAULT_MAX_OUTPUT_BYTES, "max_images": DEFAULT_MAX_IMAGES,
-        "max_image_bytes": DEFAULT_MAX_IMAGE_BYTES,
+        "max_image_bytes": DEFAULT_MAX_IMAGE_BYTES, "files": None, "max_files": DEFAULT_MAX_FILES,
+        "max_file_bytes": DEFAULT_MAX_FILE_BYTES,
     }
+    LIMITS = ("timeout", "max_output_bytes", "max_images", "max_image_bytes", "max_files", "max_file_bytes")
 
     def __init__(self, code: str, **settings: Any) -> None:
         settings = {**self.DEFAULTS, **settings}
@@ -531,6 +622,10 @@ class Job:
         self.max_output_bytes: int = settings["max_output_bytes"]
         self.max_images: int = settings["max_images"]
         self.max_image_bytes: int = settings["max_image_bytes"]
+        self.max_files: int = settings["max_files"]
+        self.max_file_bytes: int = settings["max_file_bytes"]
+        # Input files as given; from_json checks them and turns them into (path, bytes).
+        self.files: Any = settings["files"] or []
 
     def uses_preloaded_modules(self) -> bool:
         """Whether the program mentions a module the warm-up imports (or one built on them)."""
@@ -580,9 +675,9 @@ class Job:
             raise ValueError("code must be a string")
         if not isinstance(job.variables, dict) or not all(k.isidentifier() for k in job.variables):
             raise ValueError("variables must be an object keyed by identifiers")
-        for name in ("timeout", "max_output_bytes", "max_images", "max_image_bytes"):
+        for name in cls.LIMITS:
             value = getattr(job, name)
-            lowest_allowed = 0 if name == "max_images" else 1e-9  # max_images 0: collect none
+            lowest_allowed = 0 if name in ("max_images", "max_files") else 1e-9  # 0: collect none
             # NaN compares false with everything (`NaN < lowest` let it through): finiteness is checked
             # first. A huge number would overflow a wait or a read later.
             if (isinstance(value, bool) or not isinstance(value, (int, float))
@@ -593,17 +688,57 @@ class Job:
                 raise ValueError(f"{name} must be at most {highest_allowed:.0f}")
         if job.language == "bash":
             job.check_bash_environment()
+        job.files = input_files(job.files)
         return job
 
 
+def input_files(files: Any) -> list[tuple[str, bytes]]:
+    """The job's `files` as (path, bytes); ValueError naming the bad entry (see workspace.check_path)."""
+    if not isinstance(files, list) or not all(isinstance(entry, dict) for entry in files):
+        raise ValueError('files must be a list of {"path", "content_base64"} objects')
+    if not files:
+        return []
+    import binascii
+
+    from workspace import check_path
+
+    checked: list[tuple[str, bytes]] = []
+    folders: set[str] = set()
+    for index, entry in enumerate(files):
+        path, content = entry.get("path"), entry.get("content_base64")
+        try:
+            path = check_path(path)
+        except ValueError as e:
+            raise ValueError(f"files[{index}].path: {e}") from None
+        if not isinstance(content, str):
+            raise ValueError(f"files[{index}].content_base64 must be a string")
+        try:
+            data = base64.b64decode(content, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError(f"files[{index}].content_base64 is not valid base64") from None
+        checked.append((path, data))
+        parts = path.split("/")
+        folders.update("/".join(parts[:end]) for end in range(1, len(parts)))
+    paths: set[str] = set()
+    for path, _ in checked:
+        if path in paths:
+            raise ValueError(f"files: {path} is given twice")
+        if path in folders:
+            raise ValueError(f"files: {path} is given as a file and as a folder")
+        paths.add(path)
+    return checked
+
+
 class Agent:
-    """Holds this container's one worker and runs the one job it is given."""
+    """Holds this container's one worker and runs the one job it is given (or, in session mode, its cells)."""
 
     def __init__(self, uid: int, max_processes: int = 0, warm_delay: float = WARM_DELAY_SECONDS) -> None:
         self.uid, self.max_processes = uid, max_processes
         self.worker = Worker(uid, max_processes)
-        self.lock = threading.Lock()  # guards `used` and the decision to warm up
+        self.lock = threading.Lock()  # guards `used`, `mode` and the decision to warm up
         self.used = False
+        self.mode = "fresh"  # then "oneshot" (POST /run) or "session" (POST /session/start), for good
+        self.session: Any = None  # session.Session once in session mode
         timer = threading.Timer(warm_delay, self.warm_up)
         timer.daemon = True
         timer.start()
@@ -635,9 +770,38 @@ class Agent:
             raise RuntimeError("the sandbox worker did not start")
         return worker
 
+    def health(self) -> dict[str, Any]:
+        """The /healthz answer: the worker's state and the agent's mode (and a session's state)."""
+        worker = self.worker
+        answer = {"ok": True, "warm": worker.warm.is_set(), "warming": worker.warming, "used": self.used,
+                  "mode": self.mode}
+        if self.session is not None:
+            answer.update(self.session.health())
+        return answer
+
+    def take(self, mode: str) -> str | None:
+        """Switch a fresh agent to `mode` for good; why not when it is not fresh."""
+        with self.lock:
+            if self.mode == "oneshot":
+                return "this sandbox has already run a program"
+            if self.mode == "session":
+                return "this sandbox is a session's"
+            self.mode, self.used = mode, True
+        return None
+
     def run(self, job: Job) -> dict[str, Any]:
-        """Run the job to its end (exit, timeout or output cap) and report what happened."""
+        """Run the job to its end (exit, timeout or output cap) and report what happened.
+
+        WorkspaceError (see workspace.py) when its input files cannot be written: then it does not run.
+        """
         worker = self.take_worker(job)
+        before = None
+        if job.files:
+            import workspace
+
+            workspace.write_files(self.uid, job.files)
+            job.files = []  # the agent's memory is the container's: the bytes are in the workspace now
+            before = workspace_snapshot()
         oom_before = oom_kill_count()
         finished = threading.Event()
         budget = OutputBudget(int(job.max_output_bytes), finished)
@@ -660,6 +824,7 @@ class Agent:
         returncode = worker.wait()
         for reader in readers:
             reader.join(timeout=2)
+        worker.status_thread.join(timeout=2)  # the result record, written just before the worker exited
         stdout, stderr = readers
 
         exit_code = returncode if returncode >= 0 else 128 - returncode
@@ -673,15 +838,18 @@ class Agent:
             status = "error"
         else:
             status = "ok"
+        record = worker.record or {}
         result: dict[str, Any] = {
             "stdout": stdout.text(), "stderr": stderr.text(), "exit_code": exit_code,
-            "status": status, "duration_ms": round(duration_ms, 1), "images": [], "skipped": [],
+            "status": status, "duration_ms": round(duration_ms, 1), "images": [], "files": [], "skipped": [],
             "warm": worker.warm.is_set(),
+            "result": record["result"] if isinstance(record.get("result"), str) else None,
         }
         try:
-            result["images"], result["skipped"] = collect_images(int(job.max_images), int(job.max_image_bytes))
+            outputs = collect_outputs(job, before)
+            result.update(images=outputs.images, files=outputs.files, skipped=outputs.skipped.report())
         except Exception as e:  # noqa: BLE001 - the program's output is reported whatever its folder holds
-            result["skipped"] = [{"name": ".", "reason": f"images could not be collected: {type(e).__name__}: {e}"}]
+            result["skipped"] = [{"name": ".", "reason": f"outputs could not be collected: {type(e).__name__}: {e}"}]
         if status != "ok":
             result["error"] = self.describe_error(status, returncode, result["stderr"], job)
         return result
@@ -700,28 +868,38 @@ class Agent:
         return tail or f"the program exited with code {returncode}"
 
 
-def route(agent: Agent, method: str, path: str, body: Any) -> tuple[int, dict[str, Any], bool]:
-    """The agent's HTTP face: (status, JSON answer, exit once answered) for one request.
+SESSION_PATHS = ("/session/start", "/session/cell", "/files")
+
+
+def route(agent: Agent, request: Request) -> tuple[int, dict[str, Any] | RawResponse, bool]:
+    """The agent's HTTP face: (status, answer, exit once answered) for one request.
 
     After its one program the agent has nothing left to do: it exits once the report is sent, so
     the container stops by itself. A job it refuses is answered at once and changes nothing.
+    Session and file routes are session.py's (imported only when one is asked for).
     """
+    method, path = request.method, request.path
     if path == "/healthz" and method == "GET":
-        worker = agent.worker
-        return 200, {"ok": True, "warm": worker.warm.is_set(), "warming": worker.warming, "used": agent.used}, False
+        return 200, agent.health(), False
     if path == "/run" and method == "POST":
         try:
-            job = Job.from_json(body)
+            job = Job.from_json(request.json())
         except ValueError as e:
             return 400, {"error": str(e)}, False
-        with agent.lock:
-            if agent.used:
-                return 409, {"error": "this sandbox has already run a program"}, False
-            agent.used = True
+        refusal = agent.take("oneshot")
+        if refusal is not None:
+            return 409, {"error": refusal}, False
         try:
             return 200, agent.run(job), True
         except Exception as e:  # noqa: BLE001 - a used sandbox can do nothing more: say why, then exit
+            status = getattr(e, "status", None)  # workspace.WorkspaceError: the input files could not be written
+            if isinstance(status, int):
+                return status, {"error": f"{e}; the program did not run"}, True
             return 500, {"error": f"agent error: {type(e).__name__}: {e}"}, True
+    if path in SESSION_PATHS or path.startswith("/files/"):
+        import session
+
+        return session.route(agent, request)
     if path in ("/healthz", "/run"):
         raise HTTPError(405, f"{method} is not allowed on {path}")
     raise HTTPError(404, f"no such endpoint: {path}")
@@ -753,8 +931,15 @@ def main(argv: list[str] | None = None) -> None:
     socket_path, max_processes, uid = parse_arguments(sys.argv[1:] if argv is None else argv)
     agent = Agent(uid, max_processes)  # starts the worker: before the server's threads exist
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    serve_unix_socket(socket_path, lambda method, path, body: route(agent, method, path, body))
+    # Python ignores SIGXFSZ already; relied upon: a session's upload over the file size limit (the
+    # container's RLIMIT_FSIZE, the agent's too) fails with EFBIG, answered 507, and does not kill the
+    # agent. The worker inherits it: a program over the limit gets EFBIG too.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    serve_unix_socket(socket_path, lambda request: route(agent, request))
 
 
 if __name__ == "__main__":
+    # session.py and workspace.py import this module as `agent`: let them find this very one, not
+    # load a second copy of it.
+    sys.modules.setdefault("agent", sys.modules[__name__])
     main()

@@ -2,10 +2,13 @@
 
 The agent cannot import the center's modules, so this one small module is shared instead: the
 image carries it beside the agent (/opt/sandbox/contract.py), and the center imports it as
-`sandbox.contract`. Standard library only, and nothing here runs at import but constants.
+`sandbox.contract`. Standard library only; nothing runs at import but constants (and one pure check).
 """
 
 from __future__ import annotations
+
+import re
+from typing import Any
 
 # The statuses of a run, in the order of precedence when several apply.
 STATUSES = ("ok", "error", "timeout", "oom", "output_limit")
@@ -21,6 +24,57 @@ DEFAULT_TIMEOUT_SECONDS = 30.0
 DEFAULT_MAX_OUTPUT_BYTES = 1024 * 1024
 DEFAULT_MAX_IMAGES = 20
 DEFAULT_MAX_IMAGE_BYTES = 10 * 1024 * 1024
+# Files other than images that a run writes at the top of its working folder (one-shot runs).
+DEFAULT_MAX_FILES = 20
+DEFAULT_MAX_FILE_BYTES = 10 * 1024 * 1024
 
 # The largest job (request body) the agent reads.
 MAX_JOB_BYTES = 64 * 1024 * 1024
+
+# Paths in the workspace (job "files", the session's /files routes): relative, UTF-8, at most this long.
+MAX_PATH_BYTES = 4096
+# PUT /files/<path>: the largest upload unless the request's UPLOAD_LIMIT_HEADER says otherwise.
+DEFAULT_MAX_UPLOAD_BYTES = 100 * 1024 * 1024
+UPLOAD_LIMIT_HEADER = "X-Max-Bytes"
+# GET /files lists at most this many files (then "truncated": true).
+MAX_LISTED_FILES = 10000
+# A run's or cell's `result` (the repr of its last expression) is cut to this many characters.
+MAX_RESULT_CHARS = 64 * 1024
+# A session cell past its time limit (or output cap) gets a KeyboardInterrupt; if it has not ended
+# this much later, the session is killed. The center waits timeout + this + its own margin.
+INTERRUPT_GRACE_SECONDS = 2.0
+
+# Paths in the workspace: one rule for the center (which refuses with a 400 before anything starts)
+# and the agent (which must not trust the center either).
+MAX_COMPONENT_BYTES = 255  # NAME_MAX
+# Characters a path must not have: they would break a line, a log or a page showing it (C0 and C1
+# controls, DEL, line and paragraph separators) or reorder the text around it (bidi controls).
+UNSAFE_PATH_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def check_path(path: Any) -> str:
+    """The path when it names something inside the workspace; ValueError saying what is wrong otherwise.
+
+    Relative, UTF-8, at most MAX_PATH_BYTES, no NUL or control character, and no empty, '.' or
+    '..' component: one spelling per file, none leading out.
+    """
+    if not isinstance(path, str) or not path:
+        raise ValueError("the path must be a non-empty string")
+    if "\0" in path:
+        raise ValueError("the path holds a NUL character")
+    try:
+        size = len(path.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValueError("the path is not valid Unicode text (a lone surrogate)") from None
+    if size > MAX_PATH_BYTES:
+        raise ValueError(f"the path is over {MAX_PATH_BYTES} bytes")
+    if path.startswith("/"):
+        raise ValueError("the path must be relative to the workspace, not absolute")
+    for part in path.split("/"):
+        if part in ("", ".", ".."):
+            raise ValueError("the path must not have empty, '.' or '..' components")
+        if len(part.encode()) > MAX_COMPONENT_BYTES:
+            raise ValueError(f"a component of the path is over {MAX_COMPONENT_BYTES} bytes")
+    if UNSAFE_PATH_CHARACTERS.search(path):
+        raise ValueError("the path holds a control character")
+    return path

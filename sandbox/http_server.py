@@ -5,6 +5,9 @@ and the center's user can reach), so it speaks the little HTTP that client needs
 line, headers, a Content-Length body; one exchange per connection. It needs nothing beyond json
 and socket, which the agent uses anyway, where http.server (with email, http.client and ssl)
 adds tens of milliseconds to a start-up that every request pays.
+
+A route reads the body itself: as JSON (Request.json) or streamed in chunks (Request.read, for
+file uploads); and answers JSON, or raw bytes streamed by a RawResponse (file downloads).
 """
 
 from __future__ import annotations
@@ -22,11 +25,15 @@ MAX_HEADER_LINE = 8192
 MAX_HEADERS = 64
 MAX_BODY = MAX_JOB_BYTES
 REQUEST_SECONDS = 60.0  # for a request to arrive whole; a stalled client does not hold a thread forever
-REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
-           411: "Length Required", 413: "Payload Too Large", 500: "Internal Server Error"}
-
-# route(method, path, decoded JSON body or None) -> (status, JSON answer, exit after answering?)
-Route = Callable[[str, str, Any], tuple[int, dict[str, Any], bool]]
+# A body the route did not read (a request refused early) is still read and dropped, up to this size:
+# the client (http.client) sends it whole before it reads the answer, and would otherwise get a
+# broken pipe instead of the answer. Beyond it the connection is simply closed.
+MAX_DISCARDED_BYTES = 1024 * 1024 * 1024
+DISCARD_CHUNK = 1024 * 1024
+REASONS = {200: "OK", 201: "Created", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
+           405: "Method Not Allowed", 409: "Conflict", 410: "Gone", 411: "Length Required",
+           413: "Payload Too Large", 500: "Internal Server Error", 503: "Service Unavailable",
+           507: "Insufficient Storage"}
 
 
 class HTTPError(Exception):
@@ -37,8 +44,72 @@ class HTTPError(Exception):
         self.status = status
 
 
-def read_request(stream: Any) -> tuple[str, str, Any]:
-    """(method, path, JSON body or None) of one request; HTTPError when it is not one we take."""
+class ClientGone(Exception):
+    """The client went away or stalled while sending its body: nobody is left to answer."""
+
+
+class Request:
+    """One request: its line and headers read, its body (Content-Length bytes) still in the stream."""
+
+    def __init__(self, method: str, target: str, headers: dict[str, str], stream: Any, length: int | None) -> None:
+        self.method = method
+        self.target = target  # as sent: still percent-encoded, with its query
+        self.path = target.partition("?")[0]
+        self.headers = headers  # names lower-cased
+        self.stream = stream
+        self.length = length  # None without a Content-Length header
+        self.unread = length or 0
+
+    def json(self) -> Any:
+        """The body decoded as JSON; None when there is none or it is not JSON (the route says what it expected)."""
+        if not self.length:
+            return None
+        if self.length > MAX_BODY:
+            raise HTTPError(413, f"the body is over {MAX_BODY} bytes")
+        data = self.read(self.length)
+        if len(data) != self.length:
+            raise HTTPError(400, "the body ended early")
+        try:
+            return json.loads(data)
+        except ValueError:
+            return None
+
+    def read(self, size: int) -> bytes:
+        """Up to size bytes of the body (fewer only at its end); ClientGone when the client stalls or leaves."""
+        try:
+            data = self.stream.read(min(size, self.unread))
+        except OSError as e:  # a timeout (REQUEST_SECONDS between two reads) too
+            raise ClientGone(str(e)) from e
+        self.unread -= len(data)
+        return data
+
+    def discard_body(self) -> None:
+        """Read and drop what the route left of the body, when that is not too much (see MAX_DISCARDED_BYTES)."""
+        if self.unread > MAX_DISCARDED_BYTES:
+            return
+        try:
+            while self.unread and self.read(DISCARD_CHUNK):
+                pass
+        except ClientGone:
+            pass
+
+
+class RawResponse:
+    """An answer that is not JSON: `length` bytes that `write(sock)` sends after the head; `close()` after,
+    whatever happened (it releases what `write` reads from)."""
+
+    def __init__(self, length: int, write: Callable[[socket.socket], None],
+                 content_type: str = "application/octet-stream", close: Callable[[], None] | None = None) -> None:
+        self.length, self.write, self.content_type = length, write, content_type
+        self.close = close or (lambda: None)
+
+
+# route(request) -> (status, JSON answer or RawResponse, exit after answering?)
+Route = Callable[[Request], tuple[int, "dict[str, Any] | RawResponse", bool]]
+
+
+def read_request(stream: Any) -> Request:
+    """One request's line and headers; HTTPError when it is not one we take. The body is left to the route."""
     request_line = stream.readline(MAX_HEADER_LINE + 1)
     parts = request_line.decode("latin-1").split()
     if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
@@ -55,21 +126,15 @@ def read_request(stream: Any) -> tuple[str, str, Any]:
         headers[name.strip().lower()] = value.strip()
     if "transfer-encoding" in headers:
         raise HTTPError(411, "send a Content-Length body")
-    try:
-        length = int(headers.get("content-length", "0"))
-    except ValueError as e:
-        raise HTTPError(400, "bad Content-Length") from e
-    if not 0 <= length <= MAX_BODY:
-        raise HTTPError(413, f"the body is over {MAX_BODY} bytes")
-    if length == 0:
-        return method, path, None
-    data = stream.read(length)
-    if len(data) != length:
-        raise HTTPError(400, "the body ended early")
-    try:
-        return method, path, json.loads(data)
-    except ValueError:
-        return method, path, None  # the route says what it expected
+    length = None
+    if "content-length" in headers:
+        try:
+            length = int(headers["content-length"])
+        except ValueError as e:
+            raise HTTPError(400, "bad Content-Length") from e
+        if length < 0:
+            raise HTTPError(400, "bad Content-Length")
+    return Request(method, path, headers, stream, length)
 
 
 def encode_json(answer: dict[str, Any]) -> bytes:
@@ -80,15 +145,26 @@ def encode_json(answer: dict[str, Any]) -> bytes:
         return json.dumps(answer, allow_nan=False).encode()
 
 
-def write_response(sock: socket.socket, status: int, answer: dict[str, Any]) -> None:
-    """One JSON response (a 500 that says why when the answer is not JSON); the connection closes after it."""
+def response_head(status: int, content_type: str, length: int) -> bytes:
+    """The status line and headers of an answer; the connection closes after it."""
+    return (f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {length}\r\nConnection: close\r\n\r\n").encode()
+
+
+def write_response(sock: socket.socket, status: int, answer: dict[str, Any] | RawResponse) -> None:
+    """One JSON response (a 500 that says why when the answer is not JSON), or a raw one streamed."""
+    if isinstance(answer, RawResponse):
+        try:
+            sock.sendall(response_head(status, answer.content_type, answer.length))
+            answer.write(sock)
+        finally:
+            answer.close()
+        return
     try:
         body = encode_json(answer)
     except (TypeError, ValueError) as e:
         status, body = 500, encode_json({"error": f"agent error: the answer could not be encoded: {e}"})
-    head = (f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
-    sock.sendall(head + body)
+    sock.sendall(response_head(status, "application/json", len(body)) + body)
 
 
 def handle_connection(sock: socket.socket, route: Route) -> None:
@@ -99,26 +175,31 @@ def handle_connection(sock: socket.socket, route: Route) -> None:
     by itself is removed without the engine's kill round trip.
     """
     exit_after = False
+    answer: dict[str, Any] | RawResponse
     with sock, sock.makefile("rb") as stream:
         try:
+            # Also bounds each read of the body, which the route does: a stalled client is let go.
             sock.settimeout(REQUEST_SECONDS)
             request = read_request(stream)
-            sock.settimeout(None)  # a run takes as long as it takes; the answer may be large
         except HTTPError as e:
             status, answer = e.status, {"error": str(e)}
         except OSError:
             return  # the client went away, or stalled mid-request
         else:
             try:
-                status, answer, exit_after = route(*request)
+                status, answer, exit_after = route(request)
+            except ClientGone:
+                return
             except HTTPError as e:
                 status, answer = e.status, {"error": str(e)}
             except Exception as e:  # noqa: BLE001 - an OSError too: the agent's own, answered like any other
                 status, answer = 500, {"error": f"agent error: {type(e).__name__}: {e}"}
+            request.discard_body()
         try:
+            sock.settimeout(None)  # a run takes as long as it takes; the answer may be large
             write_response(sock, status, answer)  # a Unix socket: once sent, the answer is the client's
         except OSError:
-            pass
+            pass  # the client went away; a raw answer cut short (its file shrank) ends here too
     if exit_after:
         os._exit(0)
 

@@ -1,33 +1,55 @@
-"""Runs one untrusted program as the unprivileged sandbox user; forked by agent.py, one per container.
+"""Runs untrusted code as the unprivileged sandbox user; forked by agent.py, one per container.
 
 Protocol: the agent forks, drops the child to the sandbox user (see agent.become_worker) and calls
-main(STATUS_FD) with the job pipe as stdin and output pipes as stdout and stderr. The worker makes
-itself a fresh interpreter, writes b"r" to STATUS_FD and reads a line from stdin:
+main(STATUS_FD) with the command pipe as stdin and output pipes as stdout and stderr. The worker
+keeps the command pipe to itself (the program's stdin is /dev/null), makes itself a fresh
+interpreter, writes b"r" to STATUS_FD and reads a line of commands:
 "warm" makes it import the heavy modules ahead of time (then it writes b"w" and reads again);
-any other line is the job, one line of JSON (json is already loaded: the agent imported it):
+"session" makes it a session's interpreter (see serve_session: it writes b"s", then runs cells);
+any other line is the one job, one line of JSON (json is already loaded: the agent imported it):
 {"language": "python"|"bash", "code": str, "variables": {name: JSON value (a string for bash)}}.
-Python runs in this very process (so pre-imports pay off); bash replaces it with exec. Either way
-the program's stdin is /dev/null.
+Python runs in this very process (so pre-imports pay off), then the worker writes the result
+record {"result": repr of the last expression or null} as a line to STATUS_FD; bash replaces it
+with exec.
 """
 
 from __future__ import annotations
 
 import atexit
+import builtins
 import gc
 import io
 import json
 import os
+import signal
 import site
 import sys
 import threading
 import types
-from typing import NoReturn
+from typing import Any, BinaryIO, NoReturn
+
+from contract import MAX_RESULT_CHARS
 
 SANDBOX_DIR = os.path.dirname(os.path.abspath(__file__))
 FONT_CACHE = "/opt/matplotlib-cache"
 # bash's command line: it reads the program whole from the inherited file descriptor, then runs it
 # with that descriptor closed. Errors read as with `bash -c` ("bash: line 2: foo: command not found").
 BASH_RUNNER = 'eval "$(< /dev/fd/{fd})" {fd}<&-'
+# Python ignores SIGPIPE, and bash would inherit that: `yes | head -1` would end with "yes: standard
+# output: Broken pipe". SIGXFSZ stays ignored in the whole sandbox: over the file size limit, a write
+# fails with EFBIG (which a program can report) rather than killing it.
+KEPT_IGNORED = frozenset({signal.SIGXFSZ})
+BASH_INTERRUPT_SECONDS = 1.0  # a bash cell's process group gets this long after SIGINT, then SIGKILL
+EXIT_NOTE = "(exit() ends this cell, not the session: the interpreter and its state are kept)"
+
+
+def take_command_pipe() -> BinaryIO:
+    """The command pipe, moved off stdin to a private descriptor; stdin becomes /dev/null for the program."""
+    commands = os.fdopen(os.dup(0), "rb")  # os.dup: close-on-exec, so no program inherits it
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    return commands
 
 
 def become_fresh_interpreter() -> None:
@@ -43,6 +65,13 @@ def become_fresh_interpreter() -> None:
                                                    encoding="utf-8", errors="strict", write_through=True)
     sys.stderr = sys.__stderr__ = io.TextIOWrapper(open(2, "wb", buffering=0, closefd=False),
                                                    encoding="utf-8", errors="backslashreplace", write_through=True)
+    builtins.display = display  # type: ignore[attr-defined]
+
+
+def display(*objects: Any) -> None:
+    """A notebook's display() in text: prints each object, a string as itself and anything else as its repr."""
+    for obj in objects:
+        print(obj if isinstance(obj, str) else repr(obj))
 
 
 def prepare_matplotlib() -> None:
@@ -88,36 +117,74 @@ def finish(status: int) -> None:
     """
     threading._shutdown()  # waits for the program's non-daemon threads, as interpreter exit does
     atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
+    flush_output()
     os._exit(status & 0xFF)
 
 
-def run_python(code: str, variables: dict) -> int:
-    """Execute code as __main__ with variables bound as globals; return the exit status."""
-    main = types.ModuleType("__main__")
-    main.__dict__.update(variables)
-    main.__dict__["__builtins__"] = __builtins__
-    sys.modules["__main__"] = main
-    sys.argv = ["<code>"]
-    status = 0
-    try:
-        exec(compile(code, "<code>", "exec"), main.__dict__)
-    except SystemExit as e:
-        if e.code is None or isinstance(e.code, int):
-            status = e.code or 0
-        else:
-            print(e.code, file=sys.stderr)
-            status = 1
-    except BaseException as e:  # noqa: BLE001 - whatever the program raised is its own error
-        import traceback  # imported only when needed: most programs never raise
+def flush_output() -> None:
+    """Flush whatever the program left buffered in the standard streams (its own replacements too)."""
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
 
-        # Skip this file's frame: the traceback starts at the user's code.
-        traceback.print_exception(type(e), e, e.__traceback__.tb_next)
-        status = 1
+
+def write_record(status_fd: int, record: dict[str, Any]) -> None:
+    """One JSON line to the agent on the status pipe (ASCII: no byte of it can be a newline)."""
+    data = memoryview(json.dumps(record).encode() + b"\n")
+    try:
+        while data:
+            data = data[os.write(status_fd, data):]
+    except OSError:
+        pass  # the program closed it: the agent gets no record, and says so
+
+
+def main_module() -> types.ModuleType:
+    """A fresh __main__ for the program, as `python3 program.py` has."""
+    main = types.ModuleType("__main__")
+    main.__dict__["__builtins__"] = builtins
+    sys.modules["__main__"] = main
+    return main
+
+
+def shown_result(value: Any) -> str | None:
+    """The text a notebook shows for a value: its repr, cut at MAX_RESULT_CHARS; None for None."""
+    if value is None:
+        return None
+    text = repr(value)
+    return text if len(text) <= MAX_RESULT_CHARS else text[:MAX_RESULT_CHARS] + "…"
+
+
+def execute(code: str, namespace: dict[str, Any], filename: str) -> str | None:
+    """Run code in namespace; return the repr of its last statement's value when that is an expression.
+
+    The last expression is evaluated on its own, as a notebook does; line numbers are the code's.
+    Exceptions are the caller's. dont_inherit: this file's `from __future__` imports are not the program's.
+    """
+    import _ast  # ~0.5 ms: paid by Python runs only, not at every worker's start
+
+    tree = compile(code, filename, "exec", _ast.PyCF_ONLY_AST, dont_inherit=True)
+    last = tree.body.pop() if tree.body and isinstance(tree.body[-1], _ast.Expr) else None
+    exec(compile(tree, filename, "exec", dont_inherit=True), namespace)
+    if last is None:
+        return None
+    value = eval(compile(_ast.Expression(last.value), filename, "eval", dont_inherit=True), namespace)
+    return shown_result(value)
+
+
+def print_traceback(error: BaseException) -> None:
+    """The error as Python prints it, starting at the program's code (this file's frames are skipped)."""
+    import traceback  # imported only when needed: most programs never raise
+
+    tb = error.__traceback__
+    while tb is not None and tb.tb_frame.f_globals is globals():
+        tb = tb.tb_next
+    traceback.print_exception(type(error), error, tb)
+
+
+def save_figures() -> None:
+    """Open matplotlib figures become image files in the working folder (see capture_backend)."""
     if "matplotlib.pyplot" in sys.modules:
         try:
             import capture_backend
@@ -126,39 +193,180 @@ def run_python(code: str, variables: dict) -> int:
             import traceback
 
             traceback.print_exc()
-    return status
 
 
-def run_bash(code: str, variables: dict[str, str]) -> NoReturn:
-    """Replace this process with bash running code, the variables in its environment (checked by the agent).
+def run_python(code: str, variables: dict) -> tuple[int, str | None]:
+    """Execute code as __main__ with variables bound as globals; return the exit status and the result."""
+    main = main_module()
+    main.__dict__.update(variables)
+    sys.argv = ["<code>"]
+    status, result = 0, None
+    try:
+        result = execute(code, main.__dict__, "<code>")
+    except SystemExit as e:
+        if e.code is None or isinstance(e.code, int):
+            status = e.code or 0
+        else:
+            print(e.code, file=sys.stderr)
+            status = 1
+    except BaseException as e:  # noqa: BLE001 - whatever the program raised is its own error
+        print_traceback(e)
+        status = 1
+    save_figures()
+    return status, result
+
+
+def write_code_file(code: str) -> int:
+    """A memory file holding the code, inheritable by bash (see BASH_RUNNER).
 
     The code does not go on the command line, where one argument holds at most 128 KiB
-    (MAX_ARG_STRLEN): it is handed over in a memory file, which works under gVisor too.
+    (MAX_ARG_STRLEN); a memory file works under gVisor too.
     """
     fd = os.memfd_create("code", 0)  # no MFD_CLOEXEC: bash must inherit it
     data = memoryview(code.encode("utf-8", "replace"))  # a lone surrogate (from JSON) becomes "?"
     while data:
         data = data[os.write(fd, data):]
+    return fd
+
+
+def run_bash(code: str, variables: dict[str, str]) -> NoReturn:
+    """Replace this process with bash running code, the variables in its environment (checked by the agent)."""
+    fd = write_code_file(code)
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     os.execve("/bin/bash", ["bash", "-c", BASH_RUNNER.format(fd=fd)], {**os.environ, **variables})
 
 
+# --- session mode -------------------------------------------------------------------------------
+
+class CellState:
+    """Whether a cell runs now: the agent's SIGINT interrupts a cell, never the worker's own bookkeeping."""
+
+    running = False
+
+
+def on_interrupt(signum: int, frame: object) -> None:
+    """SIGINT handler of a session: a KeyboardInterrupt in the running cell; nothing between cells."""
+    if CellState.running:
+        raise KeyboardInterrupt
+
+
+def run_bash_cell(code: str, variables: dict[str, str]) -> int:
+    """Run bash as a child in its own process group and wait; on an interrupt, stop that group. The exit status."""
+    fd = write_code_file(code)
+    try:
+        # Every signal back to its default in bash (the program may have ignored some in Python), but SIGXFSZ.
+        defaults = signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP} - KEPT_IGNORED
+        pid = os.posix_spawn("/bin/bash", ["bash", "-c", BASH_RUNNER.format(fd=fd)], {**os.environ, **variables},
+                             setpgroup=0, setsigdef=defaults, setsigmask=())
+    except OSError as e:
+        print(f"bash could not be started: {e}", file=sys.stderr)
+        return 126
+    finally:
+        os.close(fd)
+    try:
+        _, status = os.waitpid(pid, 0)
+    except KeyboardInterrupt:
+        CellState.running = False
+        status = stop_process_group(pid)
+    return os.waitstatus_to_exitcode(status)
+
+
+def stop_process_group(pid: int) -> int:
+    """SIGINT to bash's process group (as Ctrl-C would), SIGKILL if it is still there a moment later; its status."""
+    import time
+
+    try:
+        os.killpg(pid, signal.SIGINT)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + BASH_INTERRUPT_SECONDS
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        time.sleep(0.01)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    return os.waitpid(pid, 0)[1]
+
+
+def run_python_cell(code: str, variables: dict[str, Any], namespace: dict[str, Any], count: int) -> dict[str, Any]:
+    """One python cell in the session's namespace: its exit status and result; the namespace keeps its state."""
+    import linecache
+
+    filename = f"<cell {count}>"
+    # Tracebacks then show the cell's lines, as a notebook does (mtime None: never checked against a file).
+    linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+    namespace.update(variables)
+    record: dict[str, Any] = {"exit": 0, "result": None}
+    try:
+        record["result"] = execute(code, namespace, filename)
+    except SystemExit as e:
+        print(f"SystemExit: {'' if e.code is None else e.code}".rstrip() + f" {EXIT_NOTE}", file=sys.stderr)
+        record["exit"] = e.code if isinstance(e.code, int) and e.code else 1
+    except BaseException as e:  # noqa: BLE001 - the program's own error; a KeyboardInterrupt too
+        print_traceback(e)
+        record["exit"] = 1
+    save_figures()
+    return record
+
+
+def serve_session(commands: BinaryIO, status_fd: int) -> NoReturn:
+    """Run cells until the agent goes: each command line is a cell, each cell ends with a record on STATUS_FD.
+
+    A cell: {"language", "code", "variables", "count"}. The worker says {"started": count} once the
+    cell runs (its time limit counts from there, and an interrupt before it would be lost), then its
+    record: {"count", "exit": status, "result": repr or null}, written after its output is flushed, so
+    the agent knows that what came before it is the cell's (and, by its count, which cell's).
+    """
+    namespace = main_module().__dict__
+    sys.argv = [""]
+    os.write(status_fd, b"s")
+    while True:
+        line = commands.readline()
+        if not line:
+            os._exit(0)  # the agent is gone
+        record: dict[str, Any] = {"exit": 1, "result": None}
+        job: dict[str, Any] = {}
+        try:
+            job = json.loads(line)
+            # Each cell is interruptible again, even if an earlier one ignored SIGINT.
+            signal.signal(signal.SIGINT, on_interrupt)
+            CellState.running = True
+            write_record(status_fd, {"started": job["count"]})
+            if job["language"] == "bash":
+                record = {"exit": run_bash_cell(job["code"], job["variables"]), "result": None}
+            else:
+                record = run_python_cell(job["code"], job["variables"], namespace, job["count"])
+        except KeyboardInterrupt:  # between the cell's end and the flag's reset
+            pass
+        except BaseException as e:  # noqa: BLE001 - the worker's own failure: said, and the session goes on
+            print(f"the sandbox could not run the cell: {type(e).__name__}: {e}", file=sys.stderr)
+        finally:
+            CellState.running = False
+        flush_output()
+        write_record(status_fd, {**record, "count": job.get("count")})
+
+
 def main(status_fd: int) -> NoReturn:
-    """Prepare, say "r", warm up if told to (then say "w"), then run the job read from stdin; never returns."""
+    """Prepare, say "r", warm up if told to (then say "w"), then run the job (or the session's cells); never returns."""
+    commands = take_command_pipe()
     become_fresh_interpreter()
     prepare_matplotlib()
     os.write(status_fd, b"r")
-    line = sys.stdin.buffer.readline()
+    line = commands.readline()
     if line == b"warm\n":
         preload()
         os.write(status_fd, b"w")
-        line = sys.stdin.buffer.readline()
-    os.close(status_fd)
+        line = commands.readline()
+    if line == b"session\n":
+        serve_session(commands, status_fd)
+    commands.close()
     job = json.loads(line)
-    # The job pipe is drained: the program (and whatever it starts) reads an empty stdin.
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.close(null)
-    sys.stdin = sys.__stdin__ = open(0, encoding="utf-8", closefd=False)
     if job["language"] == "bash":
         run_bash(job["code"], job["variables"])
-    finish(run_python(job["code"], job["variables"]))
+    status, result = run_python(job["code"], job["variables"])
+    write_record(status_fd, {"result": result})
+    finish(status)

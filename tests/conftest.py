@@ -6,6 +6,7 @@ With CI=true a missing Docker engine or PostgreSQL fails the tests that need it 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -200,6 +201,22 @@ def postgres_url() -> str:
     finally:
         engine.dispose()
     return url
+
+
+@pytest.fixture
+def postgres_control(postgres_url: str) -> Iterator[Callable[[str], None]]:
+    """Stop/start/restart the local PostgreSQL cluster (root and pg_ctlcluster needed); always restarted."""
+    if os.geteuid() != 0 or shutil.which("pg_ctlcluster") is None or shutil.which("pg_lsclusters") is None:
+        unavailable("controlling PostgreSQL needs root and pg_ctlcluster")
+    version, cluster = subprocess.run(["pg_lsclusters", "-h"], capture_output=True, text=True,
+                                      check=True).stdout.split()[:2]
+
+    def control(action: str) -> None:
+        subprocess.run(["pg_ctlcluster", version, cluster, action], check=True, capture_output=True, timeout=60)
+
+    yield control
+    if subprocess.run(["pg_isready", "-q", "-h", "127.0.0.1"]).returncode != 0:
+        control("start")
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -360,7 +360,8 @@ def test_input_files_are_checked_and_carried_in_the_job() -> None:
     ([{"path": "a\0b", "content_base64": ""}], "NUL"),
     ([{"path": "a//b", "content_base64": ""}], "empty"),
     ([{"path": "", "content_base64": ""}], "non-empty"),
-    ([{"path": "x" * 300, "content_base64": ""}], "too long"),
+    ([{"path": "x" * 300, "content_base64": ""}], "over 255 bytes"),
+    ([{"path": "a\x1bb", "content_base64": ""}], "control character"),
     ([{"path": "a", "content_base64": "not base64!"}], "base64"),
     ([{"path": f"f{n}", "content_base64": ""} for n in range(101)], "at most"),
 ])
@@ -382,7 +383,7 @@ def report(**overrides: Any) -> dict[str, Any]:
 def test_ok_result_has_the_spec_fields_and_no_error() -> None:
     body = result_body(report(), {})
     assert body == {"output": "Hello, World!\n", "stderr": "", "exit_code": 0, "status": "ok",
-                    "duration_ms": 41.7, "images": {}, "files": {}, "skipped": []}
+                    "duration_ms": 41.7, "result": None, "images": {}, "files": {}, "skipped": []}
 
 
 def test_skipped_entries_pass_through_and_malformed_ones_do_not() -> None:

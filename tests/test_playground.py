@@ -1,14 +1,22 @@
-"""The playground (/) and the API docs (/docs) in a real headless Chromium (Debian's), end to end."""
+"""The playground (/) and the API docs (/docs) in a real headless Chromium (Debian's), end to end.
+
+One-shot runs, and session mode: cells that share state, uploads, the workspace's file list,
+downloads that carry the bearer token, and the page's account of 409 and 410 answers.
+"""
 
 from __future__ import annotations
 
 import os
 import re
+import threading
+import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+import requests
 from conftest import unavailable
 
 try:
@@ -22,6 +30,9 @@ CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 RUN_TIMEOUT_MS = 60_000
+SESSION_START_MS = 120_000  # a session may have to wait for a sandbox to start when the pool is drained
+Cleanup = list[tuple[str, dict[str, str]]]  # (session URL, auth headers) to DELETE after a test
+SALES_CSV = b"region,amount\nnorth,10\nsouth,20\neast,30\nwest,45\n"
 
 
 @pytest.fixture(scope="module")
@@ -154,12 +165,235 @@ def test_docs_render_the_api_from_packaged_assets_only(live_server: Callable[...
     page.goto(f"{base}/docs")
     expect(page.locator(".swagger-ui .info .title")).to_contain_text("Code Interpreter API", timeout=30_000)
     operations = page.locator(".swagger-ui .opblock")
-    expect(operations.filter(has_text="/runcode")).to_have_count(3)  # POST, GET and the refused HEAD
-    expect(operations.filter(has_text="/image/{filename}")).to_have_count(2)
+
+    def on(path: str) -> Any:
+        """The operations on exactly this path (/runcode must not match /sessions/{session_id}/runcode)."""
+        return operations.filter(has=page.locator(f'.opblock-summary-path[data-path="{path}"]'))
+
+    expect(on("/runcode")).to_have_count(3)  # POST, GET and the refused HEAD
+    expect(on("/image/{filename}")).to_have_count(2)
+    expect(on("/sessions")).to_have_count(1)
+    expect(on("/sessions/{session_id}/runcode")).to_have_count(1)
+    expect(on("/sessions/{session_id}/files")).to_have_count(2)  # GET the list, POST an upload
     assert f"{base}/openapi.json" in page.requested
     assert any(url.endswith("/docs/assets/swagger-ui-bundle.js") for url in page.requested)
     assert not off_host_requests(page)
     assert not page.console_errors
 
-    operations.filter(has_text="/runcode").first.locator(".opblock-summary").click()
+    on("/runcode").first.locator(".opblock-summary").click()
     expect(page.locator(".swagger-ui .responses-table").first).to_contain_text("504")
+
+
+@pytest.fixture
+def session_cleanup() -> Iterator[Cleanup]:
+    """Session URLs (with their auth headers) to DELETE after the test, so that a failing test leaks none."""
+    started: Cleanup = []
+    yield started
+    for url, headers in started:
+        try:
+            requests.delete(url, headers=headers, timeout=30)
+        except requests.RequestException:
+            pass  # the server is gone already: the deployment's leftovers are removed at the end of the run
+
+
+def start_session(page: Page, cleanup: Cleanup, base: str,
+                  headers: dict[str, str] | None = None) -> str:
+    """Click "Start session", wait until the page is in session mode and return the session's id."""
+    page.click("#session-start")
+    state = page.locator("#session-state")
+    expect(state).to_contain_text("idle", timeout=SESSION_START_MS)
+    expect(page.locator("#session-panel")).to_be_visible()
+    expect(page.locator("#run")).to_have_text("Run cell")
+    expect(page.locator("#session-error")).to_have_text("")
+    session_id = state.get_attribute("data-session-id")
+    assert session_id and len(session_id) >= 32
+    cleanup.append((f"{base}/sessions/{session_id}", headers or {}))
+    return session_id
+
+
+def run_cell(page: Page, code: str, status: str = "ok") -> None:
+    """Type a cell into the editor, run it and wait for its status."""
+    page.fill("#code", code)
+    page.click("#run")
+    expect(page.locator("#status")).to_have_text(status, timeout=RUN_TIMEOUT_MS)
+
+
+def end_session(page: Page, base: str, session_id: str, headers: dict[str, str] | None = None) -> None:
+    """Click "End session" and check that the page and the server agree it has ended."""
+    page.click("#session-end")
+    expect(page.locator("#session-state")).to_contain_text("Session ended: deleted", timeout=RUN_TIMEOUT_MS)
+    expect(page.locator("#run")).to_have_text("Run")
+    expect(page.locator("#session-start")).to_be_visible()
+    answer = requests.get(f"{base}/sessions/{session_id}", headers=headers or {}, timeout=30)
+    assert answer.status_code == 410, answer.text
+
+
+def test_playground_session_keeps_state_between_cells(live_server: Callable[..., str], page: Any,
+                                                     session_cleanup: Cleanup) -> None:
+    base = live_server()
+    page.goto(f"{base}/")
+    session_id = start_session(page, session_cleanup, base)
+
+    run_cell(page, "x = 21")
+    expect(page.locator("#execution-count")).to_have_text("1")
+    expect(page.locator("#result")).to_have_text("")
+    run_cell(page, "x * 2")
+    expect(page.locator("#result")).to_have_text("42")
+    expect(page.locator("#result-label")).to_have_text("Out[2]")
+    expect(page.locator("#execution-count")).to_have_text("2")
+    expect(page.locator("#http-status")).to_have_text(re.compile(r"^200\b"))
+
+    cells = page.locator("#cells .cell")
+    expect(cells).to_have_count(2)
+    expect(cells.nth(0).locator(".prompt").first).to_have_text("In [1]:")
+    expect(cells.nth(0).locator(".cell-code")).to_have_text("x = 21")
+    expect(cells.nth(0).locator(".cell-result")).to_have_count(0)
+    expect(cells.nth(1).locator(".prompt.out")).to_have_text("Out[2]:")
+    expect(cells.nth(1).locator(".cell-result")).to_have_text("42")
+    expect(page.locator("#session-state")).to_contain_text("2 cells run")
+
+    run_cell(page, "print('half', x)\n1 / 0", status="error")  # an error keeps the state
+    expect(page.locator("#stdout")).to_have_text("half 21\n")
+    expect(page.locator("#error")).to_contain_text("ZeroDivisionError")
+    expect(cells.nth(2).locator(".cell-status")).to_have_text("error")
+    run_cell(page, "x + 1")
+    expect(page.locator("#result")).to_have_text("22")
+    expect(page.locator("#result-label")).to_have_text("Out[4]")
+
+    end_session(page, base, session_id)
+    run_cell(page, "print('x' in globals())")  # back to one-shot runs: a fresh interpreter
+    expect(page.locator("#stdout")).to_have_text("False\n")
+    expect(page.locator("#execution-count")).to_have_text("")
+    assert any(url.endswith(f"/sessions/{session_id}/runcode") for url in page.requested)
+    assert page.requested[-1].endswith("/runcode") and "/sessions/" not in page.requested[-1]
+    assert not off_host_requests(page)
+    assert not page.console_errors
+
+
+def test_playground_session_uploads_lists_and_downloads_files(live_server: Callable[..., str], page: Any,
+                                                              tmp_path: Path, session_cleanup: Cleanup) -> None:
+    base = live_server(auth_tokens=["s3cret"])
+    auth: dict[str, str | None] = {}
+    page.on("request", lambda request: "/files" in request.url
+            and auth.setdefault(f"{request.method} {request.url}", request.headers.get("authorization")))
+    page.goto(f"{base}/")
+    page.fill("#token", "s3cret")
+    session_id = start_session(page, session_cleanup, base, {"Authorization": "Bearer s3cret"})
+    expect(page.locator("#files-body")).to_have_text("no files yet", timeout=RUN_TIMEOUT_MS)
+
+    page.set_input_files("#upload-input", files=[
+        {"name": "sales.csv", "mimeType": "text/csv", "buffer": SALES_CSV},
+        {"name": "notes.txt", "mimeType": "text/plain", "buffer": b"uploaded from the playground\n"},
+    ])
+    page.fill("#upload-folder", "/data/")
+    page.click("#upload")
+    expect(page.locator("#upload-message")).to_have_text(
+        f"Uploaded data/sales.csv ({len(SALES_CSV)} B), data/notes.txt (29 B).", timeout=RUN_TIMEOUT_MS)
+    links = page.locator("#files-body a.file-link")
+    expect(links).to_have_text(["data/notes.txt", "data/sales.csv"])
+    expect(page.locator("#upload-input")).to_have_value("")
+
+    run_cell(page, "import pandas as pd\n"
+                   "df = pd.read_csv('data/sales.csv')\n"
+                   "df[df.amount > 15].to_csv('big.csv', index=False)\n"
+                   "int(df['amount'].sum())")
+    expect(page.locator("#result")).to_have_text("105")
+    expect(links).to_have_text(["big.csv", "data/notes.txt", "data/sales.csv"], timeout=RUN_TIMEOUT_MS)
+    row = page.locator("#files-body tr", has=page.locator("a", has_text="data/sales.csv"))
+    expect(row.locator("td.size")).to_have_text(f"{len(SALES_CSV)} B")
+    expect(row.locator("td.size")).to_have_attribute("title", f"{len(SALES_CSV)} bytes")
+    expect(row.locator("td.modified")).not_to_have_text("")
+    sales = links.filter(has_text="data/sales.csv")
+    expect(sales).to_have_attribute("href", f"/sessions/{session_id}/files/data/sales.csv")
+    expect(sales).to_have_attribute("download", "sales.csv")
+
+    for name, wanted in (("data/sales.csv", SALES_CSV), ("big.csv", b"region,amount\nsouth,20\neast,30\nwest,45\n")):
+        with page.expect_download(timeout=RUN_TIMEOUT_MS) as started:
+            links.filter(has_text=name).click()
+        download = started.value
+        assert download.suggested_filename == name.rsplit("/", 1)[-1]
+        saved = tmp_path / download.suggested_filename
+        download.save_as(saved)
+        assert saved.read_bytes() == wanted
+    expect(page.locator("#session-error")).to_have_text("")
+    file_calls = {call: header for call, header in auth.items() if f"/sessions/{session_id}/files" in call}
+    assert f"GET {base}/sessions/{session_id}/files/data/sales.csv" in file_calls
+    assert f"POST {base}/sessions/{session_id}/files" in file_calls
+    assert set(file_calls.values()) == {"Bearer s3cret"}, "every file call carries the token"
+
+    end_session(page, base, session_id, {"Authorization": "Bearer s3cret"})
+    expect(page.locator("#files-body tr")).to_have_count(0)
+    expect(page.locator("#upload")).to_be_disabled()
+    assert not off_host_requests(page)
+    assert not page.console_errors
+
+
+def test_playground_session_shows_409_and_410(live_server: Callable[..., str], page: Any,
+                                             session_cleanup: Cleanup) -> None:
+    base = live_server()
+    page.goto(f"{base}/")
+    session_id = start_session(page, session_cleanup, base)
+    run_cell(page, "state = 'kept'")
+
+    # Another client keeps the session busy: the page's cell answers 409 and the session goes on.
+    started = threading.Event()
+    answers: list[requests.Response] = []
+
+    def long_cell() -> None:
+        started.set()
+        answers.append(requests.post(f"{base}/sessions/{session_id}/runcode", timeout=60,
+                                     json={"code": "import time\ntime.sleep(4)\n'slept'", "languageType": "python"}))
+
+    other = threading.Thread(target=long_cell)
+    other.start()
+    started.wait()
+    assert wait_busy(base, session_id), "the other client's cell never ran"
+    run_cell(page, "state", status="HTTP 409")
+    expect(page.locator("#http-status")).to_have_text(re.compile(r"^409\b"))
+    expect(page.locator("#error")).to_contain_text("already running")
+    expect(page.locator("#error")).to_contain_text("Wait for the running cell to finish")
+    expect(page.locator("#run")).to_have_text("Run cell")
+    other.join()
+    assert answers[0].status_code == 200 and answers[0].json()["result"] == "'slept'"
+    run_cell(page, "state")
+    expect(page.locator("#result")).to_have_text("'kept'")
+
+    # The session is deleted behind the page's back: its next cell answers 410 and the page lets it go.
+    assert requests.delete(f"{base}/sessions/{session_id}", timeout=30).status_code == 204
+    run_cell(page, "state", status="HTTP 410")
+    expect(page.locator("#error")).to_contain_text("deleted")
+    expect(page.locator("#error")).to_contain_text("Start a new session")
+    expect(page.locator("#session-state")).to_contain_text("Session ended")
+    expect(page.locator("#run")).to_have_text("Run")
+    expect(page.locator("#session-start")).to_be_visible()
+    page.reload()  # an ended session is not resumed
+    expect(page.locator("#session-start")).to_be_visible()
+    expect(page.locator("#session-panel")).to_be_hidden()
+    # Chromium logs each error answer as a failed resource; the page itself must not fail.
+    assert [e for e in page.console_errors if "Failed to load resource" not in e] == []
+    assert len(page.console_errors) == 2
+
+
+def test_playground_resumes_its_session_after_a_reload(live_server: Callable[..., str], page: Any,
+                                                      session_cleanup: Cleanup) -> None:
+    base = live_server()
+    page.goto(f"{base}/")
+    session_id = start_session(page, session_cleanup, base)
+    run_cell(page, "y = 6")
+    page.reload()
+    expect(page.locator("#session-state")).to_have_attribute("data-session-id", session_id, timeout=RUN_TIMEOUT_MS)
+    expect(page.locator("#cells")).to_contain_text("Resumed after a reload")
+    run_cell(page, "y * 7")
+    expect(page.locator("#result")).to_have_text("42")
+    expect(page.locator("#result-label")).to_have_text("Out[2]")
+    end_session(page, base, session_id)
+
+
+def wait_busy(base: str, session_id: str, timeout: float = 30) -> bool:
+    """Poll the session until it says a cell is running."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if requests.get(f"{base}/sessions/{session_id}", timeout=10).json().get("status") == "busy":
+            return True
+        time.sleep(0.05)
+    return False

@@ -472,3 +472,14 @@ def test_the_watcher_replaces_dead_ready_sandboxes_without_a_request(make_pool: 
     assert not set(map(id, handed_out)) & set(map(id, victims)), "stale queue entries are never handed out"
     with pytest.raises(PoolExhausted):
         pool.acquire(0.1)
+
+
+def test_a_detached_sandbox_is_handed_over_not_retired_and_its_slot_refills(make_pool: PoolFactory) -> None:
+    pool, launcher = make_pool(slots=1)
+    assert eventually(lambda: all_ready(pool))
+    sandbox = pool.detach(5)
+    assert eventually(lambda: all_ready(pool)), "the slot starts a replacement"
+    assert pool.slots[0].sandbox is not sandbox
+    assert not launcher.was_destroyed(sandbox), "the detached sandbox is its new owner's to remove"
+    pool.close(timeout=5)
+    assert not launcher.was_destroyed(sandbox), "closing the pool leaves it alone too"

@@ -10,14 +10,14 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 
 import docker
 import docker.errors
 import pytest
 import requests
-from conftest import CenterProcess, containers_of, unavailable, wait_until
+from conftest import CenterProcess, containers_of, wait_until
 from flask import Flask
 
 from center import EXTENSION_KEY, create_app
@@ -71,22 +71,6 @@ def test_client_that_hangs_up_mid_run_gets_its_slot_back(live_server: Callable[.
     slots = len(base_config.interpreter_port_range.ports)
     assert len(containers_of(docker_client, base_config.deployment_label)) <= slots
     assert requests.post(f"{url}/runcode", json={"code": "print(1)"}, timeout=60).json()["output"] == "1\n"
-
-
-@pytest.fixture
-def postgres_control(postgres_url: str) -> Iterator[Callable[[str], None]]:
-    """Stop/start/restart the local PostgreSQL cluster (root and pg_ctlcluster needed); always restarted."""
-    if os.geteuid() != 0 or shutil.which("pg_ctlcluster") is None or shutil.which("pg_lsclusters") is None:
-        unavailable("controlling PostgreSQL needs root and pg_ctlcluster")
-    version, cluster = subprocess.run(["pg_lsclusters", "-h"], capture_output=True, text=True,
-                                      check=True).stdout.split()[:2]
-
-    def control(action: str) -> None:
-        subprocess.run(["pg_ctlcluster", version, cluster, action], check=True, capture_output=True, timeout=60)
-
-    yield control
-    if subprocess.run(["pg_isready", "-q", "-h", "127.0.0.1"]).returncode != 0:
-        control("start")
 
 
 def test_postgres_restart_and_outage(make_app: Callable[..., Flask], postgres_url: str,

@@ -1,0 +1,128 @@
+"""/sessions and /sessions/<id>/...: a notebook that keeps its state between calls, with its files.
+
+Every route is behind the token, and a session is its creator's: another token gets 404 for it,
+as for an unknown id. An ended session answers 410 with the reason.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+from typing import Any
+
+from flask import Response, g, jsonify, request, stream_with_context
+
+from api.http import guarded_blueprint
+from api.outputs import attachment
+from api.runs import answer_report, read_run_request
+from errors import BadRequest, PayloadTooLarge
+from execution import workspace_path
+from services import db_session, services
+
+blueprint = guarded_blueprint("sessions", __name__)
+MULTIPART_OVERHEAD_BYTES = 1024 * 1024  # headers and boundaries around the files of one upload
+
+
+def _json_object() -> dict[str, Any]:
+    """The request's JSON object body, {} when there is none; 400 for anything else."""
+    if not request.get_data(cache=True):
+        return {}
+    body = request.get_json(force=True, silent=True)
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object (or empty)")
+    return body
+
+
+def _idle_timeout(body: dict[str, Any]) -> float | None:
+    """The requested idle timeout: a positive finite number of seconds (it can only lower the configured one)."""
+    raw = body.get("idle_timeout")
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not 0 < raw < float("inf"):
+        raise BadRequest("idle_timeout must be a positive number of seconds")
+    return float(raw)
+
+
+@blueprint.post("/sessions")
+def create_session() -> tuple[Response, int, dict[str, str]]:
+    """POST /sessions: a new session of the caller's, 201 with its description and Location."""
+    svc = services()
+    idle_timeout = _idle_timeout(_json_object())
+    record = svc.registry.create(db_session(), g.owner, idle_timeout)
+    return jsonify(svc.registry.describe(record)), 201, {"Location": f"/sessions/{record.id}"}
+
+
+@blueprint.get("/sessions/<session_id>")
+def get_session(session_id: str) -> Response:
+    """GET /sessions/<id>: the session's state."""
+    svc = services()
+    return jsonify(svc.registry.describe(svc.registry.find(db_session(), session_id, g.owner)))
+
+
+@blueprint.delete("/sessions/<session_id>")
+def delete_session(session_id: str) -> tuple[str, int]:
+    """DELETE /sessions/<id>: end it now; its container is removed at once."""
+    svc = services()
+    db = db_session()
+    svc.registry.end(db, svc.registry.find(db, session_id, g.owner), "it was deleted by its owner")
+    return "", 204
+
+
+@blueprint.post("/sessions/<session_id>/runcode")
+def run_cell(session_id: str) -> tuple[Response, int]:
+    """POST /sessions/<id>/runcode: one cell in the session's interpreter (409 while another runs)."""
+    svc = services()
+    db = db_session()
+    record = svc.registry.find(db, session_id, g.owner)
+    run = read_run_request(svc)
+    report = svc.registry.run_cell(db, record, run.job, run.timeout)
+    return answer_report(svc, report, run.language, {"execution_count": report.get("execution_count")})
+
+
+@blueprint.post("/sessions/<session_id>/files")
+def upload_files(session_id: str) -> tuple[Response, int]:
+    """POST /sessions/<id>/files: multipart `file` parts into the workspace (a part's filename may hold folders)."""
+    svc = services()
+    db = db_session()
+    record = svc.registry.find(db, session_id, g.owner)
+    request.max_content_length = svc.config.max_upload_bytes + MULTIPART_OVERHEAD_BYTES
+    parts = request.files.getlist("file")
+    if not parts:
+        raise BadRequest("send the files as multipart/form-data parts named 'file'")
+    uploaded = []
+    for part in parts:
+        path = workspace_path(part.filename, "a file part's filename")
+        stream = part.stream
+        stream.seek(0, 2)
+        size = stream.tell()
+        stream.seek(0)
+        if size > svc.config.max_upload_bytes:
+            raise PayloadTooLarge(f"{path} has {size} bytes, over the upload limit of {svc.config.max_upload_bytes}")
+        answer = svc.registry.upload(db, record, path, stream, size)
+        uploaded.append({"path": answer.get("path", path), "size": answer.get("size", size)})
+    return jsonify(files=uploaded), 201
+
+
+@blueprint.get("/sessions/<session_id>/files")
+def list_files(session_id: str) -> Response:
+    """GET /sessions/<id>/files: the workspace, recursively."""
+    svc = services()
+    db = db_session()
+    answer = svc.registry.list_files(db, svc.registry.find(db, session_id, g.owner))
+    return jsonify(answer)
+
+
+@blueprint.get("/sessions/<session_id>/files/<path:path>")
+def download_file(session_id: str, path: str) -> Response:
+    """GET /sessions/<id>/files/<path>: the bytes as a download, with their type."""
+    svc = services()
+    db = db_session()
+    path = workspace_path(path)
+    size, chunks = svc.registry.download(db, svc.registry.find(db, session_id, g.owner), path)
+    name = path.rsplit("/", 1)[-1]
+    mime_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
+    response = Response(stream_with_context(chunks), mimetype=mime_type)
+    response.headers["Content-Length"] = str(size)
+    response.headers["Content-Disposition"] = attachment(name)
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Cache-Control"] = "no-store"
+    return response

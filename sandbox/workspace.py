@@ -1,0 +1,469 @@
+"""The program's working folder from outside the program: path rules, and a helper that acts as the program's user.
+
+The agent is root without CAP_DAC_OVERRIDE: it cannot write into /workspace (the program's uid owns
+it), nor read what the program made private. So each file operation forks a short-lived helper
+that drops to the program's uid and works from there: it writes input files, lists the folder,
+and opens files, handing the open descriptor back to the agent over a socket pair (SCM_RIGHTS),
+so the agent streams the bytes itself. Paths are walked one component at a time, never through a
+symbolic link (O_NOFOLLOW at each step: nothing the program plants can lead a helper elsewhere).
+
+Imported by the agent only when a job carries files or a session starts: one-shot runs without
+files pay nothing for it.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import socket
+import stat
+import threading
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+from contract import MAX_LISTED_FILES, MAX_PATH_BYTES, check_path  # noqa: F401 - check_path: used by importers
+
+WORKDIR = "/workspace"
+HELPER_SECONDS = 30.0  # for a helper to answer; it is killed after
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # a listing of MAX_LISTED_FILES paths of up to MAX_PATH_BYTES each fits
+MAX_LIST_DEPTH = 128  # folders open at once while listing (each holds a descriptor; the limit is 256)
+MAX_LIST_VISITS = 200_000  # entries looked at by one listing, folders included
+# Characters a path must not have (as for image names in agent.py): they would break a line, a
+# log or a page showing it, or reorder the text around it.
+O_DIRECTORY_PATH = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+# The helpers alive now, by pid: a session's sweep of leftover processes must spare them. Forks
+# happen under the lock, so a sweep (which holds it too) never meets a helper it does not know.
+HELPERS: set[int] = set()
+HELPERS_LOCK = threading.Lock()
+
+
+class WorkspaceError(Exception):
+    """A file operation that failed: the HTTP status to answer and why."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+# --- the helper, parent side --------------------------------------------------------------------
+
+class Helper:
+    """A forked child running task(sock, *args) as the program's uid; answers JSON lines (with descriptors)."""
+
+    def __init__(self, uid: int, task: Callable[..., None], *args: Any) -> None:
+        parent, child = socket.socketpair()
+        try:
+            with HELPERS_LOCK:
+                pid = os.fork()
+                if pid == 0:
+                    run_helper(uid, child, task, args)
+                HELPERS.add(pid)
+        except OSError as e:  # the program holds every process it may have
+            parent.close()
+            child.close()
+            message = f"the sandbox could not start a process for the file operation: {e.strerror}"
+            raise WorkspaceError(503, message) from e
+        child.close()
+        self.pid, self.sock = pid, parent
+        self.sock.settimeout(HELPER_SECONDS)
+        self.buffer = b""
+
+    def receive(self) -> tuple[dict[str, Any], list[int]]:
+        """The helper's next answer and the descriptors sent with it; WorkspaceError when it reports one."""
+        fds: list[int] = []
+        try:
+            while b"\n" not in self.buffer:
+                data, received, _, _ = socket.recv_fds(self.sock, 1024 * 1024, 4)
+                fds += received
+                if not data:
+                    raise WorkspaceError(500, "the file operation ended without an answer (was its process killed?)")
+                self.buffer += data
+                if len(self.buffer) > MAX_MESSAGE_BYTES:
+                    raise WorkspaceError(500, "the file operation's answer is too large")
+        except OSError as e:  # a timeout too: a helper the program stopped (SIGSTOP) answers nothing
+            for fd in fds:
+                os.close(fd)
+            raise WorkspaceError(500, f"the file operation did not answer: {e}") from e
+        except WorkspaceError:
+            for fd in fds:
+                os.close(fd)
+            raise
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        answer = json.loads(line)
+        if "error" in answer:
+            for fd in fds:
+                os.close(fd)
+            raise WorkspaceError(int(answer.get("status", 500)), str(answer["error"]))
+        return answer, fds
+
+    def send(self, line: bytes) -> None:
+        """A command line to the helper."""
+        try:
+            self.sock.sendall(line)
+        except OSError as e:
+            raise WorkspaceError(500, f"the file operation ended early: {e}") from e
+
+    def close(self) -> None:
+        """Kill the helper if it still runs, reap it, forget it."""
+        try:
+            os.kill(self.pid, signal.SIGKILL)  # harmless on an exited (unreaped) helper
+        except ProcessLookupError:
+            pass
+        os.waitpid(self.pid, 0)
+        with HELPERS_LOCK:
+            HELPERS.discard(self.pid)
+        self.sock.close()
+
+
+def run_helper(uid: int, sock: socket.socket, task: Callable[..., None], args: tuple[Any, ...]) -> NoReturn:
+    """In the forked child: become the program's user, keep only the socket, run the task, report its failure."""
+    status = 1
+    try:
+        keep = sock.fileno()
+        os.closerange(3, keep)  # nothing of the agent's: not its socket, not a client's connection
+        os.closerange(keep + 1, os.sysconf("SC_OPEN_MAX"))
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # over the file size limit: EFBIG, answered, not a death
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)  # also leaves it non-dumpable: the program cannot ptrace it or read its memory
+        os.umask(0o022)
+        task(sock, *args)
+        status = 0
+    except WorkspaceError as e:
+        answer(sock, {"status": e.status, "error": e.message})
+    except OSError as e:
+        error = os_error(e, "the workspace")
+        answer(sock, {"status": error.status, "error": error.message})
+    except BaseException as e:  # noqa: BLE001 - said to the agent, never raised into a copy of its code
+        answer(sock, {"status": 500, "error": f"the file operation failed: {type(e).__name__}: {e}"})
+    finally:
+        os._exit(status)
+
+
+def answer(sock: socket.socket, message: dict[str, Any], fds: tuple[int, ...] = ()) -> None:
+    """One JSON line to the agent, with descriptors when given."""
+    data = json.dumps(message).encode() + b"\n"
+    try:
+        sent = socket.send_fds(sock, [data], list(fds)) if fds else 0
+        sock.sendall(data[sent:])
+    except OSError:
+        pass  # the agent gave up on us
+
+
+# --- the helper's work, as the program's user -------------------------------------------------------
+
+def os_error(error: OSError, where: str) -> WorkspaceError:
+    """What an OSError on `where` means for the client."""
+    code, reason = error.errno, error.strerror or str(error)
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return WorkspaceError(507, f"the workspace is full ({reason})")
+    if code == errno.EFBIG:
+        return WorkspaceError(507, f"the workspace is full: {where} is over the sandbox's file size limit ({reason})")
+    if code == errno.ENOENT:
+        return WorkspaceError(404, f"no such file: {where}")
+    if code in (errno.EACCES, errno.EPERM):
+        return WorkspaceError(403, f"{where}: permission denied")
+    if code == errno.ELOOP:
+        return WorkspaceError(400, f"{where} is a symbolic link: paths never go through one")
+    if code == errno.ENOTDIR:
+        return WorkspaceError(409, f"{where}: a component of the path is a file, not a folder")
+    if code == errno.EISDIR:
+        return WorkspaceError(409, f"{where} is a folder")
+    if code == errno.ENAMETOOLONG:
+        return WorkspaceError(400, f"{where}: the name is too long")
+    return WorkspaceError(500, f"{where}: {reason}")
+
+
+def explain(error: OSError, dir_fd: int, name: str, where: str) -> WorkspaceError:
+    """Why opening `name` failed, told by what is there: a symbolic link, a file where a folder should be..."""
+    try:
+        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return os_error(error, where)
+    if stat.S_ISLNK(info.st_mode):
+        return WorkspaceError(400, f"{where} is a symbolic link: paths never go through one")
+    if error.errno in (errno.ENOTDIR, errno.ELOOP) and not stat.S_ISDIR(info.st_mode):
+        return WorkspaceError(409, f"{where} is a file, not a folder")
+    return os_error(error, where)
+
+
+def open_parent(path: str, create: bool) -> tuple[int, str]:
+    """(O_PATH descriptor of the folder holding the path's last component, that component); folders made
+    (0755) when `create`. Never through a symbolic link."""
+    parts = path.split("/")
+    fd = os.open(WORKDIR, O_DIRECTORY_PATH)
+    try:
+        for index, part in enumerate(parts[:-1]):
+            where = "/".join(parts[:index + 1])
+            try:
+                try:
+                    next_fd = os.open(part, O_DIRECTORY_PATH, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        raise
+                    try:
+                        os.mkdir(part, 0o755, dir_fd=fd)
+                    except FileExistsError:
+                        pass  # made meanwhile (by the program): opened below like any other
+                    next_fd = os.open(part, O_DIRECTORY_PATH, dir_fd=fd)
+            except OSError as e:
+                raise explain(e, fd, part, where) from None
+            os.close(fd)
+            fd = next_fd
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, parts[-1]
+
+
+def check_replaceable(dir_fd: int, name: str, where: str) -> None:
+    """WorkspaceError unless `name` is absent or a regular file (which an upload may replace)."""
+    try:
+        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(info.st_mode):
+        raise WorkspaceError(400, f"{where} is a symbolic link: it is not replaced")
+    if stat.S_ISDIR(info.st_mode):
+        raise WorkspaceError(409, f"{where} is a folder")
+    if not stat.S_ISREG(info.st_mode):
+        raise WorkspaceError(409, f"{where} is not a regular file")
+
+
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    """Write every byte (os.write may take fewer)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def task_write_files(sock: socket.socket, files: list[tuple[str, bytes]]) -> None:
+    """Write each (path, bytes), folders made as needed, an existing regular file replaced."""
+    for path, data in files:
+        dir_fd, name = open_parent(path, create=True)
+        try:
+            check_replaceable(dir_fd, name, path)
+            try:
+                # O_NONBLOCK: a FIFO planted meanwhile cannot hang us (regular files ignore it).
+                fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK
+                             | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
+            except OSError as e:
+                raise explain(e, dir_fd, name, path) from None
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise WorkspaceError(409, f"{path} is not a regular file")
+                write_all(fd, data)
+            except OSError as e:
+                os.close(fd)
+                fd = -1
+                try:
+                    os.unlink(name, dir_fd=dir_fd)  # no partial file left behind
+                except OSError:
+                    pass
+                raise os_error(e, path) from None
+            finally:
+                if fd >= 0:
+                    os.close(fd)
+        finally:
+            os.close(dir_fd)
+    answer(sock, {"ok": True})
+
+
+def task_upload(sock: socket.socket, path: str) -> None:
+    """Make a temporary file beside the path and hand it to the agent; then, told "commit", rename it
+    over the path (an existing file is replaced at once, never seen half-written), else remove it."""
+    dir_fd, name = open_parent(path, create=True)
+    check_replaceable(dir_fd, name, path)
+    while True:
+        temporary = f".upload-{os.urandom(8).hex()}.part"
+        try:
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+                         dir_fd=dir_fd)
+            break
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise os_error(e, path) from None
+    answer(sock, {"ok": True}, (fd,))
+    os.close(fd)
+    sock.settimeout(None)  # the upload takes as long as the client's body does; the agent kills us after
+    command = b""
+    while not command.endswith(b"\n"):
+        data = sock.recv(64)
+        if not data:
+            break
+        command += data
+    if command == b"commit\n":
+        try:
+            os.rename(temporary, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except OSError as e:
+            try:
+                os.unlink(temporary, dir_fd=dir_fd)
+            except OSError:
+                pass
+            raise explain(e, dir_fd, name, path) from None
+    else:
+        try:
+            os.unlink(temporary, dir_fd=dir_fd)
+        except OSError:
+            pass
+    answer(sock, {"ok": True})
+
+
+def task_open(sock: socket.socket, path: str) -> None:
+    """Open a regular file for reading and hand it to the agent."""
+    dir_fd, name = open_parent(path, create=False)
+    try:
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+        except OSError as e:
+            raise explain(e, dir_fd, name, path) from None
+    finally:
+        os.close(dir_fd)
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        raise WorkspaceError(404, f"not a regular file: {path}")
+    answer(sock, {"ok": True, "size": info.st_size}, (fd,))
+
+
+def task_list(sock: socket.socket) -> None:
+    """Every regular file under the workspace, sorted by path; at most MAX_LISTED_FILES (then truncated).
+
+    Folders are walked depth first, each one's entries sorted with a folder's name read as
+    "name/": that visits the files in the order of their whole paths, so the listing can stop
+    at the cap. Names that are not UTF-8 are left out (no path could name them in a request).
+    """
+    files: list[dict[str, Any]] = []
+    visits = 0
+    truncated = False
+
+    def entries(fd: int) -> list[tuple[str, str, bool, os.stat_result | None]]:
+        """(sort key, name, is a folder, stat of a file) of a folder's entries, last first (popped from the end)."""
+        nonlocal visits, truncated
+        found = []
+        with os.scandir(fd) as listing:
+            for entry in listing:
+                visits += 1
+                if visits > MAX_LIST_VISITS:
+                    truncated = True
+                    break
+                try:
+                    os.fsencode(entry.name).decode("utf-8")
+                    if entry.is_dir(follow_symlinks=False):
+                        found.append((entry.name + "/", entry.name, True, None))
+                    elif entry.is_file(follow_symlinks=False):
+                        found.append((entry.name, entry.name, False, entry.stat(follow_symlinks=False)))
+                except (UnicodeDecodeError, OSError):
+                    continue
+        found.sort(reverse=True)
+        return found
+
+    root = os.open(WORKDIR, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    stack = [(root, "", entries(root))]
+    try:
+        while stack:
+            fd, prefix, pending = stack[-1]
+            if not pending:
+                os.close(fd)
+                stack.pop()
+                continue
+            _, name, is_folder, info = pending.pop()
+            if not is_folder:
+                if len(files) >= MAX_LISTED_FILES:
+                    truncated = True
+                    break
+                assert info is not None
+                files.append({"path": prefix + name, "size": info.st_size, "modified": info.st_mtime})
+                continue
+            if len(stack) >= MAX_LIST_DEPTH:
+                truncated = True
+                continue
+            try:
+                sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            except OSError:
+                continue  # made unreadable, or replaced meanwhile
+            try:
+                stack.append((sub, prefix + name + "/", entries(sub)))
+            except OSError:
+                os.close(sub)
+    finally:
+        for fd, _, _ in stack:
+            os.close(fd)
+    result: dict[str, Any] = {"files": files}
+    if truncated:
+        result["truncated"] = True
+    answer(sock, result)
+
+
+# --- what the agent calls ---------------------------------------------------------------------------
+
+def write_files(uid: int, files: list[tuple[str, bytes]]) -> None:
+    """Write the files into the workspace as the program's user; WorkspaceError when one cannot be."""
+    helper = Helper(uid, task_write_files, files)
+    try:
+        helper.receive()
+    finally:
+        helper.close()
+
+
+def list_files(uid: int) -> dict[str, Any]:
+    """{"files": [{"path", "size", "modified"}], "truncated"?: true}: the workspace's regular files."""
+    helper = Helper(uid, task_list)
+    try:
+        return helper.receive()[0]
+    finally:
+        helper.close()
+
+
+def open_file(uid: int, path: str) -> tuple[int, int]:
+    """(descriptor open for reading, size) of a regular file of the workspace; WorkspaceError otherwise."""
+    helper = Helper(uid, task_open, path)
+    try:
+        message, fds = helper.receive()
+    finally:
+        helper.close()
+    if len(fds) != 1:
+        for fd in fds:
+            os.close(fd)
+        raise WorkspaceError(500, "the file operation sent no file")
+    return fds[0], int(message["size"])
+
+
+class Upload:
+    """A file being uploaded: written to a temporary file that `finish(commit=True)` renames over the path."""
+
+    def __init__(self, uid: int, path: str) -> None:
+        self.path = path
+        self.helper = Helper(uid, task_upload, path)
+        self.fd = -1
+        try:
+            _, fds = self.helper.receive()
+            if len(fds) != 1:
+                raise WorkspaceError(500, "the file operation sent no file")
+            self.fd = fds[0]
+        except BaseException:
+            self.helper.close()
+            raise
+
+    def write(self, data: bytes) -> None:
+        """Append data (OSError as the kernel says: ENOSPC, EFBIG...)."""
+        write_all(self.fd, data)
+
+    def finish(self, commit: bool) -> None:
+        """Put the file in place, or remove it (a partial file never stays)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        self.helper.send(b"commit\n" if commit else b"abort\n")
+        self.helper.receive()
+
+    def close(self) -> None:
+        """Release the descriptor and the helper."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        self.helper.close()
