@@ -113,15 +113,15 @@ class Services:
 
     def start(self) -> None:
         """Prepare Docker (leftovers removed), start the pool and the image sweeper; create tables if possible."""
-        try:
-            self.ensure_tables()
-        except StorageFailed as e:
-            log.warning("%s at start (%s); the tables will be created when it answers", e.message, e.__cause__)
         found: dict = {}
         if self.owns_pool:
             self.started = True  # from here on close() removes containers, even if start-up stops midway
             found = self.sandboxes.prepare()
-            self.pool.start()
+            self.pool.start()  # sandboxes warm up while the database is reached
+        try:
+            self.ensure_tables()
+        except StorageFailed as e:
+            log.warning("%s at start (%s); the tables will be created when it answers", e.message, e.__cause__)
         self.registry.start(found)
         if self.config.image_retention_days > 0:
             self.retention = RetentionSweeper(self.sessions, self.config.image_retention_days)
