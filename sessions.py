@@ -14,6 +14,7 @@ import hashlib
 import logging
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -314,41 +315,34 @@ class SessionRegistry:
             raise ServiceUnavailable("the session registry is unavailable: the database does not answer",
                                      retry_after=5) from e
 
-    def upload(self, db: Session, record: SessionRecord, path: str, stream: Any, size: int) -> dict[str, Any]:
+    @contextmanager
+    def _file_call(self, record: SessionRecord, doing: str) -> Iterator[Sandbox]:
+        """`with self._file_call(record, "list its files") as sandbox:` the agent's refusals in the service's
+        words; a call that went through counts as a use of the session."""
+        try:
+            yield self.live[record.id].sandbox
+        except AgentRefused as e:
+            raise self._file_error(e) from e
+        except AgentUnreachable as e:
+            raise SandboxFailed(f"the session's sandbox did not {doing} ({e})") from e
+        self._record_use(record.id)
+
+    def upload(self, record: SessionRecord, path: str, stream: Any, size: int) -> dict[str, Any]:
         """Write one file into the session's workspace (streamed); 413, 507 and 400 in the agent's words."""
         if size > self.config.max_upload_bytes:
             raise PayloadTooLarge(f"{path} has {size} bytes, over max_upload_bytes ({self.config.max_upload_bytes})")
-        sandbox = self.live[record.id].sandbox
-        try:
-            answer = sandbox.agent.upload(path, stream, size, self.config.max_upload_bytes, UPLOAD_SECONDS)
-        except AgentRefused as e:
-            raise self._file_error(e) from e
-        except AgentUnreachable as e:
-            raise SandboxFailed(f"the session's sandbox did not take the file ({e})") from e
-        self._record_use(record.id)
-        return answer
+        with self._file_call(record, "take the file") as sandbox:
+            return sandbox.agent.upload(path, stream, size, self.config.max_upload_bytes, UPLOAD_SECONDS)
 
-    def list_files(self, db: Session, record: SessionRecord) -> dict[str, Any]:
+    def list_files(self, record: SessionRecord) -> dict[str, Any]:
         """The workspace's files, recursively."""
-        try:
-            answer = self.live[record.id].sandbox.agent.call("GET", "/files", None, FILE_CALL_SECONDS)
-        except AgentRefused as e:
-            raise self._file_error(e) from e
-        except AgentUnreachable as e:
-            raise SandboxFailed(f"the session's sandbox did not list its files ({e})") from e
-        self._record_use(record.id)
-        return answer
+        with self._file_call(record, "list its files") as sandbox:
+            return sandbox.agent.call("GET", "/files", None, FILE_CALL_SECONDS)
 
-    def download(self, db: Session, record: SessionRecord, path: str) -> tuple[int, Iterator[bytes]]:
+    def download(self, record: SessionRecord, path: str) -> tuple[int, Iterator[bytes]]:
         """One file of the workspace: (size, its bytes in chunks)."""
-        try:
-            result = self.live[record.id].sandbox.agent.download(path, FILE_CALL_SECONDS)
-        except AgentRefused as e:
-            raise self._file_error(e) from e
-        except AgentUnreachable as e:
-            raise SandboxFailed(f"the session's sandbox did not give the file ({e})") from e
-        self._record_use(record.id)
-        return result
+        with self._file_call(record, "give the file") as sandbox:
+            return sandbox.agent.download(path, FILE_CALL_SECONDS)
 
     @staticmethod
     def _file_error(e: AgentRefused) -> Exception:

@@ -97,7 +97,7 @@ def upload_files(session_id: str) -> tuple[Response, int]:
         stream.seek(0)
         if size > svc.config.max_upload_bytes:
             raise PayloadTooLarge(f"{path} has {size} bytes, over the upload limit of {svc.config.max_upload_bytes}")
-        answer = svc.registry.upload(db, record, path, stream, size)
+        answer = svc.registry.upload(record, path, stream, size)
         uploaded.append({"path": answer.get("path", path), "size": answer.get("size", size)})
     return jsonify(files=uploaded), 201
 
@@ -107,7 +107,7 @@ def list_files(session_id: str) -> Response:
     """GET /sessions/<id>/files: the workspace, recursively."""
     svc = services()
     db = db_session()
-    answer = svc.registry.list_files(db, svc.registry.find(db, session_id, g.owner))
+    answer = svc.registry.list_files(svc.registry.find(db, session_id, g.owner))
     return jsonify(answer)
 
 
@@ -117,7 +117,7 @@ def download_file(session_id: str, path: str) -> Response:
     svc = services()
     db = db_session()
     path = workspace_path(path)
-    size, chunks = svc.registry.download(db, svc.registry.find(db, session_id, g.owner), path)
+    size, chunks = svc.registry.download(svc.registry.find(db, session_id, g.owner), path)
     name = path.rsplit("/", 1)[-1]
     mime_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
     response = Response(stream_with_context(chunks), mimetype=mime_type)
