@@ -38,9 +38,12 @@ DEPLOYMENT_NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
 # in an Authorization header unchanged. Other characters arrive differently from client to client.
 TOKEN_TEXT = re.compile(r"\A[\x21-\x2b\x2d-\x7e]+\Z")
 
+# The versions LLM-written code expects (README: "Libraries in the image"): numpy 1.x (np.NaN...),
+# pandas 2.2 (fillna(method=...), applymap, resample("M") still run, with a FutureWarning),
+# matplotlib before 3.11; tabulate for DataFrame.to_markdown().
 DEFAULT_DEPENDENCIES = (
-    "numpy", "pandas", "scipy", "matplotlib", "seaborn", "scikit-learn",
-    "sympy", "pillow", "statsmodels", "openpyxl",
+    "numpy>=1.26,<2", "pandas>=2.2,<2.3", "scipy", "matplotlib>=3.9,<3.11", "seaborn", "scikit-learn",
+    "sympy", "pillow", "statsmodels", "openpyxl", "tabulate",
 )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +79,8 @@ def test_empty_file_gives_the_spec_defaults(tmp_path: Path) -> None:
     assert config.resource_limits.memory == "512m"
     assert config.resource_limits.cpus == "1"
     assert config.dependencies == DEFAULT_DEPENDENCIES
-    assert {"numpy", "pandas", "matplotlib"} <= set(config.dependencies)
+    names = {re.split(r"[<>=!~ ;\[]", requirement, maxsplit=1)[0] for requirement in config.dependencies}
+    assert {"numpy", "pandas", "matplotlib", "tabulate"} <= names
     assert config.max_request_bytes == 10485760
     assert config.queue_wait_seconds == 10
     assert config.sandbox_runtime == "runc"
