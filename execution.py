@@ -30,6 +30,10 @@ FENCE_OPENING = re.compile(r"```[ \t]*+([A-Za-z0-9_+-]*+)[ \t]*+\r?\n")
 # An opening tagged python or bash anywhere in a text. The tag is never empty, so the two blank runs
 # cannot trade characters: each start position costs at most its own blank run. ASCII: no `ſh`.
 EMBEDDED_OPENING = re.compile(r"```[ \t]*+(python3|python|py|bash|shell|sh)[ \t]*+\r?\n", re.IGNORECASE | re.ASCII)
+# An opening with any tag at all: where there is one, a bare ``` line may be a block's closing, not an opening.
+TAGGED_OPENING = re.compile(r"```[ \t]*+[A-Za-z0-9_+-]++[ \t]*+\r?\n")
+# An opening without a tag, at the start of a line (blanks before it aside): `^` tries each line once.
+UNTAGGED_OPENING = re.compile(r"^[ \t]*+```[ \t]*+\r?\n", re.MULTILINE)
 CLOSING = "```"
 MAX_COMPILE_CHECK_CHARS = 64 * 1024
 VARIABLE_NAME = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*\Z")  # valid in Python and as a bash variable
@@ -80,8 +84,11 @@ def unwrap_fence(code: str, language: str | None = None) -> tuple[str, str | Non
     always unwrapped. Like the original project, a block tagged python or bash inside other text (an
     LLM's prose around its code) is taken out of it when the whole text is not valid Python (a program
     may print backticks): the first such block when no language is given, the first python block for
-    python. A bash request never has a block taken out of its text: a bash program is never valid
-    Python, and a heredoc may well hold a fenced block that is data, not the program.
+    python. Failing that, a block without a tag (```, at the start of a line) is taken out under the
+    same condition, as the program's language or python, but only from a text without any tagged
+    block, where every bare ``` line can be told to open or close one. A bash request never has a
+    block taken out of its text: a bash program is never valid Python, and a heredoc may well hold a
+    fenced block that is data, not the program.
     """
     whole = _whole_fence(code)
     if whole is not None:
@@ -89,6 +96,8 @@ def unwrap_fence(code: str, language: str | None = None) -> tuple[str, str | Non
     if language == "bash":
         return code, None
     embedded = _embedded_fence(code, ("python",) if language == "python" else ("python", "bash"))
+    if embedded is None:
+        embedded = _untagged_fence(code)
     if embedded is not None and not is_valid_python(code):
         return embedded
     return code, None
@@ -116,6 +125,19 @@ def _embedded_fence(code: str, languages: tuple[str, ...]) -> tuple[str, str] | 
             return _block_body(code[opening.end():closing]), language
         position = closing + len(CLOSING)  # a block in another language is skipped whole
     return None
+
+
+def _untagged_fence(code: str) -> tuple[str, None] | None:
+    """The first block opened by a bare ``` line and closed by a later ```, when no block in the text has a tag."""
+    if TAGGED_OPENING.search(code) is not None:
+        return None  # its closing ``` line would look like a bare opening: which block is which is a guess
+    opening = UNTAGGED_OPENING.search(code)
+    if opening is None:
+        return None
+    closing = code.find(CLOSING, opening.end())
+    if closing < 0:
+        return None
+    return _block_body(code[opening.end():closing]), None
 
 
 def _block_body(inside: str) -> str:
@@ -293,6 +315,24 @@ def skipped_entries(report: Mapping[str, Any]) -> list[dict[str, str]]:
             if isinstance(entry, dict) and isinstance(entry.get("name"), str) and isinstance(entry.get("reason"), str)]
 
 
+# When the report does not say (an agent without `output_notice`): the same line, without the number.
+GENERIC_CUT_NOTICE = "[output cut at the output limit: the program printed more]"
+MAX_NOTICE_CHARS = 200
+
+
+def with_cut_notice(output: str, notice: Any) -> str:
+    """The output of a run cut at the cap, ending with the line that says so (for clients that read only `output`).
+
+    The line takes the place of the output's last characters, so `output` is no longer than the agent
+    made it (and its JSON at most one byte larger): the answer stays within the cap's bound.
+    """
+    line = notice[:MAX_NOTICE_CHARS] if isinstance(notice, str) and notice.strip() else GENERIC_CUT_NOTICE
+    if len(output) <= len(line):
+        return output + ("\n" if output and not output.endswith("\n") else "") + line
+    kept = output[:len(output) - len(line)]
+    return (kept if kept.endswith("\n") else kept[:-1] + "\n") + line
+
+
 def result_body(report: Mapping[str, Any], image_urls: dict[str, str],
                 file_urls: dict[str, str] | None = None) -> dict[str, Any]:
     """The client's view of an agent report (SPEC: output, stderr, exit_code, status, duration_ms, images,
@@ -300,8 +340,11 @@ def result_body(report: Mapping[str, Any], image_urls: dict[str, str],
     status = report.get("status")
     if status not in STATUSES:
         status = "error"
+    output = str(report.get("stdout", ""))
+    if status == "output_limit":
+        output = with_cut_notice(output, report.get("output_notice"))
     body: dict[str, Any] = {
-        "output": str(report.get("stdout", "")),
+        "output": output,
         "stderr": str(report.get("stderr", "")),
         "exit_code": report.get("exit_code"),
         "status": status,

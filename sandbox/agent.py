@@ -4,7 +4,8 @@ GET /healthz answers {"ok": true, "warm": bool, "warming": bool, "used": bool, "
 once the agent listens. POST /run takes {"language", "code", "variables", "timeout", "max_output_bytes",
 "max_images", "max_image_bytes", "files"?: [{"path", "content_base64"}], "max_files", "max_file_bytes"}
 and answers {"stdout", "stderr", "exit_code", "status", "error"?, "duration_ms", "warm", "result",
-"images": [{"name", "mime", "data"}], "files": [{"name", "data"}], "skipped": [{"name", "reason"}]};
+"images": [{"name", "mime", "data"}], "files": [{"name", "data"}], "skipped": [{"name", "reason"}],
+"output_notice"? (when output was cut: the line the center ends `output` with)};
 then the agent exits, and with it the container. A job it refuses gets a 400 {"error"} at once,
 and the agent stays ready. The program runs as an unprivileged user (--uid; see worker.py); this
 agent runs as root with only the capabilities to start that user's process and to kill it.
@@ -48,6 +49,8 @@ from contract import (  # noqa: E402
     DEFAULT_MAX_OUTPUT_BYTES,
     DEFAULT_TIMEOUT_SECONDS,
     IMAGE_EXTENSIONS,
+    MAX_ERROR_SUMMARY_BYTES,
+    OUTPUT_CUT_NOTICE,
 )
 from http_server import HTTPError, RawResponse, Request, serve_unix_socket  # noqa: E402
 
@@ -850,18 +853,27 @@ class Agent:
             result.update(images=outputs.images, files=outputs.files, skipped=outputs.skipped.report())
         except Exception as e:  # noqa: BLE001 - the program's output is reported whatever its folder holds
             result["skipped"] = [{"name": ".", "reason": f"outputs could not be collected: {type(e).__name__}: {e}"}]
+        if status == "output_limit":
+            result["output_notice"] = OUTPUT_CUT_NOTICE.format(max_output_bytes=job.max_output_bytes)
         if status != "ok":
-            result["error"] = self.describe_error(status, returncode, result["stderr"], job)
+            result["error"] = self.describe_error(status, returncode, result["stderr"], job, record.get("error"))
         return result
 
     @staticmethod
-    def describe_error(status: str, returncode: int, stderr: str, job: Job) -> str:
-        """A one-line reason, or the traceback: stderr's tail, a few KB at most (all of it is in `stderr`)."""
+    def describe_error(status: str, returncode: int, stderr: str, job: Job, summary: Any = None) -> str:
+        """A one-line reason: the status's or the signal's; the exception and the program's line (the worker's
+        `summary`); bash's last line of stderr; else stderr's tail, a few KB at most (all of it is in `stderr`)."""
         if status in STATUS_MESSAGES:
             return STATUS_MESSAGES[status].format(timeout=job.timeout, max_output_bytes=job.max_output_bytes)
         if returncode < 0:
             return f"the program was killed by {signal_description(-returncode)}"
+        if isinstance(summary, str) and summary.strip():
+            return json_prefix(summary, MAX_ERROR_SUMMARY_BYTES)
         stderr = stderr.strip()
+        if job.language == "bash" and stderr:
+            last = stderr.rpartition("\n")[2].strip()
+            return f"{json_prefix(last, MAX_ERROR_SUMMARY_BYTES)} (exit code {returncode})"
+        # A Python program that failed without an exception of its own (sys.exit("message"), a crash at exit).
         tail = json_suffix(stderr, ERROR_TAIL_BYTES)
         if len(tail) < len(stderr):
             tail = "…" + tail

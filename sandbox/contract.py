@@ -40,6 +40,11 @@ UPLOAD_LIMIT_HEADER = "X-Max-Bytes"
 MAX_LISTED_FILES = 10000
 # A run's or cell's `result` (the repr of its last expression) is cut to this many characters.
 MAX_RESULT_CHARS = 64 * 1024
+# The last line of the client's `output` when output was cut at the cap (for clients that read only `output`).
+# The agent reports it as `output_notice`; the center puts it in place of the output's last characters.
+OUTPUT_CUT_NOTICE = "[output cut at {max_output_bytes} bytes: the program printed more]"
+# A report's `error` that the worker summarised (the exception and the program's line) is cut to this many bytes.
+MAX_ERROR_SUMMARY_BYTES = 1024
 # A session cell past its time limit (or output cap) gets a KeyboardInterrupt; if it has not ended
 # this much later, the session is killed. The center waits timeout + this + its own margin.
 INTERRUPT_GRACE_SECONDS = 2.0

@@ -41,7 +41,7 @@ from agent import (
     signal_description,
     workspace_snapshot,
 )
-from contract import DEFAULT_MAX_UPLOAD_BYTES, INTERRUPT_GRACE_SECONDS, UPLOAD_LIMIT_HEADER
+from contract import DEFAULT_MAX_UPLOAD_BYTES, INTERRUPT_GRACE_SECONDS, OUTPUT_CUT_NOTICE, UPLOAD_LIMIT_HEADER
 from http_server import HTTPError, RawResponse, Request
 
 HANDOVER_SECONDS = 60.0  # for the worker to take the session: a warm-up under way finishes first
@@ -175,8 +175,11 @@ class Session:
             report.update(images=outputs.images, skipped=outputs.skipped.report())
         except Exception as e:  # noqa: BLE001 - the cell's output is reported whatever its folder holds
             report["skipped"] = [{"name": ".", "reason": f"images could not be collected: {type(e).__name__}: {e}"}]
+        if status == "output_limit":
+            report["output_notice"] = OUTPUT_CUT_NOTICE.format(max_output_bytes=job.max_output_bytes)
         if status != "ok":
-            report["error"] = self.describe_error(status, job, report["stderr"], exit_code)
+            report["error"] = self.describe_error(status, job, report["stderr"], exit_code,
+                                                  (cell.record or {}).get("error"))
         return report
 
     def describe_exit(self) -> str:
@@ -186,8 +189,9 @@ class Session:
             return f"the session's interpreter was killed by {signal_description(-returncode)}"
         return f"the session's interpreter exited with code {returncode}"
 
-    def describe_error(self, status: str, job: Job, stderr: str, exit_code: int) -> str:
-        """The report's `error`: what happened to the cell, and to the session when it ended."""
+    def describe_error(self, status: str, job: Job, stderr: str, exit_code: int, summary: Any = None) -> str:
+        """The report's `error`: what happened to the cell (`summary`: the worker's line for its exception),
+        and to the session when it ended."""
         if status == "oom":
             return OUT_OF_MEMORY
         if status == "timeout":
@@ -197,7 +201,7 @@ class Session:
         elif not self.alive:
             return self.dead_reason
         else:
-            return Agent.describe_error(status, exit_code, stderr, job)
+            return Agent.describe_error(status, exit_code, stderr, job, summary)
         if self.alive:
             return f"{what}; the cell was interrupted (KeyboardInterrupt) and the session keeps its state"
         return f"{what}; {self.dead_reason}, and the session has ended"

@@ -9,8 +9,12 @@ interpreter, writes b"r" to STATUS_FD and reads a line of commands:
 any other line is the one job, one line of JSON (json is already loaded: the agent imported it):
 {"language": "python"|"bash", "code": str, "variables": {name: JSON value (a string for bash)}}.
 Python runs in this very process (so pre-imports pay off), then the worker writes the result
-record {"result": repr of the last expression or null} as a line to STATUS_FD; bash replaces it
-with exec.
+record {"result": repr of the last expression or null, "error"?: one line} as a line to STATUS_FD;
+bash replaces it with exec.
+
+Programs written for notebooks run too: IPython's magics (%matplotlib, %time, !ls, %%bash, ...) are
+made Python line by line, pandas gets display options for whole tables, and a missing IPython is
+stood in for by its display module (see ImportHooks, and notebook_habits.py for the rest).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import site
 import sys
 import threading
 import types
+from collections.abc import Callable
 from typing import Any, BinaryIO, NoReturn
 
 from contract import MAX_RESULT_CHARS
@@ -41,6 +46,9 @@ BASH_RUNNER = 'eval "$(< /dev/fd/{fd})" {fd}<&-'
 KEPT_IGNORED = frozenset({signal.SIGXFSZ})
 BASH_INTERRUPT_SECONDS = 1.0  # a bash cell's process group gets this long after SIGINT, then SIGKILL
 EXIT_NOTE = "(exit() ends this cell, not the session: the interpreter and its state are kept)"
+# pandas' display options once it is imported: a 12-column describe() shows every column (not `...`); a
+# wider frame wraps onto more blocks of this width. Rows keep pandas' own limits (60, then head and tail).
+PANDAS_DISPLAY = {"display.max_columns": 50, "display.width": 250, "display.max_colwidth": 100}
 
 
 def take_command_pipe() -> BinaryIO:
@@ -66,6 +74,11 @@ def become_fresh_interpreter() -> None:
     sys.stderr = sys.__stderr__ = io.TextIOWrapper(open(2, "wb", buffering=0, closefd=False),
                                                    encoding="utf-8", errors="backslashreplace", write_through=True)
     builtins.display = display  # type: ignore[attr-defined]
+    sys.meta_path.insert(0, ImportHooks)  # after site.main(): sitecustomize's finders come after this one
+    # The working folder, as `python3 -c` puts it on the path: a program imports the modules it wrote
+    # (%%writefile helper.py) or was given. After the sandbox's own folder: a program's fonts.py does
+    # not stand in for the sandbox's.
+    sys.path.insert(sys.path.index(SANDBOX_DIR) + 1 if SANDBOX_DIR in sys.path else 0, "")
 
 
 def display(*objects: Any) -> None:
@@ -160,16 +173,56 @@ def execute(code: str, namespace: dict[str, Any], filename: str) -> str | None:
     """Run code in namespace; return the repr of its last statement's value when that is an expression.
 
     The last expression is evaluated on its own, as a notebook does; line numbers are the code's.
-    Exceptions are the caller's. dont_inherit: this file's `from __future__` imports are not the program's.
+    Code that is not Python only for its IPython magics runs as translate() makes it. Exceptions are
+    the caller's. dont_inherit: this file's `from __future__` imports are not the program's.
     """
     import _ast  # ~0.5 ms: paid by Python runs only, not at every worker's start
 
-    tree = compile(code, filename, "exec", _ast.PyCF_ONLY_AST, dont_inherit=True)
+    notebook = None
+    try:
+        tree = compile(code, filename, "exec", _ast.PyCF_ONLY_AST, dont_inherit=True)
+    except SyntaxError:
+        from notebook_habits import translate
+
+        # Magics are never Python: only code that does not compile is looked at (plain programs pay nothing).
+        notebook = translate(code)
+        if notebook is None:
+            raise
+    if notebook is None:
+        return run_tree(tree, namespace, filename, {})
+    # Out of the `except` block: an error of the program is not shown "during handling of" the SyntaxError.
+    if notebook.action is not None:
+        notebook.action()
+        return None
+    tree = compile(notebook.code, filename, "exec", _ast.PyCF_ONLY_AST, dont_inherit=True)
+    if notebook.cell_timer is None:
+        return run_tree(tree, namespace, filename, notebook.timed)
+    from notebook_habits import Timer
+
+    with Timer(notebook.cell_timer):
+        return run_tree(tree, namespace, filename, notebook.timed)
+
+
+def run_tree(tree: Any, namespace: dict[str, Any], filename: str, timed: dict[int, str]) -> str | None:
+    """Execute a module's syntax tree, its last expression evaluated apart (see execute); `timed`: %time lines."""
+    import _ast
+
     last = tree.body.pop() if tree.body and isinstance(tree.body[-1], _ast.Expr) else None
+    last_timer = timed.pop(last.lineno, None) if last is not None and timed else None
+    if timed:
+        from notebook_habits import time_statements
+
+        time_statements(tree, timed)
     exec(compile(tree, filename, "exec", dont_inherit=True), namespace)
     if last is None:
         return None
-    value = eval(compile(_ast.Expression(last.value), filename, "eval", dont_inherit=True), namespace)
+    expression = compile(_ast.Expression(last.value), filename, "eval", dont_inherit=True)
+    if last_timer is None:
+        return shown_result(eval(expression, namespace))
+    from notebook_habits import Timer
+
+    with Timer(last_timer):
+        value = eval(expression, namespace)
     return shown_result(value)
 
 
@@ -195,25 +248,30 @@ def save_figures() -> None:
             traceback.print_exc()
 
 
-def run_python(code: str, variables: dict) -> tuple[int, str | None]:
-    """Execute code as __main__ with variables bound as globals; return the exit status and the result."""
+def run_python(code: str, variables: dict) -> tuple[int, dict[str, Any]]:
+    """Execute code as __main__ with variables bound as globals; return the exit status and the result record."""
     main = main_module()
     main.__dict__.update(variables)
     sys.argv = ["<code>"]
-    status, result = 0, None
+    remember_source("<code>", code)
+    status, record = 0, {"result": None}
     try:
-        result = execute(code, main.__dict__, "<code>")
+        record["result"] = execute(code, main.__dict__, "<code>")
     except SystemExit as e:
         if e.code is None or isinstance(e.code, int):
             status = e.code or 0
         else:
             print(e.code, file=sys.stderr)
             status = 1
+    except MagicFailed as e:
+        print(e, file=sys.stderr)
+        status, record["error"] = e.status, str(e)
     except BaseException as e:  # noqa: BLE001 - whatever the program raised is its own error
         print_traceback(e)
         status = 1
+        record["error"] = summarize(e, "<code>")
     save_figures()
-    return status, result
+    return status, record
 
 
 def write_code_file(code: str) -> int:
@@ -236,6 +294,110 @@ def run_bash(code: str, variables: dict[str, str]) -> NoReturn:
     os.execve("/bin/bash", ["bash", "-c", BASH_RUNNER.format(fd=fd)], {**os.environ, **variables})
 
 
+# --- notebook habits (the rest of them, imported when needed, in notebook_habits.py) ----------
+
+class MagicFailed(Exception):
+    """A cell magic that could not run, or a %%bash cell that failed: its one-line reason and exit status."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ImportHooks:
+    """A meta path finder acting on a few imports: pandas gets display options, linecache the program's source,
+    and a missing IPython, imported by the program itself, is stood in for by its display module (display(),
+    HTML, Markdown ... as text)."""
+
+    after: dict[str, Callable[[types.ModuleType], None]] = {}  # filled below: name -> what follows its import
+    pending_sources: dict[str, str] = {}  # file name -> source, for linecache once it is imported
+    STAND_INS = ("IPython", "IPython.display")
+
+    @classmethod
+    def find_spec(cls, name: str, path: Any = None, target: Any = None) -> Any:
+        """The module's spec from the finders after this one, with the hook to run after it; None when not ours."""
+        hook = cls.after.pop(name, None)  # popped first: a finder asked below may ask this one again
+        if hook is None and name not in cls.STAND_INS:
+            return None
+        spec = None
+        # Only the finders after this one: those before it have declined (or are asking, and would ask again).
+        for finder in sys.meta_path[sys.meta_path.index(cls) + 1:] if cls in sys.meta_path else ():
+            find = getattr(finder, "find_spec", None)
+            spec = find(name, path, target) if find is not None else None
+            if spec is not None:
+                break
+        if spec is None:
+            if name not in cls.STAND_INS or not imported_by_program():
+                return None
+            from notebook_habits import stand_in_spec
+
+            return stand_in_spec(name)
+        if hook is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
+            execute_module = spec.loader.exec_module
+
+            def exec_module(module: types.ModuleType) -> None:
+                execute_module(module)
+                try:
+                    hook(module)
+                except Exception as e:  # noqa: BLE001 - a nicety that fails must not break the program's import
+                    print(f"(sandbox: {name} not set up: {type(e).__name__}: {e})", file=sys.stderr)
+
+            spec.loader.exec_module = exec_module
+        return spec
+
+
+def set_pandas_display(pandas: types.ModuleType) -> None:
+    """Whole tables within a sensible width (see PANDAS_DISPLAY)."""
+    for option, value in PANDAS_DISPLAY.items():
+        pandas.set_option(option, value)
+
+
+def add_sources(linecache: types.ModuleType) -> None:
+    """The program's sources waiting for linecache, into its cache (mtime None: never checked against a file)."""
+    for filename, code in ImportHooks.pending_sources.items():
+        lines = [line + "\n" for line in code.split("\n")]  # the tokenizer's lines, as the traceback numbers them
+        lines[-1] = lines[-1][:-1]
+        linecache.cache[filename] = (len(code), None, lines, filename)
+    ImportHooks.pending_sources.clear()
+
+
+def remember_source(filename: str, code: str) -> None:
+    """Let tracebacks (and warnings) show the program's own lines under its file name (<code>, <cell N>).
+
+    linecache (and tokenize behind it, ~1 ms) is not imported for it: a program that never prints a
+    traceback does not pay; one that does imports it, and the source is added then.
+    """
+    ImportHooks.pending_sources[filename] = code
+    if "linecache" in sys.modules:
+        add_sources(sys.modules["linecache"])
+
+
+ImportHooks.after.update(pandas=set_pandas_display, linecache=add_sources)
+
+
+def summarize(error: BaseException, filename: str) -> str | None:
+    """The report's short `error` (see notebook_habits.error_summary); None when it cannot be said."""
+    try:
+        from notebook_habits import error_summary
+
+        return error_summary(error, filename)
+    except Exception:  # noqa: BLE001 - an exception whose str() fails, say: the agent repeats stderr's end instead
+        return None
+
+
+def imported_by_program() -> bool:
+    """Whether the import under way is the program's own: a library that tries IPython gets its ImportError."""
+    frame = sys._getframe(2)
+    while frame is not None and frame.f_code.co_filename.startswith("<frozen "):  # importlib's own frames
+        frame = frame.f_back
+    return frame is not None and is_program_file(frame.f_code.co_filename)
+
+
+def is_program_file(filename: str | None) -> bool:
+    """Whether a code object's file name is the program's own (<code>, a session's <cell N>)."""
+    return filename == "<code>" or (filename or "").startswith("<cell ") and (filename or "").endswith(">")
+
+
 # --- session mode -------------------------------------------------------------------------------
 
 class CellState:
@@ -250,8 +412,12 @@ def on_interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
 
-def run_bash_cell(code: str, variables: dict[str, str]) -> int:
-    """Run bash as a child in its own process group and wait; on an interrupt, stop that group. The exit status."""
+def run_bash_cell(code: str, variables: dict[str, str], reraise: bool = False) -> int:
+    """Run bash as a child in its own process group and wait; on an interrupt, stop that group. The exit status.
+
+    `reraise`: the interrupt goes on as a KeyboardInterrupt once the group is stopped (a `!cmd` line of a
+    Python cell: the cell stops there too).
+    """
     fd = write_code_file(code)
     try:
         # Every signal back to its default in bash (the program may have ignored some in Python), but SIGXFSZ.
@@ -266,8 +432,11 @@ def run_bash_cell(code: str, variables: dict[str, str]) -> int:
     try:
         _, status = os.waitpid(pid, 0)
     except KeyboardInterrupt:
-        CellState.running = False
+        running, CellState.running = CellState.running, False
         status = stop_process_group(pid)
+        if reraise:
+            CellState.running = running
+            raise
     return os.waitstatus_to_exitcode(status)
 
 
@@ -294,11 +463,8 @@ def stop_process_group(pid: int) -> int:
 
 def run_python_cell(code: str, variables: dict[str, Any], namespace: dict[str, Any], count: int) -> dict[str, Any]:
     """One python cell in the session's namespace: its exit status and result; the namespace keeps its state."""
-    import linecache
-
     filename = f"<cell {count}>"
-    # Tracebacks then show the cell's lines, as a notebook does (mtime None: never checked against a file).
-    linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+    remember_source(filename, code)  # tracebacks then show the cell's lines, as a notebook does
     namespace.update(variables)
     record: dict[str, Any] = {"exit": 0, "result": None}
     try:
@@ -306,9 +472,13 @@ def run_python_cell(code: str, variables: dict[str, Any], namespace: dict[str, A
     except SystemExit as e:
         print(f"SystemExit: {'' if e.code is None else e.code}".rstrip() + f" {EXIT_NOTE}", file=sys.stderr)
         record["exit"] = e.code if isinstance(e.code, int) and e.code else 1
+    except MagicFailed as e:
+        print(e, file=sys.stderr)
+        record["exit"], record["error"] = e.status, str(e)
     except BaseException as e:  # noqa: BLE001 - the program's own error; a KeyboardInterrupt too
         print_traceback(e)
         record["exit"] = 1
+        record["error"] = summarize(e, filename)
     save_figures()
     return record
 
@@ -367,6 +537,6 @@ def main(status_fd: int) -> NoReturn:
     job = json.loads(line)
     if job["language"] == "bash":
         run_bash(job["code"], job["variables"])
-    status, result = run_python(job["code"], job["variables"])
-    write_record(status_fd, {"result": result})
+    status, record = run_python(job["code"], job["variables"])
+    write_record(status_fd, record)
     finish(status)

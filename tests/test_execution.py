@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import re
@@ -152,8 +153,12 @@ def test_only_ascii_tags_name_a_language(tag: str) -> None:
 REFERENCE_FENCE = re.compile(r"\A\s*```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\r?\n(.*?)\r?\n?[ \t]*```\s*\Z", re.DOTALL)
 REFERENCE_EMBEDDED = re.compile(r"```[ \t]*(python3|python|py|bash|shell|sh)[ \t]*\r?\n(.*?)\r?\n?[ \t]*```",
                                 re.DOTALL | re.IGNORECASE)
+# Untagged blocks (added since): the first bare ``` line opens one, in a text where no opening has a tag.
+REFERENCE_ANY_TAG = re.compile(r"```[ \t]*[A-Za-z0-9_+-]+[ \t]*\r?\n")
+REFERENCE_UNTAGGED = re.compile(r"^[ \t]*```[ \t]*\r?\n(.*?)\r?\n?[ \t]*```", re.DOTALL | re.MULTILINE)
 PIECES = ["```", "```", "`", "``", "```python\n", "```bash \r\n", "``` py\n", "```sh\n", "```js\n", " ", "\t", "\n",
-          "\r", "\r\n", "python", "sh", "x", "print(1)", "\xa0", "\x1c", "\u2028", "\x85", "\f", "\v", "'"]
+          "\r", "\r\n", "python", "sh", "x", "print(1)", "\xa0", "\x1c", "\u2028", "\x85", "\f", "\v", "'",
+          "\n```\n", "``` \n"]
 
 
 def reference_unwrap(code: str) -> tuple[str, str | None]:
@@ -164,19 +169,55 @@ def reference_unwrap(code: str) -> tuple[str, str | None]:
     embedded = REFERENCE_EMBEDDED.search(code)
     if embedded and not is_valid_python(code):
         return embedded.group(2), FENCE_LANGUAGES[embedded.group(1).lower()]
+    untagged = None if embedded or REFERENCE_ANY_TAG.search(code) else REFERENCE_UNTAGGED.search(code)
+    if untagged and not is_valid_python(code):
+        return untagged.group(1), None
     return code, None
 
 
 def test_unwrapping_agrees_with_the_original_expressions() -> None:
     rng = random.Random(20240611)
     texts = ["".join(rng.choice(PIECES) for _ in range(rng.randint(0, 12))) for _ in range(30000)]
-    unwrapped = 0
+    unwrapped = untagged = 0
     for code in texts:
         expected = reference_unwrap(code)
         assert unwrap_fence(code) == expected, repr(code)
         assert unwrap_fence(code, "python") == expected or expected[1] == "bash", repr(code)
         unwrapped += expected != (code, None)
+        untagged += expected[0] != code and expected[1] is None and not REFERENCE_FENCE.match(code)
     assert unwrapped > 5000  # the texts do exercise both kinds of fence, not only the untouched case
+    assert untagged > 300  # and blocks without a tag inside other text
+
+
+@pytest.mark.parametrize(("code", "body"), [
+    ("Here is the code:\n```\nprint(1)\n```\nIt prints 1.", "print(1)"),
+    ("Sure.\r\n\r\n```\r\nimport math\r\nprint(math.pi)\r\n```\r\n", "import math\r\nprint(math.pi)"),
+    ("Try this:\n  ```  \nx = 2\nprint(x * 21)\n  ```\nDone.", "x = 2\nprint(x * 21)"),
+    ("Two blocks:\n```\nprint('first')\n```\nand\n```\nprint('second')\n```", "print('first')"),
+], ids=["prose", "crlf", "indented", "first-of-two"])
+def test_untagged_block_inside_prose_is_taken_out(code: str, body: str) -> None:
+    assert unwrap_fence(code) == (body, None)
+    assert unwrap_fence(code, "python") == (body, None)
+    run = parse_run_request({"code": code}, CONFIG)
+    assert (run.code, run.language) == (body, "python")
+
+
+@pytest.mark.parametrize("code", [
+    'print("""Here:\n```\nprint(2)\n```\n""")',  # valid Python as a whole: it runs as it is
+    "Here:\n```json\n{}\n```\nthen\n```\nprint(1)\n```",  # a tagged block: a bare ``` may be its closing
+    "Inline ```\nprint(1)\n``` is not a fence line",  # the bare ``` does not start its line
+    "Unclosed:\n```\nprint(1)\n",
+])
+def test_untagged_block_is_left_alone_where_it_is_not_clearly_the_program(code: str) -> None:
+    assert unwrap_fence(code) == (code, None)
+
+
+def test_untagged_block_loses_to_a_tagged_one_and_never_unwraps_for_bash() -> None:
+    code = "Prose:\n```python\nprint('tagged')\n```\nmore prose"
+    assert unwrap_fence(code) == ("print('tagged')", "python")
+    prose = "Run this:\n```\necho hi\n```\nthanks"
+    assert unwrap_fence(prose, "bash") == (prose, None)
+    assert parse_run_request({"code": prose, "languageType": "bash"}, CONFIG).code == prose
 
 
 # --- languageType --------------------------------------------------------------------------------
@@ -438,6 +479,22 @@ def test_images_are_passed_through() -> None:
     urls = {"figure_1.png": "http://127.0.0.1:5000/image/abc.png", "plot.svg": "http://127.0.0.1:5000/image/d.svg"}
     body = result_body(report(images=[{"name": "figure_1.png"}]), urls)
     assert body["images"] == urls
+
+
+def test_output_cut_at_the_cap_ends_with_a_notice_in_place_of_its_last_characters() -> None:
+    notice = "[output cut at 4096 bytes: the program printed more]"
+    body = result_body(report(status="output_limit", stdout="y" * 4096, output_notice=notice, error="cut"), {})
+    assert body["output"] == "y" * (4096 - len(notice) - 1) + "\n" + notice
+    assert len(json.dumps(body["output"])) <= len(json.dumps("y" * 4096)) + 1
+    lines = "line\n" * 1000
+    body = result_body(report(status="output_limit", stdout=lines, output_notice=notice), {})
+    assert body["output"].startswith("line\n" * 900) and body["output"].endswith("\n" + notice)
+    assert len(body["output"]) == len(lines)
+    short = result_body(report(status="output_limit", stdout="ab", output_notice=notice), {})["output"]
+    assert short == "ab\n" + notice
+    assert result_body(report(status="output_limit", stdout=""), {})["output"] == (
+        "[output cut at the output limit: the program printed more]")
+    assert result_body(report(status="error", stdout="y" * 100, output_notice=notice), {})["output"] == "y" * 100
 
 
 def test_timeout_result_keeps_partial_output() -> None:
