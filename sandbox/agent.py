@@ -51,6 +51,7 @@ from contract import (  # noqa: E402
     IMAGE_EXTENSIONS,
     MAX_ERROR_SUMMARY_BYTES,
     OUTPUT_CUT_NOTICE,
+    check_path,
 )
 from http_server import HTTPError, RawResponse, Request, serve_unix_socket  # noqa: E402
 
@@ -69,6 +70,11 @@ IMAGE_MAGIC: tuple[tuple[str, tuple[tuple[int, bytes], ...]], ...] = (
     ("image/gif", ((0, b"GIF89a"),)),
     ("image/webp", ((0, b"RIFF"), (8, b"WEBP"))),
 )
+# Files the program saved figures to below the top of the working folder in its run or cell, which
+# collect_outputs looks at too: a JSON list of paths relative to it, written by capture_backend
+# (SAVED_LIST) in the program's own process, so as untrusted as the folder itself.
+SAVED_FIGURES = "/tmp/.saved-figures.json"
+MAX_SAVED_FIGURES_BYTES = 256 * 1024
 SVG_TYPE = "image/svg+xml"  # text, so recognised by its first element (see is_svg)
 IMAGE_FORMATS = "PNG, JPEG, GIF, WEBP or SVG"
 MAX_NAME_BYTES = 255
@@ -481,8 +487,10 @@ def workspace_snapshot() -> Snapshot | None:
 class Candidate:
     """A file of the working folder that may be reported: an image (by its extension) or another file."""
 
-    def __init__(self, raw: bytes, info: os.stat_result, is_image: bool) -> None:
+    def __init__(self, raw: bytes, info: os.stat_result, is_image: bool, dir_fd: int | None = None) -> None:
         self.raw, self.info, self.is_image = raw, info, is_image
+        # A file in a subfolder: the descriptor of its folder and its name there (see saved_below).
+        self.dir_fd, self.leaf = dir_fd, os.path.basename(raw) if dir_fd is not None else raw
         self.shown = shown_name(raw)
         # In the order the files were made; files of the same clock tick in their names' natural order.
         self.sort_key = (info.st_mtime_ns, natural_key(self.shown), raw)
@@ -514,6 +522,49 @@ def list_candidates(dir_fd: int, skipped: Skipped, before: Snapshot | None, with
     return candidates
 
 
+def saved_below(dir_fd: int, skipped: Skipped, with_files: bool, limit: int) -> list[Candidate]:
+    """The files SAVED_FIGURES lists in subfolders (at most `limit`), as candidates: images, and others when
+    `with_files`. Each folder on the way is opened without following a symbolic link; a file gone since is
+    left out. The candidates hold their folder's descriptor: the caller closes it."""
+    try:
+        fd = os.open(SAVED_FIGURES, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return []
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(MAX_SAVED_FIGURES_BYTES + 1) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
+    try:
+        paths = json.loads(data) if len(data) <= MAX_SAVED_FIGURES_BYTES else []
+    except ValueError:
+        paths = []
+    candidates: list[Candidate] = []
+    for path in dict.fromkeys(path for path in (paths if isinstance(paths, list) else []) if isinstance(path, str)):
+        if len(candidates) >= limit:
+            break
+        try:
+            parts = check_path(path).split("/")
+        except ValueError:
+            continue
+        is_image = os.path.splitext(parts[-1])[1].lower() in IMAGE_EXTENSIONS
+        if len(parts) < 2 or not (is_image or with_files):
+            continue  # the top of the folder is list_candidates'
+        folder = dir_fd
+        try:
+            for part in parts[:-1]:
+                next_folder = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder)
+                if folder != dir_fd:
+                    os.close(folder)
+                folder = next_folder
+            info = os.stat(parts[-1], dir_fd=folder, follow_symlinks=False)
+        except OSError as e:
+            if folder != dir_fd:
+                os.close(folder)
+            if not isinstance(e, FileNotFoundError):  # removed since: the program's choice, not a failure
+                skipped.add(shown_name(path.encode()), f"could not be read: {e.strerror}")
+            continue
+        candidates.append(Candidate(path.encode(), info, is_image, folder))
+    return candidates
+
+
 def file_kind(mode: int) -> str:
     """'a directory', 'a FIFO', ... for a file that is not a regular one."""
     kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISLNK, "a symbolic link (not followed)"),
@@ -533,7 +584,8 @@ def read_candidate(dir_fd: int, candidate: Candidate, max_bytes: int, budget: in
         return f"over the {what}s' total size limit of {2 * max_bytes} bytes"
     try:
         # O_NOFOLLOW: a symlink is refused; O_NONBLOCK: a planted FIFO cannot hang us.
-        fd = os.open(candidate.raw, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+        fd = os.open(candidate.leaf, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                     dir_fd=dir_fd if candidate.dir_fd is None else candidate.dir_fd)
     except OSError as e:
         return f"could not be read: {e.strerror}"
     with os.fdopen(fd, "rb") as f:
@@ -557,7 +609,8 @@ class Outputs:
 
 def collect_outputs(job: Job, before: Snapshot | None = None, with_files: bool = True) -> Outputs:
     """Images (and, `with_files`, other files) at the top of the working folder, in the order they were
-    made, made or changed since `before`; and what was skipped, and why.
+    made, made or changed since `before`, and the files the program saved figures to in subfolders
+    (SAVED_FIGURES, named by their path); and what was skipped, and why.
 
     Whatever the program left there (an unreadable folder, FIFOs, unreadable files, names that
     are not text), the result is a report: what cannot be collected is skipped with its reason.
@@ -576,9 +629,14 @@ def collect_outputs(job: Job, before: Snapshot | None = None, with_files: bool =
         # The agent has no CAP_DAC_OVERRIDE: a program can chmod its own folder out of its reach.
         skipped.add(".", f"the working folder could not be read: {e.strerror}")
         return outputs
+    candidates: list[Candidate] = []
     try:
+        candidates = list_candidates(dir_fd, skipped, before, with_files)
+        below = saved_below(dir_fd, skipped, with_files, limits[True][0] + limits[False][0])
+        if below:
+            candidates = sorted(candidates + below, key=lambda candidate: candidate.sort_key)
         seen: dict[str, str] = {}  # one namespace: an image and a file never share a name
-        for candidate in list_candidates(dir_fd, skipped, before, with_files):
+        for candidate in candidates:
             is_image = candidate.is_image
             found = outputs.images if is_image else outputs.files
             max_count, max_bytes = limits[is_image]
@@ -601,6 +659,9 @@ def collect_outputs(job: Job, before: Snapshot | None = None, with_files: bool =
     except OSError as e:
         skipped.add(".", f"the working folder could not be read: {e.strerror}")
     finally:
+        for candidate in candidates:
+            if candidate.dir_fd is not None:
+                os.close(candidate.dir_fd)
         os.close(dir_fd)
     return outputs
 

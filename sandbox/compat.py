@@ -11,13 +11,12 @@ in `dependencies` gets no change of behaviour. The aliases, and why each is exac
 - matplotlib: the style names `seaborn`, `seaborn-<variant>` (removed in matplotlib 3.8): the same
   style files, renamed `seaborn-v0_8...` in 3.6.
 
-Loaded by sitecustomize.py, which the program's interpreter imports at start (worker.py: site.main()).
+worker.py applies each patch right after its library's first import (its ImportHooks).
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
@@ -95,49 +94,3 @@ def _renamed_style(style: Any, library: Any) -> Any:
         if renamed in library:
             return renamed
     return style
-
-
-class AfterImport:
-    """A meta path finder that runs a patch right after a module is first imported (then steps aside)."""
-
-    def __init__(self, patches: dict[str, Callable[[ModuleType], None]]) -> None:
-        self.patches = dict(patches)
-
-    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
-        """Find the module with the other finders, and wrap its loader so that the patch follows it."""
-        patch = self.patches.get(name)
-        if patch is None:
-            return None
-        for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(name, path, target)
-            if spec is not None:
-                break
-        else:
-            return None
-        del self.patches[name]
-        execute = spec.loader.exec_module
-
-        def exec_module(module: ModuleType) -> None:
-            execute(module)
-            try:
-                patch(module)
-            except Exception as e:  # noqa: BLE001 - an alias that cannot be installed must not break the import
-                print(f"(compat: {name} aliases not installed: {e})", file=sys.stderr)
-
-        spec.loader.exec_module = exec_module
-        return spec
-
-
-def install() -> None:
-    """Register the aliases, each for when its library is imported (at once when it already is)."""
-    patches = {"numpy": patch_numpy, "pandas": patch_pandas, "matplotlib.style.core": patch_matplotlib_style}
-    pending = {}
-    for name, patch in patches.items():
-        if name in sys.modules:
-            patch(sys.modules[name])
-        else:
-            pending[name] = patch
-    if pending:
-        sys.meta_path.insert(0, AfterImport(pending))

@@ -33,6 +33,7 @@ import types
 from collections.abc import Callable
 from typing import Any, BinaryIO, NoReturn
 
+import compat
 from contract import MAX_RESULT_CHARS
 
 SANDBOX_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -110,6 +111,11 @@ def preload() -> None:
     import matplotlib.pyplot as plt
     import numpy  # noqa: F401
     import pandas  # noqa: F401
+
+    # seaborn too: measured (bench/imports.py) at ~0.45 s of a seaborn chart's ~0.55 s in a warm
+    # sandbox, and charts are what these programs draw most. statsmodels (~1 s) and scikit-learn
+    # (~0.9 s) are not: rarer, and each would add as much again to every idle sandbox's warm-up.
+    import seaborn  # noqa: F401
 
     figure = plt.figure()
     plt.plot([1, 2, 3], [3, 1, 2])
@@ -372,7 +378,21 @@ def remember_source(filename: str, code: str) -> None:
         add_sources(sys.modules["linecache"])
 
 
-ImportHooks.after.update(pandas=set_pandas_display, linecache=add_sources)
+def load_capture_backend(_pyplot: object) -> None:
+    """With pyplot imported, the capture backend is loaded too, even when the program chose Agg first
+    (matplotlib.use('Agg') before pyplot): it records saved figures, so they are not captured twice."""
+    import capture_backend  # noqa: F401
+
+
+def after_pandas(pandas: types.ModuleType) -> None:
+    """pandas: whole tables when printed, and the removed names LLMs still write (compat.py)."""
+    set_pandas_display(pandas)
+    compat.patch_pandas(pandas)
+
+
+ImportHooks.after.update({"pandas": after_pandas, "numpy": compat.patch_numpy,
+                          "matplotlib.style.core": compat.patch_matplotlib_style, "linecache": add_sources,
+                          "matplotlib.pyplot": load_capture_backend})
 
 
 def summarize(error: BaseException, filename: str) -> str | None:
