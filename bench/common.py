@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -51,3 +55,15 @@ def wait_ready(url: str, slots: int, timeout: float = 120) -> None:
             pass
         time.sleep(0.2)
     raise SystemExit(f"the center at {url} did not get {slots} ready sandboxes in {timeout} s")
+
+
+@contextmanager
+def running_center(runtime: str, slots: int) -> Iterator[str]:
+    """`with running_center("runc", 4) as url:` a center of the benchmark's own, stopped (SIGTERM) afterwards."""
+    with tempfile.TemporaryDirectory() as workdir:
+        process, url, _ = start_center(Path(workdir), {"sandbox_runtime": runtime}, slots)
+        try:
+            yield url
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(60)

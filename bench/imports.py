@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import argparse
 import platform
-import signal
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,7 +24,7 @@ import requests
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(PROJECT_DIR), str(Path(__file__).resolve().parent)]
 
-from common import start_center, wait_ready  # noqa: E402
+from common import running_center, wait_ready  # noqa: E402
 
 SLOTS = 2
 LIBRARIES = {
@@ -60,17 +58,12 @@ def main() -> int:
     parser.add_argument("--runtime", default="runc")
     args = parser.parse_args()
     print(f"import costs in a warm sandbox, {time.strftime('%Y-%m-%d %H:%M')}, {platform.node()}, {args.runtime}")
-    with tempfile.TemporaryDirectory() as workdir:
-        process, url, _ = start_center(Path(workdir), {"sandbox_runtime": args.runtime}, SLOTS)
-        try:
-            for module, code in LIBRARIES.items():
-                samples = [measure(url, module, code) for _ in range(args.runs)]
-                imports = statistics.median(sample[0] for sample in samples)
-                requests_ms = statistics.median(sample[1] for sample in samples)
-                print(f"  {module:<22} import p50 {imports:7.1f} ms   chart request p50 {requests_ms:7.1f} ms")
-        finally:
-            process.send_signal(signal.SIGTERM)
-            process.wait(60)
+    with running_center(args.runtime, SLOTS) as url:
+        for module, code in LIBRARIES.items():
+            samples = [measure(url, module, code) for _ in range(args.runs)]
+            imports = statistics.median(sample[0] for sample in samples)
+            requests_ms = statistics.median(sample[1] for sample in samples)
+            print(f"  {module:<22} import p50 {imports:7.1f} ms   chart request p50 {requests_ms:7.1f} ms")
     return 0
 
 

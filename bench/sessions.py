@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import argparse
 import platform
-import signal
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,7 +28,7 @@ import requests
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(PROJECT_DIR), str(Path(__file__).resolve().parent)]
 
-from common import start_center, wait_ready  # noqa: E402
+from common import running_center, wait_ready  # noqa: E402
 
 SLOTS = 4
 PRINT = "print('Hello, World!')"
@@ -73,38 +71,33 @@ def main() -> int:
     parser.add_argument("--runtime", default="runc")
     args = parser.parse_args()
     print(f"sessions bench, {time.strftime('%Y-%m-%d %H:%M')}, {platform.node()}, runtime {args.runtime}")
-    with tempfile.TemporaryDirectory() as workdir:
-        process, url, _ = start_center(Path(workdir), {"sandbox_runtime": args.runtime}, SLOTS)
+    with running_center(args.runtime, SLOTS) as url:
         client = docker.from_env()
-        try:
-            creates, deletes = [], []
-            for _ in range(args.creates):
+        creates, deletes = [], []
+        for _ in range(args.creates):
+            wait_ready(url, SLOTS)
+            time.sleep(1.5)  # let the ready sandboxes finish warming, as on a quiet server
+            started = time.perf_counter()
+            response = requests.post(f"{url}/sessions", timeout=60)
+            creates.append((time.perf_counter() - started) * 1000)
+            session_id = response.json()["session_id"]
+            deletes.append(timed(lambda s=session_id: requests.delete(f"{url}/sessions/{s}", timeout=60), 204))
+        session_id = requests.post(f"{url}/sessions", timeout=60).json()["session_id"]
+        cell_url = f"{url}/sessions/{session_id}/runcode"
+        requests.post(cell_url, json={"code": "import numpy, pandas\nimport matplotlib.pyplot as plt"},
+                      timeout=60)
+        time.sleep(2)
+        idle_mib = container_memory_mib(client, session_id)
+        one_shot, in_session = {"print": [], "plot": []}, {"print": [], "plot": []}
+        for _ in range(args.cells):
+            for kind, one_shot_code, cell_code in (("print", PRINT, PRINT), ("plot", PLOT_ONE_SHOT, PLOT)):
                 wait_ready(url, SLOTS)
-                time.sleep(1.5)  # let the ready sandboxes finish warming, as on a quiet server
-                started = time.perf_counter()
-                response = requests.post(f"{url}/sessions", timeout=60)
-                creates.append((time.perf_counter() - started) * 1000)
-                session_id = response.json()["session_id"]
-                deletes.append(timed(lambda s=session_id: requests.delete(f"{url}/sessions/{s}", timeout=60), 204))
-            session_id = requests.post(f"{url}/sessions", timeout=60).json()["session_id"]
-            cell_url = f"{url}/sessions/{session_id}/runcode"
-            requests.post(cell_url, json={"code": "import numpy, pandas\nimport matplotlib.pyplot as plt"},
-                          timeout=60)
-            time.sleep(2)
-            idle_mib = container_memory_mib(client, session_id)
-            one_shot, in_session = {"print": [], "plot": []}, {"print": [], "plot": []}
-            for _ in range(args.cells):
-                for kind, one_shot_code, cell_code in (("print", PRINT, PRINT), ("plot", PLOT_ONE_SHOT, PLOT)):
-                    wait_ready(url, SLOTS)
-                    time.sleep(1.5)
-                    one_shot[kind].append(timed(lambda c=one_shot_code: requests.post(
-                        f"{url}/runcode", json={"code": c}, timeout=60)))
-                    in_session[kind].append(timed(lambda c=cell_code: requests.post(
-                        cell_url, json={"code": c}, timeout=60)))
-            requests.delete(f"{url}/sessions/{session_id}", timeout=60)
-        finally:
-            process.send_signal(signal.SIGTERM)
-            process.wait(60)
+                time.sleep(1.5)
+                one_shot[kind].append(timed(lambda c=one_shot_code: requests.post(
+                    f"{url}/runcode", json={"code": c}, timeout=60)))
+                in_session[kind].append(timed(lambda c=cell_code: requests.post(
+                    cell_url, json={"code": c}, timeout=60)))
+        requests.delete(f"{url}/sessions/{session_id}", timeout=60)
     print("creating and ending a session (a warm sandbox from the pool):")
     summary("create", creates)
     summary("delete", deletes)

@@ -248,7 +248,7 @@ def test_files_go_in_are_listed_and_come_out(notebook: Notebook) -> None:
     assert notebook.client.get(f"/sessions/{notebook.id}/files/nope.txt", headers=TOKEN).status_code == 404
 
 
-@pytest.mark.parametrize("name", ["../escape.txt", "/etc/passwd", "a/../../x", "a//b"])
+@pytest.mark.parametrize("name", ["../escape.txt", "/etc/passwd", "a/../../x", "a//b", "a\x00b", "line\nbreak.txt"])
 def test_upload_paths_outside_the_workspace_are_400(notebook: Notebook, name: str) -> None:
     response = upload(notebook, (name, b"x"))
     assert response.status_code == 400 and "error" in response.get_json()
