@@ -76,7 +76,7 @@ def main() -> int:
         creates, deletes = [], []
         for _ in range(args.creates):
             wait_ready(url, SLOTS)
-            time.sleep(1.5)  # let the ready sandboxes finish warming, as on a quiet server
+            time.sleep(2.5)  # let the ready sandboxes finish warming (seaborn too), as on a quiet server
             started = time.perf_counter()
             response = requests.post(f"{url}/sessions", timeout=60)
             creates.append((time.perf_counter() - started) * 1000)
