@@ -92,7 +92,7 @@ def main() -> int:
         for _ in range(args.cells):
             for kind, one_shot_code, cell_code in (("print", PRINT, PRINT), ("plot", PLOT_ONE_SHOT, PLOT)):
                 wait_ready(url, SLOTS)
-                time.sleep(1.5)
+                time.sleep(2.5)
                 one_shot[kind].append(timed(lambda c=one_shot_code: requests.post(
                     f"{url}/runcode", json={"code": c}, timeout=60)))
                 in_session[kind].append(timed(lambda c=cell_code: requests.post(
