@@ -212,6 +212,8 @@ class SessionRegistry:
             raise Gone(f"the session has ended: {record.end_reason}")
         if record.node != self.node:
             raise Gone("the session lives on another center, which this one cannot reach")
+        if session_id in self._orphans:  # found at start, adopted once the database answered then
+            raise ServiceUnavailable("the session is being taken over after a restart; try again shortly")
         if session_id not in self.live:
             raise Gone("the session's sandbox is not on this center any more")
         return record
