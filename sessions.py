@@ -232,7 +232,7 @@ class SessionRegistry:
             "execution_count": record.execution_count,
         }
 
-    def run_cell(self, db: Session, record: SessionRecord, job: bytes, timeout: float) -> dict[str, Any]:
+    def run_cell(self, record: SessionRecord, job: bytes, timeout: float) -> dict[str, Any]:
         """Run one cell; 409 while another runs. A cell that kills the session ends it (dead) with its reason.
 
         The registry is written in sessions of its own, so that a database that fails while the

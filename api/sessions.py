@@ -16,6 +16,7 @@ from api.outputs import attachment
 from api.runs import answer_report, read_run_request
 from errors import BadRequest, PayloadTooLarge
 from execution import workspace_path
+from models import SessionRecord
 from services import db_session, services
 
 blueprint = guarded_blueprint("sessions", __name__)
@@ -42,6 +43,11 @@ def _idle_timeout(body: dict[str, Any]) -> float | None:
     return float(raw)
 
 
+def owned_session(session_id: str) -> SessionRecord:
+    """The caller's live session of that id (404 when unknown or someone else's, 410 when ended)."""
+    return services().registry.find(db_session(), session_id, g.owner)
+
+
 @blueprint.post("/sessions")
 def create_session() -> tuple[Response, int, dict[str, str]]:
     """POST /sessions: a new session of the caller's, 201 with its description and Location."""
@@ -54,16 +60,13 @@ def create_session() -> tuple[Response, int, dict[str, str]]:
 @blueprint.get("/sessions/<session_id>")
 def get_session(session_id: str) -> Response:
     """GET /sessions/<id>: the session's state."""
-    svc = services()
-    return jsonify(svc.registry.describe(svc.registry.find(db_session(), session_id, g.owner)))
+    return jsonify(services().registry.describe(owned_session(session_id)))
 
 
 @blueprint.delete("/sessions/<session_id>")
 def delete_session(session_id: str) -> tuple[str, int]:
     """DELETE /sessions/<id>: end it now; its container is removed at once."""
-    svc = services()
-    db = db_session()
-    svc.registry.end(db, svc.registry.find(db, session_id, g.owner), "it was deleted by its owner")
+    services().registry.end(db_session(), owned_session(session_id), "it was deleted by its owner")
     return "", 204
 
 
@@ -71,10 +74,9 @@ def delete_session(session_id: str) -> tuple[str, int]:
 def run_cell(session_id: str) -> tuple[Response, int]:
     """POST /sessions/<id>/runcode: one cell in the session's interpreter (409 while another runs)."""
     svc = services()
-    db = db_session()
-    record = svc.registry.find(db, session_id, g.owner)
+    record = owned_session(session_id)
     run = read_run_request(svc)
-    report = svc.registry.run_cell(db, record, run.job, run.timeout)
+    report = svc.registry.run_cell(record, run.job, run.timeout)
     return answer_report(svc, report, run.language, {"execution_count": report.get("execution_count")})
 
 
@@ -82,8 +84,7 @@ def run_cell(session_id: str) -> tuple[Response, int]:
 def upload_files(session_id: str) -> tuple[Response, int]:
     """POST /sessions/<id>/files: multipart `file` parts into the workspace (a part's filename may hold folders)."""
     svc = services()
-    db = db_session()
-    record = svc.registry.find(db, session_id, g.owner)
+    record = owned_session(session_id)
     request.max_content_length = svc.config.max_upload_bytes + MULTIPART_OVERHEAD_BYTES
     parts = request.files.getlist("file")
     if not parts:
@@ -105,19 +106,14 @@ def upload_files(session_id: str) -> tuple[Response, int]:
 @blueprint.get("/sessions/<session_id>/files")
 def list_files(session_id: str) -> Response:
     """GET /sessions/<id>/files: the workspace, recursively."""
-    svc = services()
-    db = db_session()
-    answer = svc.registry.list_files(svc.registry.find(db, session_id, g.owner))
-    return jsonify(answer)
+    return jsonify(services().registry.list_files(owned_session(session_id)))
 
 
 @blueprint.get("/sessions/<session_id>/files/<path:path>")
 def download_file(session_id: str, path: str) -> Response:
     """GET /sessions/<id>/files/<path>: the bytes as a download, with their type."""
-    svc = services()
-    db = db_session()
     path = workspace_path(path)
-    size, chunks = svc.registry.download(svc.registry.find(db, session_id, g.owner), path)
+    size, chunks = services().registry.download(owned_session(session_id), path)
     name = path.rsplit("/", 1)[-1]
     mime_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
     response = Response(stream_with_context(chunks), mimetype=mime_type)
