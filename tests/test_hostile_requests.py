@@ -229,12 +229,17 @@ def test_center_answers_healthz_while_it_parses_a_hostile_body(
 # --- variables: memory and work bounded by the depth -------------------------------------------------------
 
 def _peak_bytes_of_parse(fields: dict[str, Any]) -> int:
-    tracemalloc.start()
-    try:
-        parse_run_request(fields, CONFIG)
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    """The least peak of a few parses: tracemalloc also counts other threads (a pool warming up,
+    a server another test left draining), whose allocations only ever add to the figure."""
+    peaks = []
+    for _ in range(5):
+        tracemalloc.start()
+        try:
+            parse_run_request(fields, CONFIG)
+            peaks.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+    return min(peaks)
 
 
 @pytest.mark.parametrize("shape", ["list", "object", "lists-in-a-list"])
