@@ -30,6 +30,8 @@ PROJECT_DIR = Path(__file__).resolve().parent
 DEFAULT_CONFIG_FILE = PROJECT_DIR / "config.yaml"
 DEFAULT_DATA_DIR = PROJECT_DIR / "data"
 ENV_PREFIX = "CIA_"
+# CIA_* variables that are for clients and tools (the MCP server, `make swarm-up`), not config keys.
+CLIENT_VARIABLES = frozenset({"CIA_URL", "CIA_TOKEN", "CIA_PORT"})
 # The agent refuses jobs over MAX_JOB_BYTES; a request is re-encoded into a job with some growth
 # (escapes), so the center takes at most half of that.
 MAX_REQUEST_BYTES_LIMIT = MAX_JOB_BYTES // 2
@@ -131,6 +133,9 @@ class Config:
     sandbox_start_timeout: float = 60.0
     server_threads: int = 32
     data_dir: str = str(DEFAULT_DATA_DIR)
+    # Where the other centers of a swarm reach this one ("" on a single host: nothing is forwarded).
+    # "{ip}" stands for the address this container's hostname resolves to (its overlay address).
+    advertise_url: str = ""
     # Keys of the seed's file that this center accepts and ignores (it always runs on Docker).
     mode: str = "docker"
     kubeconfig_path: str = ""
@@ -243,6 +248,13 @@ def _database_url(key: str, value: Any) -> str:
     return text
 
 
+def _advertise_url(key: str, value: Any) -> str:
+    text = _string(key, value).strip().rstrip("/")
+    if text and not re.match(r"\Ahttps?://[^/\s]+\Z", text):
+        raise _fail(key, "an http(s)://host:port URL with no path, or empty", value)
+    return text
+
+
 def _choice(*allowed: str) -> Callable[[str, Any], str]:
     def parse(key: str, value: Any) -> str:
         if value not in allowed:
@@ -330,6 +342,7 @@ PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "sandbox_start_timeout": _number(0, exclusive=True),
     "server_threads": _integer(1),
     "data_dir": _non_empty(_string),
+    "advertise_url": _advertise_url,
     "mode": _choice("docker"),
     "kubeconfig_path": _string,
     "k8s_interpreter_yaml": _string,
@@ -381,7 +394,7 @@ def environment_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     """
     overrides: dict[str, Any] = {}
     for name, text in environ.items():
-        if not name.startswith(ENV_PREFIX) or not text.strip():
+        if not name.startswith(ENV_PREFIX) or not text.strip() or name in CLIENT_VARIABLES:
             continue
         key = name[len(ENV_PREFIX):].lower()
         overrides[key] = text

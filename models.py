@@ -65,6 +65,16 @@ class SessionRecord(Base):
     dead: Mapped[bool] = mapped_column(Boolean, default=False)  # ended because it could not go on
 
 
+class CenterRecord(Base):
+    """A center of the deployment: where its peers reach it, and when it last said it was alive."""
+
+    __tablename__ = "centers"
+
+    node: Mapped[str] = mapped_column(String(255), primary_key=True)  # its deployment label (SessionRecord.node)
+    url: Mapped[str] = mapped_column(String(255))  # where the other centers forward its sessions' requests
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 def make_engine(url: str) -> Engine:
     """An engine that checks connections before use; SQLite gets its folder and WAL mode."""
     if url.startswith("sqlite:///") and url != "sqlite:///:memory:":

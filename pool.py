@@ -211,6 +211,16 @@ class SandboxPool(Generic[S]):
         finally:
             self.release(slot)
 
+    def can_serve(self) -> bool:
+        """Whether runs can be served: handing out, and a sandbox ready, busy, or starting with no failure yet.
+
+        Every sandbox busy at once still counts (a balancer must not drop a loaded center).
+        """
+        if self.closing or (self._engine_down is not None and self._ready.empty()):
+            return False
+        return any(slot.state in (SlotState.READY, SlotState.BUSY)
+                   or (slot.state is SlotState.STARTING and slot.failures == 0) for slot in self.slots)
+
     def stats(self) -> dict[str, int]:
         """Counts for /readyz and /metrics."""
         states = [slot.state for slot in self.slots]

@@ -24,6 +24,7 @@ from config import Config
 from errors import ServiceUnavailable, StorageFailed
 from metrics import Metrics
 from models import create_tables, make_engine, make_session_factory
+from peers import PeerDirectory
 from pool import SandboxPool
 from sandboxes import DockerSandboxes
 from sessions import SessionRegistry
@@ -107,6 +108,7 @@ class Services:
     metrics: Metrics
     body_budget: BodyBudget
     registry: SessionRegistry
+    peers: PeerDirectory
     retention: RetentionSweeper | None = None
     tables_ready: bool = False
     started: bool = field(default=False, repr=False)
@@ -123,6 +125,7 @@ class Services:
         except StorageFailed as e:
             log.warning("%s at start (%s); the tables will be created when it answers", e.message, e.__cause__)
         self.registry.start(found)
+        self.peers.start()
         if self.config.image_retention_days > 0:
             self.retention = RetentionSweeper(self.sessions, self.config.image_retention_days)
             self.retention.start()
@@ -146,6 +149,7 @@ class Services:
         """Release everything: the pool's containers (and any leftovers), the database connections."""
         if self.retention is not None:
             self.retention.stop()
+        self.peers.close()
         # An app on a pool it does not own (tests, embedding) does not outlive its sessions either.
         self.registry.close(end_sessions=not self.owns_pool)
         if self.owns_pool and self.started:
@@ -168,7 +172,8 @@ def build_services(config: Config, pool: SandboxPool | None = None) -> Services:
     budget = BodyBudget(config.max_request_bytes + SMALL_BODY_BYTES)
     database = make_session_factory(engine)
     registry = SessionRegistry(config, sandboxes, pool, database)
-    return Services(config, engine, database, sandboxes, pool, owns_pool, Metrics(pool), budget, registry)
+    peers = PeerDirectory(config.advertise_url, registry.node, database)
+    return Services(config, engine, database, sandboxes, pool, owns_pool, Metrics(pool), budget, registry, peers)
 
 
 def services() -> Services:

@@ -20,7 +20,7 @@ def healthz() -> Response:
 
 @blueprint.get("/readyz")
 def readyz() -> tuple[Response, int]:
-    """Readiness: the database answers and at least one sandbox is ready."""
+    """Readiness: the database answers and sandboxes can be handed out (ready, busy, or starting without failing)."""
     svc = services()
     pool = svc.pool.stats()
     try:
@@ -28,7 +28,7 @@ def readyz() -> tuple[Response, int]:
         database = "ok"
     except (SQLAlchemyError, StorageFailed) as e:
         database = f"unavailable ({type(e).__name__})"
-    ready = database == "ok" and pool["ready"] > 0
+    ready = database == "ok" and svc.pool.can_serve()
     return jsonify(ready=ready, database=database, pool=pool), 200 if ready else 503
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from flask import Response, g, jsonify, request, stream_with_context
 
+from api.forwarding import forward_if_elsewhere
 from api.http import guarded_blueprint
 from api.outputs import attachment
 from api.runs import answer_report, read_run_request
@@ -20,6 +21,7 @@ from models import SessionRecord
 from services import db_session, services
 
 blueprint = guarded_blueprint("sessions", __name__)
+blueprint.before_request(forward_if_elsewhere)  # a session held by another center is served there
 MULTIPART_OVERHEAD_BYTES = 1024 * 1024  # headers and boundaries around the files of one upload
 
 
