@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: run test test-crun test-gvisor build lint bench clean
+.PHONY: run test test-crun test-gvisor test-swarm swarm-up swarm-down build lint bench clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,21 @@ test-crun: build $(VENV)/.installed-dev
 # The attack suite again with sandboxes under gVisor (needs the runsc runtime registered with Docker).
 test-gvisor: build $(VENV)/.installed-dev
 	TEST_SANDBOX_RUNTIME=runsc $(PY) -m pytest $(SANDBOX_SUITES)
+
+# The center as a Docker Swarm stack on this node (deploy/swarm/swarm.py): a one-node swarm if none,
+# the images built, the stack deployed, ready on CIA_PORT (5000) with CIA_TOKEN (or a token it prints).
+# INSTALLED= (empty) skips making .venv when PY names another interpreter (the tests do that).
+INSTALLED ?= $(VENV)/.installed
+swarm-up: $(INSTALLED)
+	$(PY) deploy/swarm/swarm.py up
+
+# The stack removed, with every sandbox its centers started on this node (SWARM_PURGE=1: the database too).
+swarm-down: $(INSTALLED)
+	$(PY) deploy/swarm/swarm.py down
+
+# The swarm suite: the stack through make swarm-up/down, a rolling update, a second engine as a second node.
+test-swarm: build $(VENV)/.installed-dev
+	$(PY) -m pytest tests/test_swarm.py
 
 # Against `docker run --rm` (runc): the center under runc (the default), then under crun if Docker has it.
 bench: build

@@ -14,6 +14,7 @@ import argparse
 import json
 import logging
 import signal
+import socket
 import sys
 import threading
 import time
@@ -116,7 +117,13 @@ class Shutdown:
             raise SystemExit(0)
         log.info("received %s: finishing the running programs, then stopping", signal.Signals(signum).name)
         self.draining.set()
-        self.server.accepting = False  # new connections wait in the backlog, then fail: the balancer moves on
+        self.server.accepting = False
+        try:
+            # The listening socket stops listening: new connections are refused at once (a client or
+            # balancer retries elsewhere, knowing nothing was sent) rather than queued and reset later.
+            self.server.socket.shutdown(socket.SHUT_RD)
+        except OSError:
+            pass
         threading.Thread(target=self._drain, name="shutdown-drain", daemon=True).start()
 
     def _drain(self) -> None:

@@ -196,8 +196,10 @@ class Stack:
             say(f"removing {len(sandboxes)} sandbox containers")
             docker("rm", "-f", *sandboxes, check=False)
         volumes = [f"{self.name}_sockets"] + ([f"{self.name}_pgdata"] if purge else [])
-        for volume in volumes:  # the stack's network and tasks go asynchronously: retry while in use
-            wait_until(lambda v=volume: not docker("volume", "ls", "-q", "--filter", f"name=^{v}$")
+        wait_until(lambda: not docker("network", "ls", "-q", "--filter",
+                                      f"label=com.docker.stack.namespace={self.name}", check=False), 60, 1)
+        for volume in volumes:  # the stack's tasks go asynchronously: retry while the volume is in use
+            wait_until(lambda v=volume: v not in docker("volume", "ls", "-q").split()
                        or docker("volume", "rm", v, check=False) == v, 60, 2)
         if docker("info", "--format", "{{.Swarm.ControlAvailable}}") == "true":
             self.remove_unused_token_secrets(keep="")

@@ -1,0 +1,442 @@
+"""The center as a Docker Swarm stack, for real: `make swarm-up`, the API through the published port, a rolling
+update, a second Docker engine joining as a second node (sessions and images across centers), `make swarm-down`.
+
+Runs with `make test-swarm` (TEST_SWARM=1; root, the Docker engine, iproute2, nsenter and unshare). The second node
+is a second dockerd on this machine: its own data root, exec root, pid file and socket, inside a network namespace
+reached through a veth pair, and in a mount namespace of its own where /var/run/docker.sock is its socket (what a
+center on that node mounts) and DNS fails fast (no registry is reachable from there).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docker
+import docker.errors
+import pytest
+import requests
+from conftest import free_port, unavailable, wait_until
+
+from config import PROJECT_DIR, load_config
+from sandboxes import DEPLOYMENT_LABEL
+from swarm_images import DEFAULT_CENTER_IMAGE
+
+pytestmark = pytest.mark.skipif(os.environ.get("TEST_SWARM") != "1",
+                                reason="deploys a swarm stack on this engine: opt in with make test-swarm")
+
+TIMEOUT_SECONDS = 10  # the stack's timeout_seconds: short, so a drain and its grace stay short too
+PLOT = "import matplotlib.pyplot as plt\nplt.plot([1, 3, 2])\nplt.savefig('chart.png')\nprint('plotted')"
+
+
+@dataclass
+class SwarmStack:
+    """The stack under test: its name, where it answers, its token and the environment make ran with."""
+
+    name: str
+    port: int
+    token: str
+    environ: dict[str, str]
+    down: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        """The published port on this node."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def auth(self) -> dict[str, str]:
+        """The bearer header."""
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def make(self, target: str, timeout: float = 900) -> subprocess.CompletedProcess:
+        """Run a make target of the project with this stack's environment (and this interpreter)."""
+        return subprocess.run(["make", "-C", str(PROJECT_DIR), target, f"PY={sys.executable}", "INSTALLED="],
+                              env=self.environ, capture_output=True, text=True, timeout=timeout)
+
+
+def docker_cli(*arguments: str, host: str | None = None, check: bool = True, timeout: float = 300) -> str:
+    """The docker command line (on another engine with host=unix://...); its output."""
+    command = ["docker", *(["-H", host] if host else []), *arguments]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(command)}: {result.stderr.strip()}")
+    return result.stdout.strip()
+
+
+def answers(url: str, **kwargs: object) -> int | None:
+    """The status of a GET, or None when nothing answers."""
+    try:
+        return requests.get(url, timeout=5, **kwargs).status_code  # type: ignore[arg-type]
+    except requests.RequestException:
+        return None
+
+
+def node_sandboxes(client: docker.DockerClient, stack: str) -> list[str]:
+    """Sandbox containers of the stack's centers on an engine (their deployment label starts with the service)."""
+    prefix = f"{stack}_center-"
+    return [c["Id"] for c in client.api.containers(all=True, filters={"label": DEPLOYMENT_LABEL})
+            if (c.get("Labels") or {}).get(DEPLOYMENT_LABEL, "").startswith(prefix)]
+
+
+@pytest.fixture(scope="module")
+def swarm_stack(docker_client: docker.DockerClient) -> Iterator[SwarmStack]:
+    """`make swarm-up` on this node with a stack of the test's own (two sandbox slots); always taken down."""
+    for tool in ("make", "ip", "nsenter", "unshare"):
+        if shutil.which(tool) is None:
+            unavailable(f"the swarm tests need {tool}")
+    if os.geteuid() != 0:
+        unavailable("the swarm tests need root (a second engine in a network namespace)")
+    name = f"cs{os.getpid() % 100000}"
+    port = free_port()
+    token = secrets.token_urlsafe(24)
+    environ = {**os.environ, "SWARM_STACK": name, "CIA_PORT": str(port), "CIA_TOKEN": token,
+               "SWARM_POOL_END": "8002", "SWARM_TIMEOUT_SECONDS": str(TIMEOUT_SECONDS), "SWARM_STOP_GRACE": "40s",
+               "SWARM_PURGE": "1"}
+    stack = SwarmStack(name, port, token, environ)
+    started = time.monotonic()
+    try:
+        result = stack.make("swarm-up")
+        assert result.returncode == 0, f"make swarm-up failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        stack.notes.append(f"make swarm-up took {time.monotonic() - started:.0f} s")
+        yield stack
+    finally:
+        if not stack.down:
+            stack.make("swarm-down", timeout=600)
+        print("\n".join(stack.notes))
+
+
+def test_swarm_up_serves_the_api_through_the_published_port(swarm_stack: SwarmStack) -> None:
+    url, auth = swarm_stack.url, swarm_stack.auth
+    ready = requests.get(f"{url}/readyz", timeout=10)
+    assert ready.status_code == 200 and ready.json()["database"] == "ok" and ready.json()["pool"]["slots"] == 2
+    table = [  # (method, path, keyword arguments, expected status, check of the body)
+        ("GET", "/healthz", {}, 200, lambda b: b["status"] == "ok"),
+        ("POST", "/runcode", {"json": {"code": "print(1)"}, "headers": {}}, 401, lambda b: "token" in b["error"]),
+        ("POST", "/runcode", {"json": {"code": "print(1)"}, "headers": {"Authorization": "Bearer wrong"}}, 401, None),
+        ("POST", "/runcode", {"json": {"code": "print(6 * 7)"}}, 200, lambda b: b["output"] == "42\n"),
+        ("POST", "/runcode", {"json": {"code": "echo $((6 * 7))", "languageType": "bash"}}, 200,
+         lambda b: b["output"] == "42\n"),
+        ("GET", "/runcode", {"params": {"code": "print('Hello, World!')"}}, 200,
+         lambda b: b["output"] == "Hello, World!\n"),
+        ("POST", "/runcode", {"data": "not json"}, 400, lambda b: "JSON" in b["error"]),
+        ("POST", "/runcode", {"json": {"code": "1/0"}}, 200, lambda b: b["status"] == "error"),
+        ("POST", "/runcode", {"json": {"code": "import time\ntime.sleep(30)", "timeout": 1}}, 504,
+         lambda b: b["status"] == "timeout"),
+        ("POST", "/runcode", {"json": {"code": "import socket\nsocket.create_connection(('db', 5432), 3)"}}, 200,
+         lambda b: b["status"] == "error"),  # no network inside a sandbox, not even the stack's database
+        ("GET", "/image/" + "x" * 32 + ".png", {}, 404, None),
+        ("GET", "/no-such-route", {}, 404, None),
+        ("DELETE", "/runcode", {}, 405, None),
+    ]
+    for method, path, kwargs, status, check in table:
+        kwargs = {"headers": auth, **kwargs}
+        response = requests.request(method, f"{url}{path}", timeout=60, **kwargs)  # type: ignore[arg-type]
+        assert response.status_code == status, (method, path, response.status_code, response.text[:500])
+        if check is not None:
+            assert check(response.json()), (method, path, response.text[:500])
+
+    plotted = requests.post(f"{url}/runcode", json={"code": PLOT}, headers=auth, timeout=60).json()
+    (image_url,) = plotted["images"].values()
+    assert image_url.startswith(url)
+    image = requests.get(image_url, timeout=10)
+    assert image.status_code == 200 and image.headers["Content-Type"] == "image/png" and image.content[:4] == b"\x89PNG"
+
+    created = requests.post(f"{url}/sessions", headers=auth, timeout=60)
+    assert created.status_code == 201
+    session = f"{url}/sessions/{created.json()['session_id']}"
+    cell = requests.post(f"{session}/runcode", json={"code": "x = 20\nx * 2 + 2"}, headers=auth, timeout=60).json()
+    assert cell["result"] == "42" and cell["execution_count"] == 1
+    uploaded = requests.post(f"{session}/files", files={"file": ("data/in.csv", b"a,b\n1,2\n")}, headers=auth,
+                             timeout=60)
+    assert uploaded.status_code == 201 and uploaded.json()["files"] == [{"path": "data/in.csv", "size": 8}]
+    cell = requests.post(f"{session}/runcode", json={"code": "open('data/in.csv').read().split()[1]"}, headers=auth,
+                         timeout=60).json()
+    assert cell["result"] == "'1,2'"
+    download = requests.get(f"{session}/files/data/in.csv", headers=auth, timeout=60)
+    assert download.status_code == 200 and download.content == b"a,b\n1,2\n"
+    assert requests.get(session, headers={"Authorization": "Bearer wrong"}, timeout=10).status_code == 401
+    assert requests.delete(session, headers=auth, timeout=60).status_code == 204
+    assert requests.get(session, headers=auth, timeout=10).status_code == 410
+
+
+class Traffic:
+    """Clients sending runs the whole time, each on a new connection; a connection refused or reset before any
+    answer was not accepted, and is sent again. Every answer is kept."""
+
+    def __init__(self, url: str, auth: dict[str, str], clients: int) -> None:
+        self.url, self.auth = url, auth
+        self.stop = threading.Event()
+        self.answers: list[tuple[int, str, str]] = []  # (status, expected output, output)
+        self.not_accepted = 0
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._client, args=(n,), daemon=True) for n in range(clients)]
+
+    def __enter__(self) -> Traffic:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(120)
+
+    def send(self, code: str) -> requests.Response:
+        """One run, sent again while it is not accepted (up to two minutes)."""
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                return requests.post(f"{self.url}/runcode", json={"code": code}, headers=self.auth, timeout=90)
+            except requests.ConnectionError:
+                with self.lock:
+                    self.not_accepted += 1
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def _client(self, number: int) -> None:
+        sent = 0
+        while not self.stop.is_set():
+            sent += 1
+            expected = f"client {number} run {sent}\n"
+            response = self.send(f"print({expected.strip()!r})")
+            output = response.json().get("output", "") if response.headers.get("Content-Type", "").startswith(
+                "application/json") else ""
+            with self.lock:
+                self.answers.append((response.status_code, expected, output))
+
+
+def center_container(stack: str) -> str | None:
+    """This node's running center container of the stack."""
+    found = docker_cli("ps", "-q", "--filter", f"label=com.docker.swarm.service.name={stack}_center",
+                       "--filter", "status=running").split()
+    return found[0] if found else None
+
+
+def test_rolling_update_loses_no_accepted_request_and_no_session(swarm_stack: SwarmStack) -> None:
+    url, auth = swarm_stack.url, swarm_stack.auth
+    session = f"{url}/sessions/" + requests.post(f"{url}/sessions", headers=auth, timeout=60).json()["session_id"]
+    assert requests.post(f"{session}/runcode", json={"code": "kept = 'state'"}, headers=auth, timeout=60).ok
+    assert requests.post(f"{session}/files", files={"file": ("kept.txt", b"file")}, headers=auth, timeout=60).ok
+    old = center_container(swarm_stack.name)
+    assert old is not None
+
+    long_answers: list[requests.Response] = []
+    with Traffic(url, auth, clients=2) as traffic:
+        long_runs = [threading.Thread(target=lambda: long_answers.append(traffic.send(
+            "import time\ntime.sleep(4)\nprint('long run done')"))) for _ in range(2)]
+        for thread in long_runs:
+            thread.start()
+        time.sleep(1.5)  # the long runs are running now
+        began = time.monotonic()
+        docker_cli("service", "update", "--force", "--detach", f"{swarm_stack.name}_center")
+        replaced = wait_until(lambda: center_container(swarm_stack.name) not in (None, old)
+                              and answers(f"{url}/readyz") == 200, 240, 0.5)
+        assert replaced, docker_cli("service", "ps", f"{swarm_stack.name}_center", check=False)
+        took = time.monotonic() - began
+        time.sleep(3)  # traffic on the new center too
+        for thread in long_runs:
+            thread.join(120)
+
+    statuses = Counter(status for status, _, _ in traffic.answers)
+    swarm_stack.notes.append(f"rolling update: replaced in {took:.1f} s; {len(traffic.answers)} runs answered "
+                             f"{dict(statuses)}, {traffic.not_accepted} connections refused or reset before "
+                             "being accepted (sent again)")
+    assert len(traffic.answers) >= 4
+    assert all(status == 200 and output == expected for status, expected, output in traffic.answers), statuses
+    assert [(r.status_code, r.json()["output"]) for r in long_answers] == [(200, "long run done\n")] * 2
+    cell = requests.post(f"{session}/runcode", json={"code": "kept + open('kept.txt').read()"}, headers=auth,
+                         timeout=60).json()
+    assert cell["result"] == "'statefile'", cell
+    assert requests.delete(session, headers=auth, timeout=60).status_code == 204
+
+
+@dataclass
+class SecondNode:
+    """A second Docker engine on this machine, in its own network and mount namespaces."""
+
+    tag: str
+    address: str
+    host_address: str
+    socket: str
+    data_root: Path
+    exec_root: Path
+    netns: str
+    process: subprocess.Popen | None = None
+    node_id: str = ""
+
+    @property
+    def docker_host(self) -> str:
+        """Its API socket, for `docker -H`."""
+        return f"unix://{self.socket}"
+
+    def start(self) -> None:
+        """veth pair and network namespace, then dockerd in a mount namespace of its own."""
+        host_end, node_end = f"{self.tag}h", f"{self.tag}n"
+        run = lambda *command: subprocess.run(command, check=True, capture_output=True, timeout=60)  # noqa: E731
+        run("ip", "netns", "add", self.netns)
+        run("ip", "link", "add", host_end, "type", "veth", "peer", "name", node_end)
+        run("ip", "link", "set", node_end, "netns", self.netns)
+        run("ip", "addr", "add", f"{self.host_address}/30", "dev", host_end)
+        run("ip", "link", "set", host_end, "up")
+        inside = ["ip", "netns", "exec", self.netns]
+        run(*inside, "ip", "addr", "add", f"{self.address}/30", "dev", node_end)
+        run(*inside, "ip", "link", "set", node_end, "up")
+        run(*inside, "ip", "link", "set", "lo", "up")
+        run(*inside, "ip", "route", "add", "default", "via", self.host_address)
+        for folder in (self.data_root, self.exec_root):
+            folder.mkdir(parents=True, exist_ok=True)
+        (self.exec_root / "daemon.json").write_text("{}")
+        (self.exec_root / "resolv.conf").write_text("nameserver 127.0.0.1\n")  # no registry: fail at once
+        log = open(self.exec_root / "dockerd.log", "ab")
+        script = (f"mount --bind {self.exec_root}/resolv.conf /etc/resolv.conf && exec dockerd "
+                  f"--config-file {self.exec_root}/daemon.json --data-root {self.data_root} "
+                  f"--exec-root {self.exec_root}/exec --pidfile {self.exec_root}/dockerd.pid -H unix://{self.socket}")
+        # nsenter --net keeps this mount namespace's /sys (ip netns exec would remount it without cgroups).
+        self.process = subprocess.Popen(["nsenter", f"--net=/run/netns/{self.netns}", "unshare", "--mount",
+                                         "--propagation", "private", "sh", "-c", script],
+                                        stdout=log, stderr=log, start_new_session=True)
+        log.close()
+        assert wait_until(lambda: docker_cli("info", host=self.docker_host, check=False, timeout=10) != "", 90, 0.5), \
+            (self.exec_root / "dockerd.log").read_text()[-3000:]
+        # What a center on this node mounts as the engine's socket must be this engine's.
+        subprocess.run(["nsenter", f"--target={self.process.pid}", "--mount", "mount", "--bind", self.socket,
+                        "/run/docker.sock"], check=True, capture_output=True, timeout=30)
+
+    def stop(self) -> None:
+        """Everything it ran, the engine, its folders and namespace."""
+        if self.process is not None and self.process.poll() is None:
+            ids = docker_cli("ps", "-aq", host=self.docker_host, check=False, timeout=60).split()
+            if ids:
+                docker_cli("rm", "-f", *ids, host=self.docker_host, check=False, timeout=120)
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(30)
+        subprocess.run(["ip", "netns", "del", self.netns], capture_output=True, timeout=30)
+        subprocess.run(["ip", "link", "del", f"{self.tag}h"], capture_output=True, timeout=30)
+        shutil.rmtree(self.data_root, ignore_errors=True)
+        shutil.rmtree(self.exec_root, ignore_errors=True)
+
+
+@pytest.fixture
+def second_node(swarm_stack: SwarmStack) -> Iterator[SecondNode]:
+    """A second engine joined to the swarm as a worker, holding the images (no registry); always removed."""
+    number = os.getpid() % 100000
+    subnet = 16 + number % 200
+    node = SecondNode(tag=f"cia{number}", address=f"10.213.{subnet}.2", host_address=f"10.213.{subnet}.1",
+                      socket=f"/run/cia2-{number}.sock", data_root=Path(f"/var/lib/cia2-{number}"),
+                      exec_root=Path(f"/run/cia2-{number}"), netns=f"cia2-{number}")
+    try:
+        node.start()
+        images = [os.environ.get("SWARM_CENTER_IMAGE", DEFAULT_CENTER_IMAGE), load_config().interpreter_image]
+        started = time.monotonic()
+        loaded = subprocess.run(f"docker save {' '.join(images)} | docker -H {node.docker_host} load", shell=True,
+                                capture_output=True, text=True, timeout=600)
+        assert loaded.returncode == 0, loaded.stderr
+        swarm_stack.notes.append(f"second node: images loaded in {time.monotonic() - started:.0f} s")
+        manager = docker_cli("info", "--format", "{{.Swarm.NodeAddr}}")
+        token = docker_cli("swarm", "join-token", "-q", "worker")
+        docker_cli("swarm", "join", "--token", token, "--advertise-addr", node.address, f"{manager}:2377",
+                   host=node.docker_host, timeout=120)
+        node.node_id = docker_cli("info", "--format", "{{.Swarm.NodeID}}", host=node.docker_host)
+        yield node
+    finally:
+        if node.process is not None:
+            docker_cli("swarm", "leave", "--force", host=node.docker_host, check=False, timeout=60)
+        if node.node_id:
+            wait_until(lambda: docker_cli("node", "rm", "--force", node.node_id, check=False, timeout=60) != ""
+                       or node.node_id not in docker_cli("node", "ls", "-q", check=False), 60, 2)
+        node.stop()
+
+
+def test_a_second_node_serves_and_forwards_sessions_and_images(swarm_stack: SwarmStack,
+                                                               second_node: SecondNode) -> None:
+    auth = swarm_stack.auth
+    first, second = swarm_stack.url, f"http://{second_node.address}:{swarm_stack.port}"
+    began = time.monotonic()
+    assert wait_until(lambda: answers(f"{second}/readyz") == 200, 300, 1), \
+        docker_cli("service", "ps", "--no-trunc", f"{swarm_stack.name}_center", check=False)
+    swarm_stack.notes.append(f"second node: its center ready {time.monotonic() - began:.0f} s after joining")
+    per_node: Counter[str] = Counter()
+
+    def call(base: str, method: str, path: str, **kwargs: object) -> requests.Response:
+        per_node["first" if base == first else "second"] += 1
+        return requests.request(method, f"{base}{path}", headers=auth, timeout=90, **kwargs)  # type: ignore[arg-type]
+
+    for base in (first, second) * 3:  # both centers run programs
+        response = call(base, "POST", "/runcode", json={"code": "print('anywhere')"})
+        assert response.status_code == 200 and response.json()["output"] == "anywhere\n"
+
+    on_first = call(first, "POST", "/sessions").json()["session_id"]
+    on_second = call(second, "POST", "/sessions").json()["session_id"]
+    payload = os.urandom(3 * 1024 * 1024)
+    for session, here, there in ((on_first, first, second), (on_second, second, first)):
+        # Made on one center, used through the other: cells, upload, listing, download, state.
+        assert call(there, "GET", f"/sessions/{session}").json()["status"] == "idle"
+        cell = call(there, "POST", f"/sessions/{session}/runcode", json={"code": "n = 41\nn + 1"}).json()
+        assert cell["result"] == "42", cell
+        uploaded = call(there, "POST", f"/sessions/{session}/files", files={"file": ("big/blob.bin", payload)})
+        assert uploaded.status_code == 201, uploaded.text
+        listing = call(there, "GET", f"/sessions/{session}/files").json()["files"]
+        assert [(f["path"], f["size"]) for f in listing] == [("big/blob.bin", len(payload))]
+        download = call(there, "GET", f"/sessions/{session}/files/big/blob.bin")
+        assert download.status_code == 200 and hashlib.sha256(download.content).digest() == \
+            hashlib.sha256(payload).digest()
+        assert download.headers["Content-Disposition"].startswith("attachment")
+        cell = call(here, "POST", f"/sessions/{session}/runcode",
+                    json={"code": "import os\n(n, os.path.getsize('big/blob.bin'))"}).json()
+        assert cell["result"] == f"(41, {len(payload)})" and cell["execution_count"] == 2, cell
+        other = requests.get(f"{there}/sessions/{session}", headers={"Authorization": "Bearer nope"}, timeout=30)
+        assert other.status_code == 401
+        assert call(there, "GET", "/sessions/" + "0" * 32).status_code == 404
+
+    for here, there in ((first, second), (second, first)):  # images of one center served by the other
+        plotted = call(here, "POST", "/runcode", json={"code": PLOT}).json()
+        (image_url,) = plotted["images"].values()
+        served = requests.get(image_url.replace(here, there), timeout=30)
+        per_node["first" if there == first else "second"] += 1
+        assert served.status_code == 200 and served.content[:4] == b"\x89PNG"
+
+    assert call(second, "DELETE", f"/sessions/{on_first}").status_code == 204
+    assert call(first, "GET", f"/sessions/{on_first}").status_code == 410
+
+    # The second node leaves the swarm: its center goes, and its session answers 410 through the first.
+    docker_cli("swarm", "leave", "--force", host=second_node.docker_host, timeout=60)
+    left = time.monotonic()
+    gone = wait_until(lambda: call(first, "GET", f"/sessions/{on_second}").status_code == 410, 120, 2)
+    assert gone, call(first, "GET", f"/sessions/{on_second}").text
+    swarm_stack.notes.append(f"second node: its session answered 410 {time.monotonic() - left:.0f} s after it left; "
+                             f"requests per node {dict(per_node)}")
+    assert "left" in call(first, "GET", f"/sessions/{on_second}").json()["error"]
+    assert per_node["first"] >= 10 and per_node["second"] >= 10
+
+
+def test_swarm_down_leaves_nothing(swarm_stack: SwarmStack, docker_client: docker.DockerClient) -> None:
+    result = swarm_stack.make("swarm-down", timeout=600)
+    swarm_stack.down = True
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    name = swarm_stack.name
+    assert docker_cli("ps", "-aq", "--filter", f"label=com.docker.stack.namespace={name}") == ""
+    assert node_sandboxes(docker_client, name) == []
+    assert [v for v in docker_cli("volume", "ls", "--format", "{{.Name}}").split() if v.startswith(f"{name}_")] == []
+    assert [s for s in docker_cli("secret", "ls", "--format", "{{.Name}}").split() if s.startswith(f"{name}_")] == []
+    assert [n for n in docker_cli("network", "ls", "--format", "{{.Name}}").split() if n.startswith(f"{name}_")] == []
+    assert answers(f"{swarm_stack.url}/healthz") is None
+    print(json.dumps({"stack": name, "down": True}))
