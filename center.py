@@ -126,9 +126,20 @@ class Shutdown:
             pass
         threading.Thread(target=self._drain, name="shutdown-drain", daemon=True).start()
 
+    def _requests_in_flight(self) -> bool:
+        """Whether waitress is serving a request or has one queued for a thread."""
+        dispatcher = self.server.task_dispatcher
+        return bool(dispatcher.active_count or dispatcher.queue)
+
     def _drain(self) -> None:
         assert self.services is not None
-        finished = self.services.drain(self.config.timeout_seconds + SHUTDOWN_GRACE_SECONDS)
+        deadline = time.monotonic() + self.config.timeout_seconds + SHUTDOWN_GRACE_SECONDS
+        # The requests already taken in are served to the end, each still getting a sandbox: only new
+        # connections are refused (a rolling update loses no accepted request). Then nothing more is
+        # handed out, and what still runs may finish.
+        while self._requests_in_flight() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        finished = self.services.drain(max(0.0, deadline - time.monotonic()))
         if not finished:
             log.warning("programs still running after %.0f s; stopping them", self.config.timeout_seconds)
         # The last answers are still being stored and written by waitress's threads.

@@ -214,8 +214,8 @@ class Traffic:
             sent += 1
             expected = f"client {number} run {sent}\n"
             response = self.send(f"print({expected.strip()!r})")
-            output = response.json().get("output", "") if response.headers.get("Content-Type", "").startswith(
-                "application/json") else ""
+            body = response.json() if response.headers.get("Content-Type", "").startswith("application/json") else {}
+            output = body.get("output", "") if response.status_code == 200 else f"{body} at {time.time():.1f}"
             with self.lock:
                 self.answers.append((response.status_code, expected, output))
 
@@ -257,7 +257,8 @@ def test_rolling_update_loses_no_accepted_request_and_no_session(swarm_stack: Sw
                              f"{dict(statuses)}, {traffic.not_accepted} connections refused or reset before "
                              "being accepted (sent again)")
     assert len(traffic.answers) >= 4
-    assert all(status == 200 and output == expected for status, expected, output in traffic.answers), statuses
+    assert all(status == 200 and output == expected for status, expected, output in traffic.answers), \
+        [answer for answer in traffic.answers if answer[0] != 200]
     assert [(r.status_code, r.json()["output"]) for r in long_answers] == [(200, "long run done\n")] * 2
     cell = requests.post(f"{session}/runcode", json={"code": "kept + open('kept.txt').read()"}, headers=auth,
                          timeout=60).json()
