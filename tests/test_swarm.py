@@ -285,7 +285,7 @@ class SecondNode:
         """Its API socket, for `docker -H`."""
         return f"unix://{self.socket}"
 
-    def start(self) -> None:
+    def start(self, manager_address: str) -> None:
         """veth pair and network namespace, then dockerd in a mount namespace of its own."""
         host_end, node_end = f"{self.tag}h", f"{self.tag}n"
         run = lambda *command: subprocess.run(command, check=True, capture_output=True, timeout=60)  # noqa: E731
@@ -294,6 +294,11 @@ class SecondNode:
         run("ip", "link", "set", node_end, "netns", self.netns)
         run("ip", "addr", "add", f"{self.host_address}/30", "dev", host_end)
         run("ip", "link", "set", host_end, "up")
+        # What this machine sends to the node leaves from the manager's advertised address: the node's
+        # VXLAN device holds a static entry for each remote peer's address and drops encapsulated
+        # packets from any other source (Linux vxlan_snoop: static entries are never "migrated").
+        run("ip", "route", "replace", f"{self.host_address}/30", "dev", host_end, "scope", "link",
+            "src", manager_address)
         inside = ["ip", "netns", "exec", self.netns]
         run(*inside, "ip", "addr", "add", f"{self.address}/30", "dev", node_end)
         run(*inside, "ip", "link", "set", node_end, "up")
@@ -312,15 +317,20 @@ class SecondNode:
                                          "--propagation", "private", "sh", "-c", script],
                                         stdout=log, stderr=log, start_new_session=True)
         log.close()
-        assert wait_until(lambda: docker_cli("info", host=self.docker_host, check=False, timeout=10) != "", 90, 0.5), \
+        assert wait_until(self.answers, 90, 0.5), \
             (self.exec_root / "dockerd.log").read_text()[-3000:]
         # What a center on this node mounts as the engine's socket must be this engine's.
         subprocess.run(["nsenter", f"--target={self.process.pid}", "--mount", "mount", "--bind", self.socket,
                         "/run/docker.sock"], check=True, capture_output=True, timeout=30)
 
+    def answers(self) -> bool:
+        """Whether the engine answers on its socket."""
+        return subprocess.run(["docker", "-H", self.docker_host, "version", "--format", "{{.Server.Version}}"],
+                              capture_output=True, timeout=30).returncode == 0
+
     def stop(self) -> None:
         """Everything it ran, the engine, its folders and namespace."""
-        if self.process is not None and self.process.poll() is None:
+        if self.process is not None and self.process.poll() is None and self.answers():
             ids = docker_cli("ps", "-aq", host=self.docker_host, check=False, timeout=60).split()
             if ids:
                 docker_cli("rm", "-f", *ids, host=self.docker_host, check=False, timeout=120)
@@ -344,15 +354,15 @@ def second_node(swarm_stack: SwarmStack) -> Iterator[SecondNode]:
     node = SecondNode(tag=f"cia{number}", address=f"10.213.{subnet}.2", host_address=f"10.213.{subnet}.1",
                       socket=f"/run/cia2-{number}.sock", data_root=Path(f"/var/lib/cia2-{number}"),
                       exec_root=Path(f"/run/cia2-{number}"), netns=f"cia2-{number}")
+    manager = docker_cli("info", "--format", "{{.Swarm.NodeAddr}}")
     try:
-        node.start()
+        node.start(manager)
         images = [os.environ.get("SWARM_CENTER_IMAGE", DEFAULT_CENTER_IMAGE), load_config().interpreter_image]
         started = time.monotonic()
         loaded = subprocess.run(f"docker save {' '.join(images)} | docker -H {node.docker_host} load", shell=True,
                                 capture_output=True, text=True, timeout=600)
         assert loaded.returncode == 0, loaded.stderr
         swarm_stack.notes.append(f"second node: images loaded in {time.monotonic() - started:.0f} s")
-        manager = docker_cli("info", "--format", "{{.Swarm.NodeAddr}}")
         token = docker_cli("swarm", "join-token", "-q", "worker")
         docker_cli("swarm", "join", "--token", token, "--advertise-addr", node.address, f"{manager}:2377",
                    host=node.docker_host, timeout=120)
