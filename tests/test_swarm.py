@@ -297,7 +297,7 @@ class SecondNode:
         # What this machine sends to the node leaves from the manager's advertised address: the node's
         # VXLAN device holds a static entry for each remote peer's address and drops encapsulated
         # packets from any other source (Linux vxlan_snoop: static entries are never "migrated").
-        run("ip", "route", "replace", f"{self.host_address}/30", "dev", host_end, "scope", "link",
+        run("ip", "route", "replace", self.host_address.rsplit(".", 1)[0] + ".0/30", "dev", host_end, "scope", "link",
             "src", manager_address)
         inside = ["ip", "netns", "exec", self.netns]
         run(*inside, "ip", "addr", "add", f"{self.address}/30", "dev", node_end)
