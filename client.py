@@ -251,6 +251,7 @@ class Client:
                     if callback and text:
                         callback(text)
                 return result
+            failure: dict[str, Any] | None = None
             try:
                 for event in _events(response):
                     if on_event:
@@ -261,13 +262,16 @@ class Client:
                     elif kind == "stderr" and on_stderr:
                         on_stderr(event.get("text", ""))
                     elif kind == "error":
-                        status = event.get("status") if isinstance(event.get("status"), int) else 502
-                        raise error_for(status, str(event.get("error") or event.get("message") or event), body=event)
+                        failure = event  # the center failed midway; its result (the output so far) follows
                     elif kind == "result":
-                        return RunResult.from_body({k: v for k, v in event.items() if k != "type"},
-                                                   504 if event.get("status") == "timeout" else 200)
+                        body = {k: v for k, v in event.items() if k != "type"}
+                        if failure is not None:
+                            raise _stream_failure(failure, body)
+                        return RunResult.from_body(body, 504 if body.get("status") == "timeout" else 200)
             except requests.RequestException as e:
                 raise CenterUnreachableError(f"the stream from {self.url} broke: {e}") from e
+        if failure is not None:
+            raise _stream_failure(failure, None)
         raise ServerError("the stream ended before its result", 502)
 
     # --- runs ---
@@ -403,6 +407,13 @@ class Session:
         except GoneError:
             pass  # it ended by itself (idle, lifetime, dead): nothing left to do
         self.ended = True
+
+
+def _stream_failure(event: dict[str, Any], body: dict[str, Any] | None) -> ClientError:
+    """A streamed run the center failed midway raises what the same failure raises unstreamed (a 502 is a
+    ServerError); `body` is the result that followed, with the output made before the failure."""
+    status = event.get("status") if isinstance(event.get("status"), int) else 502
+    return error_for(status, str(event.get("error") or "the run failed"), body=body if body is not None else event)
 
 
 def _events(response: requests.Response) -> Iterator[dict[str, Any]]:

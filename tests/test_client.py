@@ -246,3 +246,73 @@ def test_every_status_has_its_error_class() -> None:
         error = error_for(status, "why")
         assert type(error) is kind and error.status == status and error.error == "why"
     assert type(error_for(418, "teapot")) is ClientError
+
+
+# --- streaming ------------------------------------------------------------------------------------
+
+STREAMED = ("import sys\nfor i in range(4):\n    print(f'line {i}', flush=True)\n"
+            "    print(f'warn {i}', file=sys.stderr, flush=True)\nlen('done')")
+
+
+def same_result(streamed: RunResult, plain: RunResult) -> None:
+    """A streamed run's final result is the plain run's result (durations and stored names aside)."""
+    def comparable(result: RunResult) -> dict[str, object]:
+        body = {key: value for key, value in result.raw.items() if key != "duration_ms"}
+        body["images"] = list(result.images)
+        body["files"] = list(result.files)
+        return body
+    assert comparable(streamed) == comparable(plain)
+    assert streamed.http_status == plain.http_status
+
+
+def test_streamed_run_calls_back_in_order_and_ends_with_the_plain_result(center: Client) -> None:
+    out: list[str] = []
+    err: list[str] = []
+    events: list[dict] = []
+    streamed = center.run(STREAMED, on_stdout=out.append, on_stderr=err.append, on_event=events.append)
+    assert "".join(out) == "".join(f"line {i}\n" for i in range(4)) == streamed.stdout
+    assert "".join(err) == "".join(f"warn {i}\n" for i in range(4)) == streamed.stderr
+    assert events[-1]["type"] == "result" and {event["type"] for event in events} <= {
+        "stdout", "stderr", "keepalive", "result"}
+    same_result(streamed, center.run(STREAMED))
+
+
+def test_streamed_images_timeouts_and_refusals(center: Client) -> None:
+    events: list[dict] = []
+    chart = center.run("import matplotlib.pyplot as plt\nprint('drawing')\nplt.plot([1, 2], [2, 1])",
+                       on_event=events.append)
+    announced = {event["name"]: event["url"] for event in events if event["type"] == "image"}
+    assert announced == chart.images and list(announced) == ["figure_1.png"]
+    assert center.fetch(announced["figure_1.png"]).startswith(PNG_SIGNATURE)
+    out: list[str] = []
+    slow = center.run("import time\nprint('started', flush=True)\ntime.sleep(60)", timeout=1, on_stdout=out.append)
+    assert out == ["started\n"] and slow.status == "timeout" and slow.http_status == 504
+    with pytest.raises(BadRequestError):
+        center.run("print(1)", language="cobol", on_stdout=out.append)
+
+
+def test_streamed_session_cells(session: Session) -> None:
+    out: list[str] = []
+    first = session.run(STREAMED, on_stdout=out.append)
+    assert "".join(out) == first.stdout and first.execution_count == 1 and first.result == "4"
+    plain = session.run(STREAMED)
+    assert plain.execution_count == 2
+    same_result(first, RunResult.from_body({**plain.raw, "execution_count": 1}))
+
+
+def test_a_streamed_line_arrives_while_the_cell_still_runs(session: Session) -> None:
+    class Seen(Exception):
+        """Raised by the callback to hang up once the first line is there."""
+
+    states: list[str] = []
+
+    def on_stdout(text: str) -> None:
+        states.append(session.client.attach(session.id).describe()["status"])
+        raise Seen(text)
+
+    with pytest.raises(Seen, match="first"):
+        session.run("import time\nprint('first', flush=True)\ntime.sleep(60)", timeout=10, on_stdout=on_stdout)
+    assert states == ["busy"], "the line came while the cell was still running"
+    # Hanging up stops the cell (or its own limit does); the session then goes on with its state.
+    assert wait_until(lambda: session.describe()["status"] == "idle", 60)
+    assert session.run("time.time() > 0").result == "True"
