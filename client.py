@@ -250,6 +250,8 @@ class Client:
                 for callback, text in ((on_stdout, result.stdout), (on_stderr, result.stderr)):
                     if callback and text:
                         callback(text)
+                if on_event:
+                    on_event({"type": "result", **result.raw})
                 return result
             failure: dict[str, Any] | None = None
             try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from types import ModuleType
 from typing import Any
 
 import anyio
+import pytest
 import requests
 from mcp import ClientSession, StdioServerParameters, stdio_client
 from test_mcp_server import TOKEN, center_url, http_server, over_http, text_of  # noqa: F401 - fixtures
@@ -38,6 +40,24 @@ def example_json(name: str) -> dict[str, Any]:
     text = (EXAMPLES / name).read_text()
     assert text.strip() in README, f"README shows examples/{name} as it is"
     return json.loads(text)
+
+
+# --- the Python client, as the README shows it ------------------------------------------------------
+
+def test_the_readme_client_example_runs(live_server: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    start = README.index("### Python client: `client.py`")
+    opening = README.index("```python\n", start) + len("```python\n")
+    example = README[opening:README.index("```", opening)]
+    monkeypatch.chdir(tmp_path)  # the example reads sales.csv from the folder it runs in
+    (tmp_path / "sales.csv").write_text("region,sales\nnorth,3\nsouth,4\n")
+    url = live_server(auth_tokens=("s3cret",))
+    exec(compile(example.replace("http://127.0.0.1:5000", url), "README example", "exec"), {})  # noqa: S102
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == "ok  (1, 2) {} {}"
+    assert ["mean", "3.500000"] in [line.split() for line in printed], "df.describe() came back as a table"
+    assert "summary.xlsx" in "\n".join(printed) and printed[-3:] == ["0", "1", "2"]
+    assert (tmp_path / "sales.csv").exists() and os.getcwd() == str(tmp_path)
 
 
 # --- (a) OpenAI-style function calling --------------------------------------------------------------
