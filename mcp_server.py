@@ -167,11 +167,11 @@ class CodeInterpreterTools:
         """Start a session and name its session_id."""
         def work(center: Client) -> CallToolResult:
             session = center.session()
-            info = session.info
+            idle = session.info.get("idle_timeout")
+            unused = f" It ends by itself after {idle:g} s unused." if isinstance(idle, (int, float)) else ""
             return text_result(f"session_id: {session.id}\nA persistent Python interpreter and working folder. "
                                f"Pass this session_id to run_code, upload_file, list_files and read_file; call "
-                               f"end_session when done. It ends by itself after {info.get('idle_timeout')} s "
-                               f"unused (expires at {info.get('expires_at')}).")
+                               f"end_session when done.{unused}")
         return self.call(work)
 
     def upload_file(self, session_id: SessionId, path: WorkspacePath,
