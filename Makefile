@@ -42,6 +42,7 @@ bench: build
 	$(PY) bench/latency.py
 	if docker info --format '{{json .Runtimes}}' | grep -q '"crun"'; then $(PY) bench/latency.py --runtime crun; fi
 	$(PY) bench/sessions.py
+	$(PY) bench/streaming.py
 
 clean:
 	rm -rf $(VENV) .build .pytest_cache
