@@ -50,13 +50,14 @@ swarm-down: $(INSTALLED)
 
 # The swarm suite: the stack through make swarm-up/down, a rolling update, a second engine as a second node.
 test-swarm: build $(VENV)/.installed-dev
-	$(PY) -m pytest tests/test_swarm.py
+	TEST_SWARM=1 $(PY) -m pytest tests/test_swarm.py
 
 # Against `docker run --rm` (runc): the center under runc (the default), then under crun if Docker has it.
 bench: build
 	$(PY) bench/latency.py
 	if docker info --format '{{json .Runtimes}}' | grep -q '"crun"'; then $(PY) bench/latency.py --runtime crun; fi
 	$(PY) bench/sessions.py
+	$(PY) bench/streaming.py
 
 clean:
 	rm -rf $(VENV) .build .pytest_cache

@@ -12,11 +12,12 @@ import http.client
 import json
 import os
 import socket
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 from urllib.parse import quote
 
-from sandbox.contract import UPLOAD_LIMIT_HEADER
+from sandbox.contract import STREAM_TYPE, UPLOAD_LIMIT_HEADER
 
 SOCKET_NAME = "agent.sock"
 HEALTH_TIMEOUT_SECONDS = 1.0
@@ -34,6 +35,52 @@ class AgentRefused(Exception):
         super().__init__(f"the agent answered HTTP {status}: {message}")
         self.status = status
         self.agent_message = message
+
+
+# A streamed run's events as the center hands them on: {"type": "started"} once the agent took the
+# run, then {"type": "stdout"|"stderr", "text"} as the program writes.
+EventSink = Callable[[dict[str, Any]], None]
+OUTPUT_EVENTS = ("stdout", "stderr")
+
+
+class Hangup:
+    """Lets another thread end a streamed exchange at once: its socket is shut down, the reader fails.
+
+    The center's client went away: a silent program gives the reading thread nothing to notice it by.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.sock: socket.socket | None = None
+        self.done = False
+
+    def attach(self, sock: socket.socket) -> None:
+        """The exchange's socket (shut down at once if the hangup came first)."""
+        with self.lock:
+            self.sock = sock
+            if self.done:
+                self._shut()
+
+    def __call__(self) -> None:
+        """Hang up."""
+        with self.lock:
+            self.done = True
+            self._shut()
+
+    def _shut(self) -> None:
+        if self.sock is not None:
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+class Listener:
+    """Who wants a run's events as they come (`on_event`), and the way to hang up on it (`hangup`)."""
+
+    def __init__(self, on_event: EventSink) -> None:
+        self.on_event = on_event
+        self.hangup = Hangup()
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
@@ -88,9 +135,46 @@ class AgentClient:
             return None
         return body if status == 200 and isinstance(body, dict) else None
 
-    def run(self, job: dict[str, Any] | bytes, timeout: float, path: str = "/run") -> dict[str, Any]:
-        """Send the job (a dict, or its JSON already encoded) and return the agent's report."""
+    def run(self, job: dict[str, Any] | bytes, timeout: float, path: str = "/run",
+            listener: Listener | None = None) -> dict[str, Any]:
+        """Send the job (a dict, or its JSON already encoded) and return the agent's report (streamed to
+        the listener as it runs, when there is one)."""
+        if listener is not None:
+            return self.stream(path, job, timeout, listener)
         return self.call("POST", path, job, timeout)
+
+    def stream(self, path: str, job: dict[str, Any] | bytes, timeout: float, listener: Listener) -> dict[str, Any]:
+        """Send the job asking for its events as it runs; hand each to on_event, return the report.
+
+        A refusal before the run is AgentRefused, as without streaming; an exchange that breaks off
+        (or is hung up) is AgentUnreachable.
+        """
+        connection = UnixHTTPConnection(self.socket_path, timeout)
+        try:
+            connection.connect()
+            listener.hangup.attach(connection.sock)
+            payload = job if isinstance(job, bytes) else json.dumps(job).encode()
+            connection.request("POST", path, body=payload,
+                               headers={"Content-Type": "application/json", "Accept": STREAM_TYPE})
+            response = connection.getresponse()
+            if response.status != 200 or response.getheader("Content-Type") != STREAM_TYPE:
+                return self._expect(response.status, json.loads(response.read()), ())
+            on_event = listener.on_event
+            on_event({"type": "started"})
+            while line := response.readline():
+                event = json.loads(line)
+                kind = event.get("type") if isinstance(event, dict) else None
+                if kind in OUTPUT_EVENTS and isinstance(event.get("text"), str):
+                    on_event({"type": kind, "text": event["text"]})
+                elif kind == "report" and isinstance(event.get("report"), dict):
+                    return event["report"]
+                elif kind == "error":
+                    raise AgentRefused(500, str(event.get("error"))[:500])
+            raise AgentUnreachable("the agent's answer ended before its report")
+        except (OSError, http.client.HTTPException, ValueError) as e:
+            raise AgentUnreachable(f"{type(e).__name__}: {e}") from e
+        finally:
+            connection.close()
 
     def call(self, method: str, path: str, body: Any, timeout: float,
              ok: tuple[int, ...] = (200, 201)) -> dict[str, Any]:

@@ -150,14 +150,28 @@ class Shutdown:
         _thread.interrupt_main(signal.SIGTERM)
 
 
-def serve(app: Flask, config: Config, shutdown: Shutdown | None = None) -> None:
-    """Serve with waitress until a stop signal (see Shutdown)."""
+def make_server(app: Flask, config: Config, port: int | None = None) -> Any:
+    """The waitress server for the app, not yet serving (port: the config's unless given; 0 picks a free one)."""
     from waitress.server import create_server
 
-    server = create_server(app, host=config.host, port=config.scheduler_port, threads=config.server_threads,
+    server = create_server(app, host=config.host, port=config.scheduler_port if port is None else port,
+                           threads=config.server_threads,
                            max_request_body_size=config.max_request_bytes * 2 + 8 * 1024 * 1024,
-                           max_request_header_size=MAX_REQUEST_HEAD_BYTES, ident="code-interpreter")
+                           max_request_header_size=MAX_REQUEST_HEAD_BYTES, ident="code-interpreter",
+                           # A client that hangs up is noticed while its streamed run is silent: waitress
+                           # then keeps reading the connection and offers waitress.client_disconnected.
+                           channel_request_lookahead=1)
     server.channel_class = JSONErrorChannel
+    # A streamed event goes out as soon as it is written: waitress otherwise holds a running answer's
+    # writes until 18 KB have gathered. Passing send_bytes is deprecated in waitress 3 (hence set here,
+    # where its channels still read it); tests/test_streaming.py fails if a release stops honouring it.
+    server.adj.send_bytes = 1
+    return server
+
+
+def serve(app: Flask, config: Config, shutdown: Shutdown | None = None) -> None:
+    """Serve with waitress until a stop signal (see Shutdown)."""
+    server = make_server(app, config)
     if shutdown is not None:
         shutdown.server = server
     log.info("serving on http://%s:%s", config.host, server.effective_port)

@@ -141,6 +141,22 @@ def _schemas() -> dict[str, Any]:
             "additionalProperties": True,
         },
         "Variables": variables,
+        "StreamEvent": {
+            "type": "object", "required": ["type"],
+            "description": (
+                "One event of a streamed run (`Accept: application/x-ndjson`: one JSON object per line; "
+                "`Accept: text/event-stream`: `event: <type>` and `data: <this JSON>`). `stdout`/`stderr` "
+                "carry `text` as the program writes it; `image`/`file` a `name` and its `url`; `keepalive` "
+                "comes when the program is silent (at least every 10 s); `error` (`status`, `error`) when "
+                "the service failed after the run started; `result` comes last and holds the whole result "
+                "body, the same as the plain JSON answer."
+            ),
+            "properties": {
+                "type": {"enum": ["stdout", "stderr", "image", "file", "keepalive", "error", "result"]},
+                "text": {"type": "string"}, "name": {"type": "string"}, "url": {"type": "string"},
+                "status": {}, "error": {"type": "string"},
+            },
+        },
         "RunResult": {
             "type": "object",
             "description": (
@@ -329,14 +345,23 @@ def _responses() -> dict[str, Any]:
     }
 
 
+STREAMED = {
+    "application/x-ndjson": {"schema": {"type": "string", "description": "StreamEvent objects, one per line."}},
+    "text/event-stream": {"schema": {"type": "string", "description": "StreamEvent objects as Server-Sent Events."}},
+}
+
+
 def _run_responses(*, with_body: bool) -> dict[str, Any]:
     finished = [s for s in STATUSES if s != "timeout"]
     responses: dict[str, Any] = {
         "200": {
-            "description": "The program ran (whatever its own outcome, timeout aside).",
+            "description": ("The program ran (whatever its own outcome, timeout aside). Asked for with "
+                            "`Accept: application/x-ndjson` or `text/event-stream` (POST only), the answer is "
+                            "200 at once and streams StreamEvent objects as the program runs, the result last "
+                            "(a timeout included)."),
             "content": {"application/json": {"schema": {
                 "allOf": [_ref("schemas", "RunResult"), {"properties": {"status": {"enum": finished}}}],
-            }}},
+            }}, **STREAMED},
         },
         "400": _ref("responses", "BadRequest"),
         "401": _ref("responses", "Unauthorized"),
@@ -518,7 +543,9 @@ def _session_paths(security: list[dict[str, list[str]]]) -> dict[str, Any]:
                 "responses": {**responses, **found}, **more}
 
     cell_responses = _run_responses(with_body=True)
-    cell_responses["200"] = json_answer("The cell ran (whatever its own outcome).", "CellResult")
+    cell_responses["200"] = json_answer("The cell ran (whatever its own outcome); streamed with `Accept: "
+                                        "application/x-ndjson` or `text/event-stream` (see StreamEvent).", "CellResult")
+    cell_responses["200"]["content"].update(STREAMED)
     cell_responses["504"] = json_answer("The cell passed its limit and was interrupted (the session keeps its "
                                         "state when the interrupt took).", "CellResult")
     cell_responses["409"] = _ref("responses", "Conflict")

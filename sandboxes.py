@@ -25,11 +25,11 @@ from typing import Any
 from docker.types import LogConfig, Mount, Ulimit
 
 import sandbox_security
-from agent_client import SOCKET_NAME, AgentClient, AgentRefused, AgentUnreachable
+from agent_client import SOCKET_NAME, AgentClient, AgentRefused, AgentUnreachable, Listener
 from config import Config
 from engine import Engine
 from errors import EngineError, EngineUnavailable, SandboxFailed
-from sandbox.contract import INTERRUPT_GRACE_SECONDS
+from sandbox.contract import INTERRUPT_GRACE_SECONDS, SESSION_START_SECONDS
 from sandbox_image import INPUTS_LABEL, inputs_hash
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,6 @@ PROGRAM_UID_SPAN = 1_000_000
 HEALTH_POLL_SECONDS = 0.01
 GVISOR_THREAD_HEADROOM = 1024
 RUN_GRACE_SECONDS = 15.0  # beyond the program's own limit, for the agent to collect and answer
-SESSION_START_SECONDS = 10.0
 EXIT_WAIT_SECONDS = 2.0  # for an agent that answered to exit by itself before its container is removed
 MAX_SOCKET_PATH = 100  # sockaddr_un holds 108 bytes
 
@@ -98,17 +97,18 @@ class Sandbox:
         """The agent's /healthz answer, or None while it does not answer."""
         return self.agent.health()
 
-    def run(self, job: dict[str, Any] | bytes, timeout: float | None = None) -> dict[str, Any]:
+    def run(self, job: dict[str, Any] | bytes, timeout: float | None = None,
+            listener: Listener | None = None) -> dict[str, Any]:
         """Send the job (or its JSON, with the program's time limit) to the agent and return its report."""
         limit = float(job["timeout"]) if timeout is None and isinstance(job, dict) else float(timeout or 0)
-        report = self.agent.run(job, timeout=limit + RUN_GRACE_SECONDS)
+        report = self.agent.run(job, timeout=limit + RUN_GRACE_SECONDS, listener=listener)
         self.answered = True
         return report
 
-    def run_cell(self, job: bytes, timeout: float) -> dict[str, Any]:
+    def run_cell(self, job: bytes, timeout: float, listener: Listener | None = None) -> dict[str, Any]:
         """One cell of a session (the agent interrupts it at its limit, then kills it after a grace)."""
         return self.agent.run(job, timeout=timeout + INTERRUPT_GRACE_SECONDS + RUN_GRACE_SECONDS,
-                              path="/session/cell")
+                              path="/session/cell", listener=listener)
 
 
 def opaque_folder_name(label: str) -> str:
@@ -232,7 +232,7 @@ class DockerSandboxes:
     def start_session(self, sandbox: Sandbox) -> None:
         """Turn a fresh sandbox into a session's: its agent keeps its interpreter and never exits by itself."""
         try:
-            sandbox.agent.call("POST", "/session/start", {}, timeout=SESSION_START_SECONDS)
+            sandbox.agent.call("POST", "/session/start", {}, timeout=SESSION_START_SECONDS + RUN_GRACE_SECONDS)
         except (AgentRefused, AgentUnreachable) as e:
             raise SandboxFailed(f"the sandbox could not start a session ({e})") from e
 
@@ -405,15 +405,18 @@ class DockerSandboxes:
         """The agent answers (about a millisecond over its socket)."""
         return sandbox.health() is not None
 
-    def run(self, sandbox: Sandbox, job: dict[str, Any] | bytes, timeout: float | None = None) -> dict[str, Any]:
+    def run(self, sandbox: Sandbox, job: dict[str, Any] | bytes, timeout: float | None = None,
+            listener: Listener | None = None) -> dict[str, Any]:
         """Run a job in the sandbox; a sandbox that fails is reported as SandboxFailed (or as an oom run)."""
         started = time.monotonic()
         try:
-            return sandbox.run(job, timeout)
+            return sandbox.run(job, timeout, listener)
         except AgentRefused as e:
             # The agent is alive and said why: no reason to wait on the engine to find out more.
             raise SandboxFailed(f"the sandbox refused the program: {e.agent_message}") from e
         except AgentUnreachable as e:
+            if listener is not None and listener.hangup.done:
+                raise SandboxFailed("the run was stopped: its client hung up") from e
             if self._was_oom_killed(sandbox):  # the memory limit took the agent down with the program
                 return {"stdout": "", "stderr": "", "exit_code": 137, "status": "oom",
                         "duration_ms": round((time.monotonic() - started) * 1000, 1),

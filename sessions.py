@@ -23,7 +23,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from agent_client import AgentRefused, AgentUnreachable
+from agent_client import AgentRefused, AgentUnreachable, Listener
 from config import Config
 from errors import (
     BadRequest,
@@ -232,8 +232,11 @@ class SessionRegistry:
             "execution_count": record.execution_count,
         }
 
-    def run_cell(self, record: SessionRecord, job: bytes, timeout: float) -> dict[str, Any]:
+    def run_cell(self, record: SessionRecord, job: bytes, timeout: float,
+                 listener: Listener | None = None) -> dict[str, Any]:
         """Run one cell; 409 while another runs. A cell that kills the session ends it (dead) with its reason.
+
+        Streamed (`listener`), a hangup interrupts the cell and leaves the session as it is.
 
         The registry is written in sessions of its own, so that a database that fails while the
         cell runs costs the bookkeeping, never the cell's answer.
@@ -245,7 +248,7 @@ class SessionRegistry:
         try:
             self._record_use(session_id)
             try:
-                report = live.sandbox.run_cell(job, timeout)
+                report = live.sandbox.run_cell(job, timeout, listener)
             except AgentRefused as e:
                 if e.status == 410:
                     self._end_by_id(session_id, e.agent_message, dead=True)
@@ -254,6 +257,8 @@ class SessionRegistry:
                     raise Conflict("a cell is already running in this session") from e
                 raise SandboxFailed(f"the session's sandbox refused the cell: {e.agent_message}") from e
             except AgentUnreachable as e:
+                if listener is not None and listener.hangup.done:  # the agent interrupts the cell itself
+                    raise SandboxFailed("the cell was interrupted: its client hung up") from e
                 reason = self._why_unreachable(live.sandbox)
                 self._end_by_id(session_id, reason, dead=True)
                 if "memory" in reason:

@@ -1,32 +1,24 @@
-"""POST/GET /runcode: validate, run in a fresh sandbox, store the images, answer (504 on timeout)."""
+"""POST/GET /runcode: validate, run in a fresh sandbox, store the images, answer (504 on timeout), or stream."""
 
 from __future__ import annotations
 
 import json
-import logging
+from contextlib import ExitStack
 from typing import Any, NamedTuple
 
-from flask import Response, g, jsonify, request
+from flask import Response, g, request
 from werkzeug.exceptions import MethodNotAllowed
 
+from agent_client import Listener
+from api.answers import answer_report
 from api.http import guarded_blueprint
-from errors import BadRequest, PayloadTooLarge, StorageFailed
-from execution import parse_run_request, result_body
-from models import Image, StoredFile
+from api.streaming import RunInThread, requested_format, stream_answer
+from errors import BadRequest, PayloadTooLarge
+from execution import parse_run_request
 from sandbox.contract import MAX_JOB_BYTES
-from services import Services, db_session, services
-from storage import store_outputs
+from services import Services, services
 
-log = logging.getLogger("center")
 blueprint = guarded_blueprint("runs", __name__)
-
-
-def public_base_url(svc: Services) -> str:
-    """Where image links point: `domain` (scheme optional, https assumed) or the request's own host."""
-    if not svc.config.domain:
-        return request.host_url.rstrip("/")
-    domain = svc.config.domain.rstrip("/")
-    return domain if "://" in domain else f"https://{domain}"
 
 
 class EncodedRun(NamedTuple):
@@ -72,40 +64,6 @@ def read_run_request(svc: Services) -> EncodedRun:
     return run
 
 
-def store_outputs_of(svc: Services, report: dict[str, Any]) -> tuple[dict[str, str], dict[str, str], str | None]:
-    """Store the report's images and files; their URLs by name, and what went wrong with the database, if anything.
-
-    The run's own result is worth more than its outputs: a database that is down leaves them out
-    (said in `image_error`), it does not turn the answer into an error.
-    """
-    urls: dict[type, dict[str, str]] = {Image: {}, StoredFile: {}}
-    for model, key, route in ((Image, "images", "image"), (StoredFile, "files", "file")):
-        if not report.get(key):
-            continue
-        try:
-            stored, stored_bytes = store_outputs(db_session(), model, report[key])
-        except StorageFailed as e:
-            log.error("%s: %s", e.message, e.__cause__)
-            return {}, {}, e.message
-        svc.metrics.image_bytes.inc(stored_bytes)
-        base = public_base_url(svc)
-        urls[model] = {name: f"{base}/{route}/{filename}" for name, filename in stored.items()}
-    return urls[Image], urls[StoredFile], None
-
-
-def answer_report(svc: Services, report: dict[str, Any], language: str,
-                  extra: dict[str, Any] | None = None) -> tuple[Response, int]:
-    """The client's answer to an agent report (one-shot or a session's cell): 200, or 504 on timeout."""
-    image_urls, file_urls, storage_error = store_outputs_of(svc, report)
-    body = result_body(report, image_urls, file_urls)
-    body.update(extra or {})
-    if storage_error:
-        body["image_error"] = storage_error
-    g.run_status = body["status"]
-    svc.metrics.observe_run(language, body["status"], body["duration_ms"])
-    return jsonify(body), 504 if body["status"] == "timeout" else 200
-
-
 @blueprint.route("/runcode", methods=["GET", "POST"])
 def run_code() -> tuple[Response, int]:
     """POST/GET /runcode: validate, run in a fresh sandbox, store images and files, answer (504 on timeout)."""
@@ -113,7 +71,17 @@ def run_code() -> tuple[Response, int]:
     if request.method == "HEAD":  # Flask adds HEAD to GET routes; a HEAD must never run a program
         raise MethodNotAllowed(valid_methods=["GET", "POST"])
     run = read_run_request(svc)
-    with svc.pool.sandbox(svc.config.queue_wait_seconds) as sandbox:
+    fmt = requested_format()
+    with ExitStack() as held:
+        sandbox = held.enter_context(svc.pool.sandbox(svc.config.queue_wait_seconds))
         g.slot = sandbox.slot
-        report = svc.sandboxes.run(sandbox, run.job, run.timeout)
-    return answer_report(svc, report, run.language)
+        if fmt is None:
+            report = svc.sandboxes.run(sandbox, run.job, run.timeout)
+            return answer_report(svc, report, run.language)
+        slot = held.pop_all()  # the streamed run's thread gives the sandbox back when it ends
+
+        def run_streamed(listener: Listener) -> dict[str, Any]:
+            with slot:
+                return svc.sandboxes.run(sandbox, run.job, run.timeout, listener)
+
+        return stream_answer(svc, fmt, run.language, RunInThread(run_streamed))

@@ -11,10 +11,12 @@ from typing import Any
 
 from flask import Response, g, jsonify, request, stream_with_context
 
+from api.answers import answer_report
 from api.forwarding import forward_if_elsewhere
 from api.http import guarded_blueprint
 from api.outputs import attachment
-from api.runs import answer_report, read_run_request
+from api.runs import read_run_request
+from api.streaming import RunInThread, requested_format, stream_answer
 from errors import BadRequest, PayloadTooLarge
 from execution import workspace_path
 from models import SessionRecord
@@ -78,6 +80,11 @@ def run_cell(session_id: str) -> tuple[Response, int]:
     svc = services()
     record = owned_session(session_id)
     run = read_run_request(svc)
+    fmt = requested_format()
+    if fmt is not None:
+        cell = RunInThread(lambda listener: svc.registry.run_cell(record, run.job, run.timeout, listener))
+        return stream_answer(svc, fmt, run.language, cell,
+                             lambda report: {"execution_count": report.get("execution_count")})
     report = svc.registry.run_cell(record, run.job, run.timeout)
     return answer_report(svc, report, run.language, {"execution_count": report.get("execution_count")})
 

@@ -39,6 +39,7 @@ import stat  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from typing import IO, Any, NoReturn  # noqa: E402
 
 from contract import (  # noqa: E402
@@ -51,9 +52,10 @@ from contract import (  # noqa: E402
     IMAGE_EXTENSIONS,
     MAX_ERROR_SUMMARY_BYTES,
     OUTPUT_CUT_NOTICE,
+    STREAM_TYPE,
     check_path,
 )
-from http_server import HTTPError, RawResponse, Request, serve_unix_socket  # noqa: E402
+from http_server import HTTPError, RawResponse, Request, encode_json, serve_unix_socket  # noqa: E402
 
 SANDBOX_USER = "sandbox"  # the image's unprivileged user: the program's uid and gid unless --uid says otherwise
 WORKDIR = "/workspace"
@@ -313,11 +315,12 @@ class OutputBudget:
 
 
 class OutputReader(threading.Thread):
-    """Drains one output pipe, decoding it (bytes that are not UTF-8 become U+FFFD); keeps what the budget allows."""
+    """Drains one output pipe, decoding it (bytes that are not UTF-8 become U+FFFD); keeps what the budget
+    allows, and hands each piece kept to `on_text` too (a streamed run's events) as it comes."""
 
-    def __init__(self, pipe: IO[bytes], budget: OutputBudget) -> None:
+    def __init__(self, pipe: IO[bytes], budget: OutputBudget, on_text: Callable[[str], None] | None = None) -> None:
         super().__init__(daemon=True)
-        self.pipe, self.budget = pipe, budget
+        self.pipe, self.budget, self.on_text = pipe, budget, on_text
         self.chunks: list[str] = []
 
     def run(self) -> None:
@@ -326,14 +329,68 @@ class OutputReader(threading.Thread):
         while True:
             chunk = os.read(fd, 65536)  # keeps draining once cut: writers never block, the run is stopped
             text = decoder.decode(chunk, final=not chunk)
-            if text:
-                self.chunks.append(self.budget.take(text))
+            if text and (kept := self.budget.take(text)):
+                self.chunks.append(kept)
+                if self.on_text is not None:
+                    self.on_text(kept)
             if not chunk:
                 return
 
     def text(self) -> str:
         """What was kept."""
         return "".join(self.chunks)
+
+
+OUTPUT_STREAMS = ("stdout", "stderr")
+
+
+class EventStream:
+    """A streamed run's events to the center, one JSON object per line on the agent's connection.
+
+    Output pipes are read in threads of their own: each line goes out whole, under a lock. A center
+    that went away (its client hung up) is noticed here and ends nothing by itself: the center
+    removes a one-shot sandbox, and a session's cell watches its connection (see session.py).
+    """
+
+    def __init__(self, sock: Any) -> None:
+        self.sock = sock
+        self.lock = threading.Lock()
+        self.gone = False
+
+    def output(self, index: int) -> Callable[[str], None]:
+        """The callback that sends text of stdout (0) or stderr (1) as an event."""
+        return lambda text: self.send({"type": OUTPUT_STREAMS[index], "text": text})
+
+    def send(self, event: dict[str, Any]) -> None:
+        """One event as one line; dropped once the center is gone."""
+        line = encode_json(event) + b"\n"
+        with self.lock:
+            if self.gone:
+                return
+            try:
+                self.sock.sendall(line)
+            except OSError:
+                self.gone = True
+
+
+def wants_stream(request: Request) -> bool:
+    """Whether the center asked for the run's events as they come (Accept: application/x-ndjson)."""
+    return STREAM_TYPE in request.headers.get("accept", "")
+
+
+def streamed(run: Callable[[EventStream], dict[str, Any]], close: Callable[[], None] | None = None) -> RawResponse:
+    """An answer that runs `run` while it is sent: the output events it makes, then the report as the last line."""
+
+    def write(sock: Any) -> None:
+        events = EventStream(sock)
+        try:
+            report = run(events)
+        except Exception as e:  # noqa: BLE001 - the head is sent: the failure can only be an event now
+            events.send({"type": "error", "error": f"agent error: {type(e).__name__}: {e}"})
+            return
+        events.send({"type": "report", "report": report})
+
+    return RawResponse(None, write, STREAM_TYPE, close)
 
 
 def oom_kill_count() -> int:
@@ -853,11 +910,17 @@ class Agent:
             self.mode, self.used = mode, True
         return None
 
-    def run(self, job: Job) -> dict[str, Any]:
+    def run(self, job: Job, events: EventStream | None = None) -> dict[str, Any]:
         """Run the job to its end (exit, timeout or output cap) and report what happened.
 
         WorkspaceError (see workspace.py) when its input files cannot be written: then it does not run.
         """
+        worker, before = self.prepare(job)
+        return self.execute(job, worker, before, events)
+
+    def prepare(self, job: Job) -> tuple[Worker, Snapshot | None]:
+        """The worker for the job, its input files written (WorkspaceError when they cannot be), and the
+        workspace as it was then (None without input files: every file found afterwards is new)."""
         worker = self.take_worker(job)
         before = None
         if job.files:
@@ -866,10 +929,16 @@ class Agent:
             workspace.write_files(self.uid, job.files)
             job.files = []  # the agent's memory is the container's: the bytes are in the workspace now
             before = workspace_snapshot()
+        return worker, before
+
+    def execute(self, job: Job, worker: Worker, before: Snapshot | None,
+                events: EventStream | None = None) -> dict[str, Any]:
+        """Run the prepared job and report; its output also goes to `events` as it comes, when given."""
         oom_before = oom_kill_count()
         finished = threading.Event()
         budget = OutputBudget(int(job.max_output_bytes), finished)
-        readers = [OutputReader(pipe, budget) for pipe in (worker.stdout, worker.stderr)]
+        readers = [OutputReader(pipe, budget, events.output(index) if events else None)
+                   for index, pipe in enumerate((worker.stdout, worker.stderr))]
         for reader in readers:
             reader.start()
         threading.Thread(target=lambda: (worker.wait(), finished.set()), daemon=True).start()
@@ -963,6 +1032,9 @@ def route(agent: Agent, request: Request) -> tuple[int, dict[str, Any] | RawResp
         if refusal is not None:
             return 409, {"error": refusal}, False
         try:
+            if wants_stream(request):
+                worker, before = agent.prepare(job)  # a refusal is still an ordinary error answer
+                return 200, streamed(lambda events: agent.execute(job, worker, before, events)), True
             return 200, agent.run(job), True
         except Exception as e:  # noqa: BLE001 - a used sandbox can do nothing more: say why, then exit
             status = getattr(e, "status", None)  # workspace.WorkspaceError: the input files could not be written

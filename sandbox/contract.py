@@ -36,6 +36,10 @@ MAX_PATH_BYTES = 4096
 # PUT /files/<path>: the largest upload unless the request's UPLOAD_LIMIT_HEADER says otherwise.
 DEFAULT_MAX_UPLOAD_BYTES = 100 * 1024 * 1024
 UPLOAD_LIMIT_HEADER = "X-Max-Bytes"
+# A run or cell asked for with this Accept header answers as it runs: one JSON event per line,
+# {"type": "stdout"|"stderr", "text"} as the program writes, then {"type": "report", "report"}
+# (or {"type": "error", "error"} when the agent itself failed).
+STREAM_TYPE = "application/x-ndjson"
 # GET /files lists at most this many files (then "truncated": true).
 MAX_LISTED_FILES = 10000
 # A run's or cell's `result` (the repr of its last expression) is cut to this many characters.
@@ -48,6 +52,10 @@ MAX_ERROR_SUMMARY_BYTES = 1024
 # A session cell past its time limit (or output cap) gets a KeyboardInterrupt; if it has not ended
 # this much later, the session is killed. The center waits timeout + this + its own margin.
 INTERRUPT_GRACE_SECONDS = 2.0
+# The most a session's start may take in the agent: its worker starting, then taking the session once
+# a warm-up under way has finished (numpy, pandas, matplotlib and seaborn take seconds on a busy host).
+# The center waits this long and a little more.
+SESSION_START_SECONDS = 70.0
 
 # Paths in the workspace: one rule for the center (which refuses with a 400 before anything starts)
 # and the agent (which must not trust the center either).

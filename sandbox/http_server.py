@@ -7,7 +7,8 @@ and socket, which the agent uses anyway, where http.server (with email, http.cli
 adds tens of milliseconds to a start-up that every request pays.
 
 A route reads the body itself: as JSON (Request.json) or streamed in chunks (Request.read, for
-file uploads); and answers JSON, or raw bytes streamed by a RawResponse (file downloads).
+file uploads); and answers JSON, or raw bytes streamed by a RawResponse (file downloads, and the
+events of a run streamed as it goes).
 """
 
 from __future__ import annotations
@@ -95,10 +96,11 @@ class Request:
 
 
 class RawResponse:
-    """An answer that is not JSON: `length` bytes that `write(sock)` sends after the head; `close()` after,
-    whatever happened (it releases what `write` reads from)."""
+    """An answer that is not JSON: `length` bytes that `write(sock)` sends after the head (None: as many
+    as it sends, the end of the body being the connection's); `close()` after, whatever happened (it
+    releases what `write` reads from)."""
 
-    def __init__(self, length: int, write: Callable[[socket.socket], None],
+    def __init__(self, length: int | None, write: Callable[[socket.socket], None],
                  content_type: str = "application/octet-stream", close: Callable[[], None] | None = None) -> None:
         self.length, self.write, self.content_type = length, write, content_type
         self.close = close or (lambda: None)
@@ -145,10 +147,12 @@ def encode_json(answer: dict[str, Any]) -> bytes:
         return json.dumps(answer, allow_nan=False).encode()
 
 
-def response_head(status: int, content_type: str, length: int) -> bytes:
-    """The status line and headers of an answer; the connection closes after it."""
+def response_head(status: int, content_type: str, length: int | None) -> bytes:
+    """The status line and headers of an answer; the connection closes after it (which ends a body of
+    no stated length)."""
+    length_header = "" if length is None else f"Content-Length: {length}\r\n"
     return (f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\nContent-Type: {content_type}\r\n"
-            f"Content-Length: {length}\r\nConnection: close\r\n\r\n").encode()
+            f"{length_header}Connection: close\r\n\r\n").encode()
 
 
 def write_response(sock: socket.socket, status: int, answer: dict[str, Any] | RawResponse) -> None:

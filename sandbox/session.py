@@ -33,18 +33,26 @@ import workspace
 from agent import (
     COLD_START_SECONDS,
     Agent,
+    EventStream,
     Job,
     OutputBudget,
     collect_outputs,
     kill_sandbox_processes,
     oom_kill_count,
     signal_description,
+    streamed,
+    wants_stream,
     workspace_snapshot,
 )
-from contract import DEFAULT_MAX_UPLOAD_BYTES, INTERRUPT_GRACE_SECONDS, OUTPUT_CUT_NOTICE, UPLOAD_LIMIT_HEADER
+from contract import (
+    DEFAULT_MAX_UPLOAD_BYTES,
+    INTERRUPT_GRACE_SECONDS,
+    OUTPUT_CUT_NOTICE,
+    SESSION_START_SECONDS,
+    UPLOAD_LIMIT_HEADER,
+)
 from http_server import HTTPError, RawResponse, Request
 
-HANDOVER_SECONDS = 60.0  # for the worker to take the session: a warm-up under way finishes first
 DRAIN_SECONDS = 0.5  # after a cell's record, for output still in the pipes (bounded: a thread may write on)
 START_SECONDS = 30.0  # for the worker to take a cell (a 64 MiB one is parsed in well under a second)
 SWEEP_SECONDS = 2.0  # for the processes a cell left behind to be gone
@@ -77,7 +85,7 @@ class Session:
             if not worker.started.wait(COLD_START_SECONDS):
                 raise RuntimeError("the sandbox worker did not start")
             worker.send(b"session\n")
-            if not worker.in_session.wait(HANDOVER_SECONDS) or worker.session_status is None:
+            if not worker.in_session.wait(SESSION_START_SECONDS - COLD_START_SECONDS) or worker.session_status is None:
                 raise RuntimeError("the sandbox worker did not take the session")
         except (OSError, RuntimeError) as e:
             self.die(f"the session could not start: {e}")
@@ -105,10 +113,15 @@ class Session:
 
     # --- a cell ---------------------------------------------------------------------------------
 
-    def cell(self, job: Job) -> tuple[int, dict[str, Any]]:
-        """Run one cell: (HTTP status, report); 409 while another runs, 410 once the session is dead."""
+    def cell(self, job: Job, stream: bool = False) -> tuple[int, dict[str, Any] | RawResponse]:
+        """Run one cell: (HTTP status, report); 409 while another runs, 410 once the session is dead.
+
+        With `stream`, the 200 answer runs the cell while it is sent (its output as events, the report
+        last), and the cell stays this session's one until that answer is done.
+        """
         if not self.busy.acquire(blocking=False):
             return 409, {"error": "a cell is running in this session: wait for its answer"}
+        handed_over = False
         try:
             if not self.alive:
                 return 410, {"error": self.dead_reason}
@@ -119,12 +132,20 @@ class Session:
                     return e.status, {"error": f"{e.message}; the cell did not run"}
                 job.files = []
             self.execution_count += 1
+            if stream:
+                handed_over = True
+                return 200, streamed(lambda events: self.run(job, events), close=self.busy.release)
             return 200, self.run(job)
         finally:
-            self.busy.release()
+            if not handed_over:
+                self.busy.release()
 
-    def run(self, job: Job) -> dict[str, Any]:
-        """Send the cell, follow it to its record (or the worker's death), clean up, report."""
+    def run(self, job: Job, events: EventStream | None = None) -> dict[str, Any]:
+        """Send the cell, follow it to its record (or the worker's death), clean up, report.
+
+        Streamed (`events`), its output goes out as it comes, and a center that hangs up (its client
+        went away) interrupts the cell as a timeout would: the session keeps its state.
+        """
         worker = self.worker
         count = self.execution_count
         self.discard_stale_output()
@@ -132,7 +153,7 @@ class Session:
         oom_before = oom_kill_count()
         line = json.dumps({"language": job.language, "code": job.code, "variables": job.program_variables(),
                            "count": count}).encode() + b"\n"
-        cell = CellRun(self, job, count)
+        cell = CellRun(self, job, count, events)
         cell.follow(line)
 
         # The memory limit may have killed the worker, or only a process of the cell: either way the
@@ -257,8 +278,11 @@ def is_dead(pid: str) -> bool:
 class CellRun:
     """One cell in flight: the poll loop over the worker's pipes, the output kept, the record, the outcome."""
 
-    def __init__(self, session: Session, job: Job, count: int) -> None:
+    def __init__(self, session: Session, job: Job, count: int, events: EventStream | None = None) -> None:
         self.session, self.job, self.count = session, job, count
+        self.on_text = [events.output(index) for index in (0, 1)] if events else None
+        # The center's connection: readable only once it closes (it sends nothing after the cell).
+        self.hangup_fd = events.sock.fileno() if events else -1
         worker = session.worker
         self.stdin_fd = worker.stdin.fileno()
         self.outputs = (worker.stdout.fileno(), worker.stderr.fileno())
@@ -270,6 +294,7 @@ class CellRun:
         self.started_at: float | None = None  # when the worker said the cell runs: its clock starts
         self.exited = False  # the worker exited before its record
         self.killed = False  # it ignored the interrupt
+        self.hung_up = False  # the center closed a streamed cell's connection: its client went away
         self.interrupted: str | None = None  # "timeout" or "output_limit" once SIGINT was sent
         self.duration = 0.0
 
@@ -279,6 +304,8 @@ class CellRun:
         open_fds = {*self.outputs, self.session.status_fd, self.session.exit_read}
         for fd in open_fds:
             poller.register(fd, select.POLLIN)
+        if self.hangup_fd >= 0:
+            poller.register(self.hangup_fd, select.POLLIN | select.POLLRDHUP)
         pending = memoryview(line)
         poller.register(self.stdin_fd, select.POLLOUT)
         sent_at = time.monotonic()
@@ -296,6 +323,9 @@ class CellRun:
                 if self.interrupted is None and (self.budget.cut or now >= deadline):
                     self.interrupted = "output_limit" if self.budget.cut else "timeout"
                     self.interrupt()
+                    grace_end = now + INTERRUPT_GRACE_SECONDS
+                elif self.hung_up and grace_end is None:
+                    self.interrupt()  # KeyboardInterrupt, as at a timeout: the session keeps its state
                     grace_end = now + INTERRUPT_GRACE_SECONDS
                 if grace_end is not None and now >= grace_end:
                     self.killed = True
@@ -320,6 +350,9 @@ class CellRun:
                         poller.unregister(fd)
                 elif fd == self.session.exit_read:
                     self.exited = True
+                elif fd == self.hangup_fd:
+                    poller.unregister(fd)
+                    self.hung_up = True
         self.duration = time.monotonic() - (self.started_at or sent_at)
 
     def interrupt(self) -> None:
@@ -337,11 +370,16 @@ class CellRun:
             return True
         except OSError:
             chunk = b""
-        index = self.outputs.index(fd)
-        text = self.decoders[index].decode(chunk, final=not chunk)
-        if text:
-            self.chunks[index].append(self.budget.take(text))
+        self.take_output(self.outputs.index(fd), chunk)
         return bool(chunk)
+
+    def take_output(self, index: int, chunk: bytes) -> None:
+        """Keep what the budget allows of a chunk of stdout (0) or stderr (1); stream it when streamed."""
+        text = self.decoders[index].decode(chunk, final=not chunk)
+        if text and (kept := self.budget.take(text)):
+            self.chunks[index].append(kept)
+            if self.on_text is not None:
+                self.on_text[index](kept)
 
     def read_status(self) -> bool:
         """Take what the status pipe holds now; False once it has ended (the program may close it)."""
@@ -387,10 +425,7 @@ class CellRun:
                     continue
                 except OSError:
                     break
-                index = self.outputs.index(fd)
-                text = self.decoders[index].decode(chunk, final=not chunk)
-                if text:
-                    self.chunks[index].append(self.budget.take(text))
+                self.take_output(self.outputs.index(fd), chunk)
                 if not chunk:
                     break
 
@@ -430,7 +465,7 @@ def route(agent: Agent, request: Request) -> tuple[int, dict[str, Any] | RawResp
             job = Job.from_json(request.json())
         except ValueError as e:
             return 400, {"error": str(e)}, False
-        return (*session.cell(job), False)
+        return (*session.cell(job, stream=wants_stream(request)), False)
     if path == "/files":
         allow(method, path, "GET")
         return (*workspace_call(lambda: (200, workspace.list_files(agent.uid))), False)

@@ -29,6 +29,7 @@ from werkzeug.serving import make_server
 
 import build
 from center import EXTENSION_KEY, create_app
+from center import make_server as make_waitress_server
 from config import PROJECT_DIR, Config, PortRange
 from pool import SandboxPool
 from sandboxes import DEPLOYMENT_LABEL, DockerSandboxes, Sandbox
@@ -186,6 +187,34 @@ def live_server(make_app: Callable[..., Flask]) -> Iterator[Callable[..., str]]:
     yield start
     for server in servers:
         server.shutdown()
+
+
+@pytest.fixture
+def waitress_server(make_app: Callable[..., Flask]) -> Iterator[Callable[..., str]]:
+    """Factory: serve an app with waitress, set up as center.py sets it up (streaming needs its flushing
+    and its hang-up detection); returns its URL."""
+    servers = []
+    closing = threading.Event()
+
+    def serve(server: Any) -> None:
+        try:
+            server.run()
+        except Exception:
+            if not closing.is_set():  # closing its sockets under waitress's loop may make it fail: that is the end
+                raise
+
+    def start(**overrides: object) -> str:
+        app = make_app(**overrides)
+        server = make_waitress_server(app, app.extensions[EXTENSION_KEY].config, port=0)
+        threading.Thread(target=serve, args=(server,), daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.effective_port}"
+
+    yield start
+    closing.set()
+    for server in servers:
+        server.close()
+        server.task_dispatcher.shutdown(timeout=5)
 
 
 @pytest.fixture(scope="session")

@@ -116,6 +116,20 @@ def test_playground_runs_a_plot_and_shows_its_output_and_image(live_server: Call
     assert not page.console_errors
 
 
+def test_playground_shows_output_live_while_the_program_runs(waitress_server: Callable[..., str], page: Any) -> None:
+    base = waitress_server()
+    page.goto(f"{base}/")
+    page.fill("#code", "import time\nprint('first line', flush=True)\ntime.sleep(6)\nprint('done')")
+    page.click("#run")
+    # The first line is on the page while the program still sleeps: the run is not over yet.
+    expect(page.locator("#stdout")).to_have_text("first line\n", timeout=RUN_TIMEOUT_MS)
+    assert page.locator("#status").text_content() == "running…"
+    assert page.locator("#http-status").text_content().startswith("200")
+    expect(page.locator("#status")).to_have_text("ok", timeout=RUN_TIMEOUT_MS)
+    expect(page.locator("#stdout")).to_have_text("first line\ndone\n")
+    assert not page.console_errors
+
+
 def test_playground_shows_a_failed_bash_run_with_variables(live_server: Callable[..., str], page: Any) -> None:
     base = live_server()
     page.goto(f"{base}/")

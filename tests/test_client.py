@@ -1,0 +1,318 @@
+"""client.py against a real center (real HTTP, Docker sandboxes, database): every method and every typed error."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from conftest import free_port, wait_until
+
+from client import (
+    BadRequestError,
+    CenterUnreachableError,
+    Client,
+    ClientError,
+    ConflictError,
+    ForbiddenError,
+    GoneError,
+    InsufficientStorageError,
+    NotFoundError,
+    PayloadTooLargeError,
+    RunResult,
+    ServerError,
+    ServiceUnavailableError,
+    Session,
+    UnauthorizedError,
+    error_for,
+)
+
+TOKEN, OTHER_TOKEN = "client-token", "other-token"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def center_url(live_server: Callable[..., str]) -> str:
+    """A real center over HTTP that takes two tokens."""
+    return live_server(auth_tokens=(TOKEN, OTHER_TOKEN))
+
+
+@pytest.fixture
+def center(center_url: str) -> Iterator[Client]:
+    """A client of that center with the first token."""
+    with Client(center_url, token=TOKEN, timeout=120) as client:
+        yield client
+
+
+@pytest.fixture
+def session(center: Client) -> Iterator[Session]:
+    """A fresh session, ended afterwards."""
+    with center.session() as s:
+        yield s
+
+
+# --- one-shot runs ------------------------------------------------------------------------------
+
+def test_run_gives_output_value_and_status(center: Client) -> None:
+    result = center.run("print('hello')\n6 * 7")
+    assert isinstance(result, RunResult)
+    assert (result.stdout, result.stderr, result.exit_code, result.status) == ("hello\n", "", 0, "ok")
+    assert result.ok and result.result == "42" and result.error is None
+    assert result.images == {} and result.files == {} and result.skipped == []
+    assert result["output"] == "hello\n" and result.get("nope", "default") == "default", "dict-like by wire name"
+    assert center.healthy()
+
+
+def test_run_with_files_variables_and_bash(center: Client) -> None:
+    code = ("import pandas as pd\ndf = pd.read_csv('data.csv')\n"
+            "df.assign(total=df.a * factor).to_csv('report.csv', index=False)\nprint(len(df))")
+    result = center.run(code, files={"data.csv": "a,b\n1,2\n3,4\n"}, variables={"factor": 10})
+    assert result.stdout == "2\n" and list(result.files) == ["report.csv"]
+    assert center.fetch(result.files["report.csv"]) == b"a,b,total\n1,2,10\n3,4,30\n"
+    bash = center.run('echo "$GREETING $COUNT"; cat in.bin | wc -c', language="bash",
+                      variables={"GREETING": "hi", "COUNT": 3}, files={"in.bin": bytes(range(256))})
+    assert bash.stdout.split() == ["hi", "3", "256"]
+
+
+def test_a_plot_comes_back_as_an_image_url(center: Client) -> None:
+    result = center.run("import matplotlib.pyplot as plt\nplt.plot([1, 2, 3], [1, 4, 9])")
+    assert list(result.images) == ["figure_1.png"]
+    assert result.images["figure_1.png"].startswith(center.url + "/image/")
+    assert center.fetch(result.images["figure_1.png"]).startswith(PNG_SIGNATURE)
+
+
+def test_failures_and_timeouts_are_results_not_exceptions(center: Client) -> None:
+    failed = center.run("values = []\nprint('before')\nsum(values) / len(values)")
+    assert failed.status == "error" and not failed.ok and failed.exit_code != 0
+    assert failed.stdout == "before\n" and "ZeroDivisionError" in failed.error and "Traceback" in failed.stderr
+    slow = center.run("import time\nprint('started', flush=True)\ntime.sleep(60)", timeout=1)
+    assert slow.status == "timeout" and slow.http_status == 504
+    assert slow.stdout == "started\n" and "time limit" in slow.error
+
+
+# --- sessions -----------------------------------------------------------------------------------
+
+def test_a_session_keeps_state_and_files(center: Client, tmp_path: Path) -> None:
+    local = tmp_path / "cities.csv"
+    local.write_text("city,people\nOslo,709\nLima,10092\n")
+    with center.session() as s:
+        assert len(s.id) >= 32 and s.info["status"] == "idle"
+        assert s.upload(local) == [{"path": "cities.csv", "size": local.stat().st_size}]
+        assert s.upload("data/notes.txt", "hello") == [{"path": "data/notes.txt", "size": 5}]
+        assert s.upload("raw.bin", b"\x00\x01") == [{"path": "raw.bin", "size": 2}]
+        first = s.run("import pandas as pd\ndf = pd.read_csv('cities.csv')\nint(df.people.sum())")
+        assert first.result == "10801" and first.execution_count == 1
+        second = s.run("import os\nos.makedirs('out')\ndf.to_csv('out/report.csv', index=False)\nlen(df)")
+        assert second.result == "2" and second.execution_count == 2, "df carried over"
+        assert s.run("ls data", language="bash").stdout == "notes.txt\n"
+        listing = {entry["path"]: entry for entry in s.files()}
+        assert set(listing) >= {"cities.csv", "data/notes.txt", "raw.bin", "out/report.csv"}
+        assert listing["raw.bin"]["size"] == 2 and listing["raw.bin"]["modified"] > 0
+        assert s.download("out/report.csv") == b"city,people\nOslo,709\nLima,10092\n"
+        target = tmp_path / "notes.txt"
+        assert s.download("data/notes.txt", to=target) == b"hello" and target.read_bytes() == b"hello"
+        assert s.describe()["status"] == "idle"
+    assert s.ended
+    with pytest.raises(GoneError) as gone:
+        s.run("1")
+    assert gone.value.status == 410 and "deleted" in gone.value.error
+    s.end()  # ending again is a no-op
+
+
+def test_attach_reaches_an_existing_session_and_end_is_idempotent(center: Client, session: Session) -> None:
+    session.run("kept = 'yes'")
+    again = center.attach(session.id)
+    assert again.run("kept").result == "'yes'"
+    again.end()
+    again.end()
+    session.end()  # ended through the other handle: the center says 410, which end() takes as done
+    with pytest.raises(GoneError):
+        session.describe()
+
+
+def test_a_session_cell_timeout_is_a_result_and_the_state_stays(session: Session) -> None:
+    session.run("x = 5")
+    slow = session.run("import time\ntime.sleep(60)", timeout=1)
+    assert slow.status == "timeout" and slow.http_status == 504
+    assert session.run("x + 1").result == "6"
+
+
+# --- typed errors ---------------------------------------------------------------------------------
+
+def test_400_bad_request(center: Client, session: Session) -> None:
+    with pytest.raises(BadRequestError) as bad:
+        center.run("print(1)", language="cobol")
+    assert bad.value.status == 400 and "cobol" in bad.value.error
+    with pytest.raises(BadRequestError):
+        session.upload("../escape.txt", b"x")
+    assert isinstance(bad.value, ClientError)
+
+
+def test_401_unauthorized(center_url: str) -> None:
+    for token in (None, "wrong"):
+        with pytest.raises(UnauthorizedError) as refused, Client(center_url, token=token) as client:
+            client.run("print(1)")
+        assert refused.value.status == 401 and "token" in refused.value.error
+    with pytest.raises(UnauthorizedError), Client(center_url, token="wrong") as client:
+        client.session()
+
+
+def test_403_forbidden(session: Session) -> None:
+    session.run("import os\nopen('secret.txt', 'w').write('x')\nos.chmod('secret.txt', 0)")
+    with pytest.raises(ForbiddenError) as forbidden:
+        session.download("secret.txt")
+    assert forbidden.value.status == 403 and "permission" in forbidden.value.error
+
+
+def test_404_not_found(center: Client, center_url: str, session: Session) -> None:
+    with pytest.raises(NotFoundError) as unknown:
+        center.attach("0" * 32).run("1")
+    assert unknown.value.status == 404
+    with pytest.raises(NotFoundError):
+        session.download("no-such-file.txt")
+    with Client(center_url, token=OTHER_TOKEN) as other, pytest.raises(NotFoundError):
+        other.attach(session.id).files()  # another token's session is as unknown
+    with pytest.raises(NotFoundError):
+        center.fetch(f"{center.url}/image/{'A' * 32}.png")
+
+
+def test_409_conflict_while_a_cell_runs(session: Session) -> None:
+    answers: list[RunResult] = []
+    # The cell's own sleep is what the conflict needs: it holds the session busy for 8 s at most.
+    slow = threading.Thread(target=lambda: answers.append(session.run("import time\ntime.sleep(60)", timeout=8)))
+    slow.start()
+    try:
+        assert wait_until(lambda: session.describe()["status"] == "busy", 30)
+        with pytest.raises(ConflictError) as busy:
+            session.run("1")
+        assert busy.value.status == 409 and busy.value.retry_after is not None and busy.value.retry_after >= 1
+    finally:
+        slow.join()
+    assert answers[0].status == "timeout"
+
+
+def test_410_gone(center: Client) -> None:
+    s = center.session()
+    s.end()
+    for call in (lambda: s.run("1"), s.files, lambda: s.upload("a.txt", b"x"), lambda: s.download("a.txt")):
+        with pytest.raises(GoneError) as gone:
+            call()
+        assert gone.value.status == 410 and "deleted" in gone.value.error
+
+
+def test_413_payload_too_large(live_server: Callable[..., str]) -> None:
+    with Client(live_server(max_upload_bytes=4096, max_request_bytes=65536)) as client:
+        with pytest.raises(PayloadTooLargeError) as large:
+            client.run("print(1)", files={"big.bin": bytes(100_000)})
+        assert large.value.status == 413
+        with client.session() as s:
+            with pytest.raises(PayloadTooLargeError):
+                s.upload("big.bin", bytes(100_000))
+            assert s.upload("small.bin", bytes(100)) == [{"path": "small.bin", "size": 100}]
+
+
+def test_503_service_unavailable(live_server: Callable[..., str]) -> None:
+    with Client(live_server(max_sessions=1)) as client, client.session():
+        with pytest.raises(ServiceUnavailableError) as busy:
+            client.session()
+        assert busy.value.status == 503 and "sessions" in busy.value.error
+        assert busy.value.retry_after is not None and busy.value.retry_after >= 1
+
+
+def test_507_insufficient_storage(live_server: Callable[..., str]) -> None:
+    with Client(live_server(max_upload_bytes=200 * 1024 * 1024)) as client, client.session() as s:
+        s.run("keep = 1")
+        with pytest.raises((InsufficientStorageError, PayloadTooLargeError)) as full:
+            s.upload("huge.bin", bytes(110 * 1024 * 1024))  # over the workspace's 100 MiB
+        assert full.value.status in (507, 413) and "full" in full.value.error
+        assert s.run("keep + 1").result == "2", "the session goes on"
+
+
+def test_no_center_is_center_unreachable() -> None:
+    with Client(f"http://127.0.0.1:{free_port()}") as client:
+        with pytest.raises(CenterUnreachableError) as down:
+            client.run("print(1)")
+        assert down.value.status is None and "cannot reach" in down.value.error
+        assert not client.healthy()
+
+
+def test_every_status_has_its_error_class() -> None:
+    # 500 and 502 cannot be caused on purpose against a healthy center: the mapping is checked here.
+    expected = {400: BadRequestError, 401: UnauthorizedError, 403: ForbiddenError, 404: NotFoundError,
+                409: ConflictError, 410: GoneError, 413: PayloadTooLargeError, 503: ServiceUnavailableError,
+                507: InsufficientStorageError, 500: ServerError, 502: ServerError, 504: ServerError}
+    for status, kind in expected.items():
+        error = error_for(status, "why")
+        assert type(error) is kind and error.status == status and error.error == "why"
+    assert type(error_for(418, "teapot")) is ClientError
+
+
+# --- streaming ------------------------------------------------------------------------------------
+
+STREAMED = ("import sys\nfor i in range(4):\n    print(f'line {i}', flush=True)\n"
+            "    print(f'warn {i}', file=sys.stderr, flush=True)\nlen('done')")
+
+
+def same_result(streamed: RunResult, plain: RunResult) -> None:
+    """A streamed run's final result is the plain run's result (durations and stored names aside)."""
+    def comparable(result: RunResult) -> dict[str, object]:
+        body = {key: value for key, value in result.raw.items() if key != "duration_ms"}
+        body["images"] = list(result.images)
+        body["files"] = list(result.files)
+        return body
+    assert comparable(streamed) == comparable(plain)
+    assert streamed.http_status == plain.http_status
+
+
+def test_streamed_run_calls_back_in_order_and_ends_with_the_plain_result(center: Client) -> None:
+    out: list[str] = []
+    err: list[str] = []
+    events: list[dict] = []
+    streamed = center.run(STREAMED, on_stdout=out.append, on_stderr=err.append, on_event=events.append)
+    assert "".join(out) == "".join(f"line {i}\n" for i in range(4)) == streamed.stdout
+    assert "".join(err) == "".join(f"warn {i}\n" for i in range(4)) == streamed.stderr
+    assert events[-1]["type"] == "result" and {event["type"] for event in events} <= {
+        "stdout", "stderr", "keepalive", "result"}
+    same_result(streamed, center.run(STREAMED))
+
+
+def test_streamed_images_timeouts_and_refusals(center: Client) -> None:
+    events: list[dict] = []
+    chart = center.run("import matplotlib.pyplot as plt\nprint('drawing')\nplt.plot([1, 2], [2, 1])",
+                       on_event=events.append)
+    announced = {event["name"]: event["url"] for event in events if event["type"] == "image"}
+    assert announced == chart.images and list(announced) == ["figure_1.png"]
+    assert center.fetch(announced["figure_1.png"]).startswith(PNG_SIGNATURE)
+    out: list[str] = []
+    slow = center.run("import time\nprint('started', flush=True)\ntime.sleep(60)", timeout=1, on_stdout=out.append)
+    assert "".join(out) == "started\n" and slow.status == "timeout" and slow.http_status == 504
+    with pytest.raises(BadRequestError):
+        center.run("print(1)", language="cobol", on_stdout=out.append)
+
+
+def test_streamed_session_cells(session: Session) -> None:
+    out: list[str] = []
+    first = session.run(STREAMED, on_stdout=out.append)
+    assert "".join(out) == first.stdout and first.execution_count == 1 and first.result == "4"
+    plain = session.run(STREAMED)
+    assert plain.execution_count == 2
+    same_result(first, RunResult.from_body({**plain.raw, "execution_count": 1}))
+
+
+def test_a_streamed_line_arrives_while_the_cell_still_runs(session: Session) -> None:
+    class Seen(Exception):
+        """Raised by the callback to hang up once the first line is there."""
+
+    states: list[str] = []
+
+    def on_stdout(text: str) -> None:
+        states.append(session.client.attach(session.id).describe()["status"])
+        raise Seen(text)
+
+    with pytest.raises(Seen, match="first"):
+        session.run("import time\nprint('first', flush=True)\ntime.sleep(60)", timeout=10, on_stdout=on_stdout)
+    assert states == ["busy"], "the line came while the cell was still running"
+    # Hanging up stops the cell (or its own limit does); the session then goes on with its state.
+    assert wait_until(lambda: session.describe()["status"] == "idle", 60)
+    assert session.run("time.time() > 0").result == "True"
