@@ -377,6 +377,18 @@ def second_node(swarm_stack: SwarmStack) -> Iterator[SecondNode]:
         node.stop()
 
 
+def streamed_events(url: str, auth: dict[str, str], code: str) -> list[tuple[float, dict]]:
+    """POST a cell with Accept: application/x-ndjson; each event with the moment it arrived."""
+    arrivals = []
+    with requests.post(url, json={"code": code}, headers={**auth, "Accept": "application/x-ndjson"}, stream=True,
+                       timeout=90) as response:
+        assert response.status_code == 200, response.text
+        for line in response.iter_lines(chunk_size=1):
+            if line:
+                arrivals.append((time.monotonic(), json.loads(line)))
+    return arrivals
+
+
 def test_a_second_node_serves_and_forwards_sessions_and_images(swarm_stack: SwarmStack,
                                                                second_node: SecondNode) -> None:
     auth = swarm_stack.auth
@@ -411,9 +423,16 @@ def test_a_second_node_serves_and_forwards_sessions_and_images(swarm_stack: Swar
         assert download.status_code == 200 and hashlib.sha256(download.content).digest() == \
             hashlib.sha256(payload).digest()
         assert download.headers["Content-Disposition"].startswith("attachment")
+        per_node["first" if there == first else "second"] += 1
+        arrivals = streamed_events(f"{there}/sessions/{session}/runcode", auth,
+                                   "import time\nprint('first', flush=True)\ntime.sleep(2)\nprint('second')")
+        (first_line,) = [moment for moment, event in arrivals if event == {"type": "stdout", "text": "first\n"}]
+        finished, result = arrivals[-1]
+        assert result["type"] == "result" and result["output"] == "first\nsecond\n", arrivals
+        assert finished - first_line > 1.0, "the relay streamed the first line before the cell ended"
         cell = call(here, "POST", f"/sessions/{session}/runcode",
                     json={"code": "import os\n(n, os.path.getsize('big/blob.bin'))"}).json()
-        assert cell["result"] == f"(41, {len(payload)})" and cell["execution_count"] == 2, cell
+        assert cell["result"] == f"(41, {len(payload)})" and cell["execution_count"] == 3, cell
         other = requests.get(f"{there}/sessions/{session}", headers={"Authorization": "Bearer nope"}, timeout=30)
         assert other.status_code == 401
         assert call(there, "GET", "/sessions/" + "0" * 32).status_code == 404
