@@ -1,0 +1,125 @@
+"""Two centers sharing one database, each with its own address: a session's requests reach the center holding it
+through the other one (api/forwarding.py), and a session whose center has left answers 410 (peers.py).
+
+The swarm suite (test_swarm.py) does the same across two Docker engines; this one runs in `make test`.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import requests
+from conftest import free_port
+from flask import Flask
+from sqlalchemy import update
+from werkzeug.serving import BaseWSGIServer, make_server
+
+from api.forwarding import FORWARDED_HEADER
+from center import EXTENSION_KEY
+from models import CenterRecord
+
+TOKEN = "forwarding-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@dataclass
+class Center:
+    """One center of the pair: its app, its server and its URL."""
+
+    app: Flask
+    server: BaseWSGIServer
+    url: str
+
+    @property
+    def services(self):  # noqa: ANN201 - the app's Services
+        """The app's Services."""
+        return self.app.extensions[EXTENSION_KEY]
+
+
+@pytest.fixture
+def two_centers(make_app: Callable[..., Flask], tmp_path) -> Iterator[tuple[Center, Center]]:
+    """Centers A and B on one SQLite file, each advertising its own address (the shared pool serves both)."""
+    database = f"sqlite:///{tmp_path / 'shared.db'}"
+    centers = []
+    for name in ("a", "b"):
+        port = free_port()
+        app = make_app(database_url=database, deployment=f"pytest-forward-{name}", auth_tokens=(TOKEN,),
+                       advertise_url=f"http://127.0.0.1:{port}")
+        server = make_server("127.0.0.1", port, app, threaded=True)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        centers.append(Center(app, server, f"http://127.0.0.1:{port}"))
+    yield centers[0], centers[1]
+    for center in centers:
+        center.server.shutdown()
+
+
+def test_a_session_on_one_center_is_used_through_the_other(two_centers: tuple[Center, Center]) -> None:
+    a, b = two_centers
+    created = requests.post(f"{a.url}/sessions", headers=AUTH, timeout=60)
+    assert created.status_code == 201
+    session_id = created.json()["session_id"]
+    through_b = f"{b.url}/sessions/{session_id}"
+    assert session_id in a.services.registry.live and session_id not in b.services.registry.live
+
+    assert requests.get(through_b, headers=AUTH, timeout=30).json()["status"] == "idle"
+    cell = requests.post(f"{through_b}/runcode", json={"code": "v = 6\nv * 7"}, headers=AUTH, timeout=60)
+    assert cell.status_code == 200 and cell.json()["result"] == "42"
+    assert cell.headers["X-Request-ID"]
+    payload = bytes(range(256)) * 4096
+    uploaded = requests.post(f"{through_b}/files", files={"file": ("dir/blob.bin", payload)}, headers=AUTH, timeout=60)
+    assert uploaded.status_code == 201 and uploaded.json()["files"] == [{"path": "dir/blob.bin", "size": len(payload)}]
+    download = requests.get(f"{through_b}/files/dir/blob.bin", headers=AUTH, timeout=60)
+    assert download.status_code == 200 and download.content == payload
+    assert download.headers["Content-Disposition"].startswith("attachment")
+    assert download.headers["Content-Length"] == str(len(payload))
+    plotted = requests.post(f"{through_b}/runcode", json={"code": "import matplotlib.pyplot as plt\nplt.plot([1, 2])"},
+                            headers=AUTH, timeout=60).json()
+    (image_url,) = plotted["images"].values()
+    assert image_url.startswith(b.url), "links name the host the client used"
+    assert requests.get(image_url, timeout=30).status_code == 200
+
+    arrivals = []
+    with requests.post(f"{through_b}/runcode", json={"code": "import time\nprint('one', flush=True)\ntime.sleep(1.5)"},
+                       headers={**AUTH, "Accept": "application/x-ndjson"}, stream=True, timeout=60) as streamed:
+        assert streamed.status_code == 200
+        for line in streamed.iter_lines(chunk_size=1):
+            if line:
+                arrivals.append((time.monotonic(), json.loads(line)))
+    (first,) = [moment for moment, event in arrivals if event == {"type": "stdout", "text": "one\n"}]
+    assert arrivals[-1][1]["type"] == "result" and arrivals[-1][0] - first > 0.8, arrivals
+
+    assert requests.get(through_b, headers={"Authorization": "Bearer other"}, timeout=30).status_code == 401
+    assert requests.delete(through_b, headers=AUTH, timeout=60).status_code == 204
+    assert requests.get(f"{a.url}/sessions/{session_id}", headers=AUTH, timeout=30).status_code == 410
+
+
+def test_a_relayed_request_is_never_relayed_again(two_centers: tuple[Center, Center]) -> None:
+    a, b = two_centers
+    session_id = requests.post(f"{a.url}/sessions", headers=AUTH, timeout=60).json()["session_id"]
+    looped = requests.get(f"{b.url}/sessions/{session_id}", headers={**AUTH, FORWARDED_HEADER: "x"}, timeout=30)
+    assert looped.status_code == 410 and "another center" in looped.json()["error"]
+
+
+def test_a_center_that_does_not_answer_is_a_503_then_gone_is_a_410(two_centers: tuple[Center, Center]) -> None:
+    a, b = two_centers
+    session_id = requests.post(f"{a.url}/sessions", headers=AUTH, timeout=60).json()["session_id"]
+    a.services.peers.close()  # A's heartbeat stops...
+    a.server.shutdown()  # ...and so does its server
+    a.server.server_close()
+    refused = requests.get(f"{b.url}/sessions/{session_id}", headers=AUTH, timeout=30)
+    assert refused.status_code == 503 and refused.headers["Retry-After"], refused.text
+    long_ago = datetime.now(timezone.utc) - timedelta(minutes=5)
+    with b.services.sessions() as db:
+        db.execute(update(CenterRecord).where(CenterRecord.node == a.services.registry.node)
+                   .values(heartbeat_at=long_ago))
+        db.commit()
+    gone = requests.get(f"{b.url}/sessions/{session_id}", headers=AUTH, timeout=30)
+    assert gone.status_code == 410 and "left" in gone.json()["error"]
+    again = requests.post(f"{b.url}/sessions/{session_id}/runcode", json={"code": "1"}, headers=AUTH, timeout=30)
+    assert again.status_code == 410, "ended in the registry for good"
