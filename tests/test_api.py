@@ -243,6 +243,8 @@ def test_pool_exhaustion_is_503_and_the_pool_recovers(live_server: Callable[...,
     started.wait()
     all_busy = wait_until(lambda: requests.get(f"{url}/readyz", timeout=5).json()["pool"]["busy"] == slots, 4)
     assert all_busy, "the three long runs never occupied the pool"
+    busy = requests.get(f"{url}/readyz", timeout=5)
+    assert busy.status_code == 200, "a center whose every sandbox is busy can still serve: a balancer keeps it"
     response = requests.post(f"{url}/runcode", json={"code": "print(1)"}, timeout=60)
     assert response.status_code == 503
     assert int(response.headers["Retry-After"]) >= 1

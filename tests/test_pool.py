@@ -483,3 +483,24 @@ def test_a_detached_sandbox_is_handed_over_not_retired_and_its_slot_refills(make
     assert not launcher.was_destroyed(sandbox), "the detached sandbox is its new owner's to remove"
     pool.close(timeout=5)
     assert not launcher.was_destroyed(sandbox), "closing the pool leaves it alone too"
+
+
+def test_can_serve_while_every_sandbox_is_busy_or_starting_but_not_while_failing_or_closing(
+        make_pool: PoolFactory) -> None:
+    launcher = FakeLauncher()
+    launcher.gate.clear()  # the first launches hang: every slot is starting, none has failed
+    pool, _ = make_pool(slots=2, launcher=launcher)
+    assert pool.can_serve(), "starting with no failure yet counts"
+    launcher.gate.set()
+    assert eventually(lambda: all_ready(pool))
+    taken = [pool.acquire(WAIT), pool.acquire(WAIT)]
+    assert pool.stats()["busy"] == 2 and pool.can_serve(), "every sandbox busy at once still counts"
+    for slot in taken:
+        pool.release(slot)
+    pool.stop_handing_out()
+    assert not pool.can_serve(), "a draining pool hands nothing out"
+
+    failing = FakeLauncher(fail_first=10**6)
+    broken, _ = make_pool(slots=2, launcher=failing, backoff_initial=1, backoff_max=1)
+    assert eventually(lambda: all(slot.failures for slot in broken.slots))
+    assert not broken.can_serve(), "slots that keep failing to start do not"
