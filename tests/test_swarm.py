@@ -106,6 +106,7 @@ def swarm_stack(docker_client: docker.DockerClient) -> Iterator[SwarmStack]:
     token = secrets.token_urlsafe(24)
     environ = {**os.environ, "SWARM_STACK": name, "CIA_PORT": str(port), "CIA_TOKEN": token,
                "SWARM_POOL_END": "8002", "SWARM_TIMEOUT_SECONDS": str(TIMEOUT_SECONDS), "SWARM_STOP_GRACE": "40s",
+               "SWARM_QUEUE_WAIT_SECONDS": "60",
                "SWARM_PURGE": "1"}
     stack = SwarmStack(name, port, token, environ,
                        swarm_was_active=docker_cli("info", "--format", "{{.Swarm.LocalNodeState}}") == "active")

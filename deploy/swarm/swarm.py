@@ -10,7 +10,8 @@ down: the stack removed (its centers drain), then every sandbox container its ce
 
 Settings (environment): CIA_TOKEN, CIA_PORT (5000), SWARM_STACK (cia), SWARM_CENTER_IMAGE,
 SWARM_POSTGRES_IMAGE, CIA_INTERPRETER_IMAGE (the sandbox image), SWARM_POOL_END,
-SWARM_SANDBOX_RUNTIME, SWARM_TIMEOUT_SECONDS, SWARM_STOP_GRACE.
+SWARM_SANDBOX_RUNTIME, SWARM_TIMEOUT_SECONDS, SWARM_QUEUE_WAIT_SECONDS, SWARM_MAX_SESSIONS, SWARM_STOP_GRACE,
+SWARM_DB_CONSTRAINT, SWARM_PURGE=1 (down --purge).
 """
 
 from __future__ import annotations
