@@ -653,11 +653,12 @@ def openapi_document(*, auth_required: bool | None = None) -> dict[str, Any]:
             }},
             "/readyz": {"get": {
                 "tags": ["health"], "operationId": "readyz",
-                "summary": "Readiness: the database answers and at least one sandbox is ready",
+                "summary": "Readiness: the database answers and sandboxes can be handed out (ready, busy or starting)",
                 "responses": {
                     "200": {"description": "Ready.",
                             "content": {"application/json": {"schema": _ref("schemas", "Readiness")}}},
-                    "503": {"description": "Not ready: the database does not answer or no sandbox is ready.",
+                    "503": {"description": "Not ready: the database does not answer, sandboxes keep failing to start, "
+                                           "or the center is draining.",
                             "content": {"application/json": {"schema": _ref("schemas", "Readiness")}}},
                 },
             }},
