@@ -23,6 +23,7 @@ from werkzeug.serving import BaseWSGIServer, make_server
 from api.forwarding import FORWARDED_HEADER
 from center import EXTENSION_KEY
 from models import CenterRecord
+from services import Services
 
 TOKEN = "forwarding-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -37,7 +38,7 @@ class Center:
     url: str
 
     @property
-    def services(self):  # noqa: ANN201 - the app's Services
+    def services(self) -> Services:
         """The app's Services."""
         return self.app.extensions[EXTENSION_KEY]
 

@@ -24,6 +24,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import requests
@@ -51,14 +52,13 @@ def say(message: str) -> None:
 
 def docker(*arguments: str, stdin: str | None = None, check: bool = True) -> str:
     """Run the docker command line; its output, or SwarmError with its error text."""
-    result = subprocess.run(["docker", *arguments], input=stdin, capture_output=True, text=True,
-                            env={**os.environ})
+    result = subprocess.run(["docker", *arguments], input=stdin, capture_output=True, text=True)
     if check and result.returncode != 0:
         raise SwarmError(f"docker {' '.join(arguments[:3])}: {result.stderr.strip() or result.stdout.strip()}")
     return result.stdout.strip()
 
 
-def wait_until(predicate, timeout: float, interval: float = 1.0) -> bool:  # type: ignore[no-untyped-def]
+def wait_until(predicate: Callable[[], object], timeout: float, interval: float = 1.0) -> bool:
     """Poll until predicate() is truthy or the time is up."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
