@@ -147,3 +147,28 @@ def test_sigterm_lets_running_programs_finish_then_stops(center_process: Callabl
     assert center.process.wait(60) == 0
     assert containers_of(docker_client, deployment(center)) == []
     assert "finishing the running programs" in center.log_path.read_text()
+
+
+def test_a_draining_center_refuses_new_connections_and_answers_those_it_took(
+        center_process: Callable[..., CenterProcess]) -> None:
+    center = center_process().start()
+    answers: list[requests.Response] = []
+    running = threading.Thread(target=lambda: answers.append(requests.post(
+        f"{center.url}/runcode", json={"code": "import time\ntime.sleep(4)\nprint('done')"}, timeout=60)))
+    running.start()
+    assert wait_until(lambda: requests.get(f"{center.url}/readyz", timeout=5).json()["pool"]["busy"] == 1, 20)
+    center.signal(signal.SIGTERM)
+
+    def refused() -> bool:
+        try:
+            requests.get(f"{center.url}/healthz", timeout=2)
+        except requests.ConnectionError as e:
+            return "refused" in str(e).lower()
+        return False
+
+    # At once, not after the drain: a balancer or client retries elsewhere, knowing nothing was sent.
+    assert wait_until(refused, 2, 0.05), "new connections are refused while the center drains"
+    assert running.is_alive(), "the run taken in before the signal is still running"
+    running.join(60)
+    assert [(a.status_code, a.json()["output"]) for a in answers] == [(200, "done\n")]
+    assert center.process.wait(60) == 0

@@ -12,16 +12,17 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 import requests
-from conftest import free_port
+from conftest import free_port, wait_until
 from flask import Flask
 from sqlalchemy import update
-from werkzeug.serving import BaseWSGIServer, make_server
 
 from api.forwarding import FORWARDED_HEADER
 from center import EXTENSION_KEY
+from center import make_server as make_waitress_server
 from models import CenterRecord
 from services import Services
 
@@ -31,11 +32,30 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 @dataclass
 class Center:
-    """One center of the pair: its app, its server and its URL."""
+    """One center of the pair: its app, its waitress server (as center.py serves) and its URL."""
 
     app: Flask
-    server: BaseWSGIServer
+    server: Any
     url: str
+    stopped: threading.Event
+
+    def start(self) -> None:
+        """Serve in a thread of its own."""
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            self.server.run()
+        except Exception:
+            if not self.stopped.is_set():  # closing its sockets under waitress's loop may end it so
+                raise
+
+    def stop(self) -> None:
+        """Stop serving: its port refuses connections from now on."""
+        if not self.stopped.is_set():
+            self.stopped.set()
+            self.server.close()
+            self.server.task_dispatcher.shutdown(timeout=5)
 
     @property
     def services(self) -> Services:
@@ -52,12 +72,13 @@ def two_centers(make_app: Callable[..., Flask], tmp_path) -> Iterator[tuple[Cent
         port = free_port()
         app = make_app(database_url=database, deployment=f"pytest-forward-{name}", auth_tokens=(TOKEN,),
                        advertise_url=f"http://127.0.0.1:{port}")
-        server = make_server("127.0.0.1", port, app, threaded=True)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        centers.append(Center(app, server, f"http://127.0.0.1:{port}"))
+        center = Center(app, make_waitress_server(app, app.extensions[EXTENSION_KEY].config, port=port),
+                        f"http://127.0.0.1:{port}", threading.Event())
+        center.start()
+        centers.append(center)
     yield centers[0], centers[1]
     for center in centers:
-        center.server.shutdown()
+        center.stop()
 
 
 def test_a_session_on_one_center_is_used_through_the_other(two_centers: tuple[Center, Center]) -> None:
@@ -111,8 +132,7 @@ def test_a_center_that_does_not_answer_is_a_503_then_gone_is_a_410(two_centers: 
     a, b = two_centers
     session_id = requests.post(f"{a.url}/sessions", headers=AUTH, timeout=60).json()["session_id"]
     a.services.peers.close()  # A's heartbeat stops...
-    a.server.shutdown()  # ...and so does its server
-    a.server.server_close()
+    a.stop()  # ...and so does its server
     refused = requests.get(f"{b.url}/sessions/{session_id}", headers=AUTH, timeout=30)
     assert refused.status_code == 503 and refused.headers["Retry-After"], refused.text
     long_ago = datetime.now(timezone.utc) - timedelta(minutes=5)
@@ -124,3 +144,25 @@ def test_a_center_that_does_not_answer_is_a_503_then_gone_is_a_410(two_centers: 
     assert gone.status_code == 410 and "left" in gone.json()["error"]
     again = requests.post(f"{b.url}/sessions/{session_id}/runcode", json={"code": "1"}, headers=AUTH, timeout=30)
     assert again.status_code == 410, "ended in the registry for good"
+
+
+def test_a_client_that_hangs_up_on_the_relay_interrupts_the_cell(two_centers: tuple[Center, Center]) -> None:
+    a, b = two_centers
+    session_id = requests.post(f"{a.url}/sessions", headers=AUTH, timeout=60).json()["session_id"]
+    cells = f"{b.url}/sessions/{session_id}/runcode"
+    assert requests.post(cells, json={"code": "x = 41"}, headers=AUTH, timeout=60).json()["status"] == "ok"
+    code = "import time\nx += 1\nprint('sleeping', flush=True)\ntime.sleep(100)"
+    with requests.post(cells, json={"code": code}, headers={**AUTH, "Accept": "application/x-ndjson"}, stream=True,
+                       timeout=60) as streamed:
+        for line in streamed.iter_lines(chunk_size=1):
+            if line and json.loads(line).get("type") == "stdout":
+                break
+    # Hung up on B: B drops its relay, A sees its client go and interrupts the cell (not a 100 s sleep).
+    answers: list[requests.Response] = []
+
+    def next_cell_runs() -> bool:
+        answers.append(requests.post(cells, json={"code": "print(x)"}, headers=AUTH, timeout=60))
+        return answers[-1].status_code != 409
+
+    assert wait_until(next_cell_runs, 45, 0.5)
+    assert answers[-1].status_code == 200 and answers[-1].json()["output"] == "42\n"
