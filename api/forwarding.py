@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 FORWARDED_HEADER = "X-CIA-Forwarded-By"
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-                        "trailers", "transfer-encoding", "upgrade", "host", "content-length"})
+                        "trailers", "transfer-encoding", "upgrade", "host", "content-length", "expect"})
 CONNECT_SECONDS = 5.0
 # Between two bytes of the peer's answer: a cell answers within its limit plus the agent's graces,
 # a stream sends a keepalive every 10 s, an upload is written within sessions.UPLOAD_SECONDS (600).
