@@ -63,6 +63,8 @@ print("sums:", ";".join(f"{team}={int(total)}" for team, total in sums.items()))
 PRESETS: dict[str, Preset] = {
     "print": Preset(code=PRINT_CODE, expect="Hello, World!"),
     "plot": Preset(code=PLOT_CODE, needs_image=True),
+    # As LLM-written code draws: saved to a file, which comes back as the one image.
+    "savefig": Preset(code=PLOT_CODE + 'plt.savefig("chart.png")\n', needs_image=True),
     "pandas": Preset(code=PANDAS_CODE, expect="sums: a=10;b=7;c=4"),
     "error": Preset(code="raise ValueError('boom')", status="error", error_contains="ValueError"),
     "timeout": Preset(code="import time\ntime.sleep(100)", http_status=504, status="timeout", run_timeout=1),

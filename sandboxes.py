@@ -31,6 +31,7 @@ from engine import Engine
 from errors import EngineError, EngineUnavailable, SandboxFailed
 from sandbox.contract import INTERRUPT_GRACE_SECONDS, SESSION_START_SECONDS
 from sandbox_image import INPUTS_LABEL, inputs_hash
+from warm_up import WarmUpPolicy
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +139,7 @@ class DockerSandboxes:
     def __init__(self, config: Config, engine: Engine | None = None) -> None:
         self.config = config
         self.engine = engine or Engine()
+        self.warm_up = WarmUpPolicy()
         self.label = config.deployment_label
         self.socket_root = (Path(config.sandbox_socket_dir) if config.sandbox_socket_dir
                             else default_socket_root()) / opaque_folder_name(self.label)
@@ -239,8 +241,10 @@ class DockerSandboxes:
     # --- one sandbox -----------------------------------------------------------------------
 
     def agent_arguments(self, program_uid: int) -> list[str]:
-        """The agent's command line: its socket, the program's uid and, under gVisor, its process limit."""
-        arguments = ["--socket", f"{AGENT_SOCKET_DIR}/{SOCKET_NAME}", "--uid", str(program_uid)]
+        """The agent's command line: its socket, the program's uid, when to warm up and, under gVisor, its
+        process limit."""
+        arguments = ["--socket", f"{AGENT_SOCKET_DIR}/{SOCKET_NAME}", "--uid", str(program_uid),
+                     "--warm-delay", f"{self.warm_up.delay():g}"]
         if self.config.sandbox_runtime == "runsc":
             # gVisor's own threads count against the container's pids limit, so that limit gets
             # headroom and the program's processes are capped inside instead, by RLIMIT_NPROC

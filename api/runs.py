@@ -42,6 +42,7 @@ def _parse_body(svc: Services) -> EncodedRun:
     else:
         fields = request.args.to_dict()
     run = parse_run_request(fields, svc.config)
+    svc.sandboxes.warm_up.note(run.language, run.code)
     try:
         text = json.dumps(run.job(svc.config), ensure_ascii=False, allow_nan=False)
     except ValueError:

@@ -4,14 +4,19 @@ Usage (after `make test` or `python3 build.py` has built the image):
     python3 bench/latency.py [--requests 30] [--throughput-requests 64] [--concurrency 8]
                              [--runtime runc|crun|runsc] [--baseline-runtime runc|crun|runsc]
 
-It starts its own center (`center.py --config <temp file>`, 4 slots, SQLite in a temp folder),
-measures a print, a matplotlib plot and a pandas group-by one request at a time (light load),
-the steady throughput of prints at concurrency 8 (counted after the first 8 answers, so the
-pool's ready sandboxes give no head start; in rounds alternating with `docker run --rm`, the
-ratio being the median of the rounds' ratios) and the memory of a warm sandbox; then the same
-programs with `docker run --rm --network none IMAGE python3 -c CODE` (by default under runc,
-Docker's stock runtime: what a user would otherwise run). It prints every figure and the ratios.
-Nothing is asserted: the machines are shared and noisy; read the figures.
+It starts its own center (`center.py --config <temp file>`, 4 slots, SQLite in a temp folder) and measures:
+- light load: a print, a matplotlib plot, the same plot saved with `plt.savefig` (as LLM-written
+  code does) and a pandas group-by, one request at a time once the pool has refilled;
+- back to back: plots (with and without savefig) from one client that sends the next request as
+  soon as the last is answered (a batch job, an evaluation harness), p50 and p95;
+- under load: the steady throughput of prints and of savefig plots at concurrency 8 (counted after
+  the first 8 answers, so the pool's ready sandboxes give no head start), in rounds alternating
+  with `docker run --rm` at the same concurrency, the ratio being the median of the rounds'
+  ratios; the center's p95 latency under that load;
+- the memory of a warm sandbox;
+then the same programs with `docker run --rm --network none IMAGE python3 -c CODE` (by default under
+runc, Docker's stock runtime: what a user would otherwise run). It prints every figure and the
+ratios. Nothing is asserted: the machines are shared and noisy; read the figures.
 """
 
 from __future__ import annotations
@@ -41,13 +46,13 @@ from concurrent_test import PRESETS, Plan, percentile, run_all, run_one  # noqa:
 from config import load_config  # noqa: E402
 from sandboxes import DEPLOYMENT_LABEL  # noqa: E402
 
-KINDS = ("print", "plot", "pandas")
+KINDS = ("print", "plot", "savefig", "pandas")
+BACK_TO_BACK_KINDS = ("plot", "savefig")
+LOAD_KINDS = ("print", "savefig")
 # The baseline has no capture backend: the plot is saved explicitly, as such a user would.
-BASELINE_CODE = {
-    "print": PRESETS["print"].code,
-    "plot": "import matplotlib\nmatplotlib.use('Agg')\n" + PRESETS["plot"].code + "plt.savefig('/tmp/plot.png')\n",
-    "pandas": PRESETS["pandas"].code,
-}
+BASELINE_PLOT = "import matplotlib\nmatplotlib.use('Agg')\n" + PRESETS["plot"].code + "plt.savefig('/tmp/plot.png')\n"
+BASELINE_CODE = {"print": PRESETS["print"].code, "plot": BASELINE_PLOT, "savefig": BASELINE_PLOT,
+                 "pandas": PRESETS["pandas"].code}
 IDLE_BASELINE = "import numpy, pandas, matplotlib.pyplot, time\ntime.sleep(30)"
 WARM_UP_SETTLE_SECONDS = 2.5  # an idle sandbox starts its imports after 0.5 s; they take about a second
 
@@ -73,6 +78,20 @@ def center_latencies(url: str, kind: str, count: int, gap: float, slots: int) ->
     return latencies
 
 
+def center_back_to_back(url: str, kind: str, count: int, slots: int) -> list[float]:
+    """One client, the next request as soon as the last answered: the pool never waits idle."""
+    wait_ready(url, slots)
+    time.sleep(WARM_UP_SETTLE_SECONDS)
+    plan = center_plan(url, kind)
+    latencies = []
+    for _ in range(count):
+        result = run_one(plan)
+        if result.outcome != "ok":
+            raise SystemExit(f"center answered wrongly to a {kind}: {result.reason}")
+        latencies.append(result.latency_ms)
+    return latencies
+
+
 def docker_run(image: str, runtime: str, code: str) -> float:
     """Milliseconds of one `docker run --rm` of the program (the user's alternative)."""
     started = time.perf_counter()
@@ -84,24 +103,27 @@ def docker_run(image: str, runtime: str, code: str) -> float:
     return elapsed
 
 
-def steady_throughput(call: Any, total: int, concurrency: int, warmup: int) -> float:
-    """Calls per second with `concurrency` callers, over `total` calls after the first `warmup` answers."""
-    finished: list[float] = []
+def steady_throughput(call: Any, total: int, concurrency: int, warmup: int) -> tuple[float, list[float]]:
+    """Calls per second with `concurrency` callers, over `total` calls after the first `warmup` answers;
+    and the latencies (ms) of those counted calls."""
+    finished: list[tuple[float, float]] = []
     lock = threading.Lock()
 
     def one(_: int) -> None:
+        started = time.perf_counter()
         call()
         with lock:
-            finished.append(time.perf_counter())
+            finished.append((time.perf_counter(), (time.perf_counter() - started) * 1000))
 
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         list(pool.map(one, range(warmup + total)))
     finished.sort()
-    return total / (finished[-1] - finished[warmup - 1])
+    counted = finished[warmup:]
+    return total / (finished[-1][0] - finished[warmup - 1][0]), [latency for _, latency in counted]
 
 
-def center_print(plan: Plan) -> None:
-    """One print through the center; SystemExit on a wrong answer (a benchmark of wrong answers is void)."""
+def center_call(plan: Plan) -> None:
+    """One request through the center; SystemExit on a wrong answer (a benchmark of wrong answers is void)."""
     result = run_one(plan)
     if result.outcome != "ok":
         raise SystemExit(f"wrong answer under load: {result.outcome} {result.reason}")
@@ -144,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5,
                         help="throughput rounds, each the center then docker run (alternated, so drift hits both)")
+    parser.add_argument("--back-to-back", type=int, default=30, help="back-to-back requests per plot kind")
     parser.add_argument("--slots", type=int, default=4)
     parser.add_argument("--gap", type=float, default=0.5, help="pause between light-load requests (s)")
     parser.add_argument("--runtime", default="runc", choices=("runc", "crun", "runsc"), help="the center's sandboxes")
@@ -166,21 +189,30 @@ def main(argv: list[str] | None = None) -> int:
             for kind in KINDS:
                 figures[f"center_{kind}_ms"] = summarize(center_latencies(url, kind, args.requests, args.gap,
                                                                           args.slots))
-            plan = center_plan(url, "print")
+            for kind in BACK_TO_BACK_KINDS:
+                figures[f"center_{kind}_back_to_back_ms"] = summarize(
+                    center_back_to_back(url, kind, args.back_to_back, args.slots))
 
-            def settled_throughput(call: Any) -> float:
+            def settled_throughput(call: Any) -> tuple[float, list[float]]:
                 """Steady throughput, measured once the refilled pool's warm-up imports are done."""
                 wait_ready(url, args.slots)
                 time.sleep(WARM_UP_SETTLE_SECONDS)
                 return steady_throughput(call, args.throughput_requests, args.concurrency, args.concurrency)
 
-            rounds = [(settled_throughput(lambda: center_print(plan)),
-                       settled_throughput(lambda: docker_run(image, args.baseline_runtime, BASELINE_CODE["print"])))
-                      for _ in range(args.rounds)]
-            figures["center_print_throughput_rps"] = round(median([ours for ours, _ in rounds]), 2)
-            figures["docker_run_print_throughput_rps"] = round(median([theirs for _, theirs in rounds]), 2)
-            figures["throughput_rounds_rps"] = [[round(ours, 2), round(theirs, 2)] for ours, theirs in rounds]
-            figures["ratio_print_throughput"] = f"{median([ours / theirs for ours, theirs in rounds]):.1f}x"
+            for kind in LOAD_KINDS:
+                plan = center_plan(url, kind)
+                rounds, loaded = [], []
+                for _ in range(args.rounds):
+                    ours, latencies = settled_throughput(lambda plan=plan: center_call(plan))
+                    theirs, _ = settled_throughput(
+                        lambda kind=kind: docker_run(image, args.baseline_runtime, BASELINE_CODE[kind]))
+                    rounds.append((ours, theirs))
+                    loaded += latencies
+                figures[f"center_{kind}_throughput_rps"] = round(median([ours for ours, _ in rounds]), 2)
+                figures[f"docker_run_{kind}_throughput_rps"] = round(median([theirs for _, theirs in rounds]), 2)
+                figures[f"{kind}_throughput_rounds_rps"] = [[round(a, 2), round(b, 2)] for a, b in rounds]
+                figures[f"ratio_{kind}_throughput"] = f"{median([ours / theirs for ours, theirs in rounds]):.1f}x"
+                figures[f"center_{kind}_under_load_ms"] = summarize(loaded)
         finally:
             process.send_signal(signal.SIGTERM)
             process.wait(60)
@@ -197,6 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     for kind in KINDS:
         baseline, ours = figures[f"docker_run_{kind}_ms"]["p50"], figures[f"center_{kind}_ms"]["p50"]
         figures[f"ratio_{kind}_p50"] = ratio(baseline, ours)
+    for kind in BACK_TO_BACK_KINDS:
+        back_to_back = figures[f"center_{kind}_back_to_back_ms"]
+        figures[f"ratio_{kind}_back_to_back_p50"] = ratio(figures[f"docker_run_{kind}_ms"]["p50"], back_to_back["p50"])
+        figures[f"{kind}_back_to_back_p95_over_p50"] = f"{back_to_back['p95'] / back_to_back['p50']:.1f}"
     if args.json:
         print(json.dumps(figures, indent=2))
     else:

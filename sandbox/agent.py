@@ -52,15 +52,15 @@ from contract import (  # noqa: E402
     IMAGE_EXTENSIONS,
     MAX_ERROR_SUMMARY_BYTES,
     OUTPUT_CUT_NOTICE,
+    PRELOADED_LIBRARIES,
     STREAM_TYPE,
+    WARM_DELAY_SECONDS,
     check_path,
 )
 from http_server import HTTPError, RawResponse, Request, encode_json, serve_unix_socket  # noqa: E402
 
 SANDBOX_USER = "sandbox"  # the image's unprivileged user: the program's uid and gid unless --uid says otherwise
 WORKDIR = "/workspace"
-# What a warm-up imports (worker.preload) and the libraries built on it.
-PRELOADED_MODULES = re.compile(r"\b(?:numpy|pandas|matplotlib|seaborn|scipy|sklearn|statsmodels)\b")
 WORKER_FAILED = 127  # the forked worker's exit status when it could not even start
 MAX_RECORD_BYTES = 2 * 1024 * 1024  # a record line on the status pipe (a result repr, JSON-escaped)
 # Images: only files with these extensions are looked at, and each must be what its first bytes
@@ -90,7 +90,6 @@ ERROR_TAIL_BYTES = 4096  # of stderr repeated as `error` (JSON-encoded): the who
 MAX_ARG_STRLEN = 32 * 4096  # Linux: one environment string, its NUL included
 MAX_EXEC_SIZE = 6 * 1024 * 1024  # Linux: argument and environment strings with their pointers, at most
 COLD_START_SECONDS = 10.0
-WARM_DELAY_SECONDS = 0.5  # idle time before a sandbox warms up (see Agent.warm_up)
 STATUS_MESSAGES = {
     "timeout": "execution exceeded the time limit of {timeout:g} s and was killed",
     "output_limit": ("output (stdout and stderr together) exceeded {max_output_bytes} bytes and was cut; "
@@ -750,7 +749,7 @@ class Job:
 
     def uses_preloaded_modules(self) -> bool:
         """Whether the program mentions a module the warm-up imports (or one built on them)."""
-        return self.language == "python" and PRELOADED_MODULES.search(self.code) is not None
+        return self.language == "python" and PRELOADED_LIBRARIES.search(self.code) is not None
 
     def program_variables(self) -> dict[str, Any]:
         """The variables as the program gets them: Python globals hold the JSON values; bash's
@@ -865,11 +864,10 @@ class Agent:
         timer.start()
 
     def warm_up(self) -> None:
-        """Import the heavy modules, but only in a sandbox that sat idle for a moment.
-
-        Under load a request takes the sandbox at once and a warm-up would only burn CPU that
-        other requests need; when idle, the next plot finds pandas and matplotlib loaded.
-        """
+        """Import the heavy modules once the sandbox sat idle for `warm_delay` (the center's choice; see
+        warm_up.py there): under load a request takes the sandbox at once and a warm-up would only burn
+        CPU that other requests need; when idle, the next plot finds pandas and matplotlib loaded."""
+        self.worker.started.wait(COLD_START_SECONDS)  # with no delay the worker may still be starting
         with self.lock:
             if self.used or not self.worker.started.is_set():
                 return
@@ -881,7 +879,8 @@ class Agent:
 
     def take_worker(self, job: Job) -> Worker:
         """A worker waiting for the job: warm or never asked to warm, or still warming up for a job that
-        needs those modules (finishing the imports beats starting them over); otherwise a cold one."""
+        needs those modules (it stops its warm-up at the next step and keeps what it imported);
+        otherwise a cold one."""
         worker = self.worker
         if worker.warming and not worker.warm.is_set() and not job.uses_preloaded_modules():
             kill_sandbox_processes()  # a cold start beats waiting for imports the program does not need
@@ -1050,31 +1049,36 @@ def route(agent: Agent, request: Request) -> tuple[int, dict[str, Any] | RawResp
     raise HTTPError(404, f"no such endpoint: {path}")
 
 
-def parse_arguments(argv: list[str]) -> tuple[str, int, int]:
-    """(socket, max_processes, uid) from --socket PATH (default /agent/sock/agent.sock), --max-processes N
-    (RLIMIT_NPROC; 0: none) and --uid N (the program's uid and gid; default: the `sandbox` user's)."""
-    options = {"--socket": "/agent/sock/agent.sock", "--max-processes": "0", "--uid": ""}
-    usage = "usage: agent.py [--socket PATH] [--max-processes N] [--uid N]"
+def parse_arguments(argv: list[str]) -> tuple[str, int, int, float]:
+    """(socket, max_processes, uid, warm_delay) from --socket PATH (default /agent/sock/agent.sock),
+    --max-processes N (RLIMIT_NPROC; 0: none), --uid N (the program's uid and gid; default: the
+    `sandbox` user's) and --warm-delay SECONDS (idle time before the warm-up; default 0.5)."""
+    options = {"--socket": "/agent/sock/agent.sock", "--max-processes": "0", "--uid": "",
+               "--warm-delay": str(WARM_DELAY_SECONDS)}
+    usage = "usage: agent.py [--socket PATH] [--max-processes N] [--uid N] [--warm-delay SECONDS]"
     if len(argv) % 2 or any(name not in options for name in argv[::2]):
         raise SystemExit(f"{usage}; got {argv}")
     options.update(zip(argv[::2], argv[1::2], strict=True))
     try:
         max_processes = int(options["--max-processes"])
         uid = int(options["--uid"]) if options["--uid"] else pwd.getpwnam(SANDBOX_USER).pw_uid
+        warm_delay = float(options["--warm-delay"])
     except ValueError:
-        raise SystemExit(f"{usage}: N is a whole number; got {argv}") from None
+        raise SystemExit(f"{usage}: N is a whole number, SECONDS a number; got {argv}") from None
+    if not 0 <= warm_delay < 3600:
+        raise SystemExit(f"--warm-delay must be between 0 and 3600 seconds; got {warm_delay}")
     if max_processes < 0:
         raise SystemExit(f"--max-processes must be 0 or more; got {max_processes}")
     # Never root's, and not (uid_t)-1, which set*id() calls read as "leave unchanged".
     if not 0 < uid < 2**32 - 1:
         raise SystemExit(f"--uid must be between 1 and {2**32 - 2}; got {uid}")
-    return options["--socket"], max_processes, uid
+    return options["--socket"], max_processes, uid, warm_delay
 
 
 def main(argv: list[str] | None = None) -> None:
     """Serve on the Unix socket the center reaches (the container has no network at all)."""
-    socket_path, max_processes, uid = parse_arguments(sys.argv[1:] if argv is None else argv)
-    agent = Agent(uid, max_processes)  # starts the worker: before the server's threads exist
+    socket_path, max_processes, uid, warm_delay = parse_arguments(sys.argv[1:] if argv is None else argv)
+    agent = Agent(uid, max_processes, warm_delay)  # starts the worker: before the server's threads exist
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     # Python ignores SIGXFSZ already; relied upon: a session's upload over the file size limit (the
     # container's RLIMIT_FSIZE, the agent's too) fails with EFBIG, answered 507, and does not kill the

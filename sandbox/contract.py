@@ -13,6 +13,12 @@ from typing import Any
 # The statuses of a run, in the order of precedence when several apply.
 STATUSES = ("ok", "error", "timeout", "oom", "output_limit")
 
+# What a sandbox's warm-up imports (worker.preload) and the libraries built on it: a program that
+# mentions one is worth keeping a warming worker for, and makes the center warm sandboxes at once.
+PRELOADED_LIBRARIES = re.compile(r"\b(?:numpy|pandas|matplotlib|seaborn|scipy|sklearn|statsmodels)\b")
+# How long a fresh sandbox stays idle before it warms up, unless the center says otherwise (--warm-delay).
+WARM_DELAY_SECONDS = 0.5
+
 # Image files: the extensions the agent looks at, and the types it may report (by content).
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp"})
 # Each image type and the extension a stored image of that type is served under.

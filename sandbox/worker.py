@@ -101,31 +101,56 @@ def prepare_matplotlib() -> None:
     sys.path.append(SANDBOX_DIR)  # so matplotlib can import module://capture_backend
 
 
-def preload() -> None:
-    """Import what data-science programs use and draw one throw-away figure, so their run pays none of it.
+FIRST_FIGURE = "a first figure"
+# The warm-up, step by step, in the order programs need it: a plot needs numpy, pyplot and a first
+# figure (it loads the fonts, the CJK fallback too, the Agg renderer and the PNG encoder); a table
+# needs pandas. Then seaborn, measured (bench/imports.py) at ~0.45 s of a seaborn chart's ~0.55 s in a
+# warm sandbox: most of it scipy.stats, taken a part at a time so that no step is long. statsmodels
+# (~1 s) and scikit-learn (~0.9 s) are not preloaded: rarer, and each would add as much again.
+WARM_UP_STEPS = ("numpy", "matplotlib.pyplot", FIRST_FIGURE, "pandas", "scipy.linalg", "scipy.special", "scipy.fft",
+                 "scipy.spatial", "scipy.interpolate", "scipy.optimize", "scipy.ndimage", "scipy.integrate",
+                 "scipy.stats", "seaborn")
 
-    The figure loads the fonts (the CJK fallback too), the Agg renderer and the PNG encoder.
-    """
-    import io
 
+def draw_first_figure() -> None:
+    """Draw and encode one throw-away figure."""
     import matplotlib.pyplot as plt
-    import numpy  # noqa: F401
-    import pandas  # noqa: F401
-
-    # seaborn too: measured (bench/imports.py) at ~0.45 s of a seaborn chart's ~0.55 s in a warm
-    # sandbox, and charts are what these programs draw most. statsmodels (~1 s) and scikit-learn
-    # (~0.9 s) are not: rarer, and each would add as much again to every idle sandbox's warm-up.
-    import seaborn  # noqa: F401
 
     figure = plt.figure()
     plt.plot([1, 2, 3], [3, 1, 2])
     plt.title("warm-up 预热")
     figure.savefig(io.BytesIO(), format="png")
     plt.close("all")
+
+
+def preload(job_waiting: Callable[[], bool] = lambda: False) -> None:
+    """Import what data-science programs use and draw one throw-away figure, so their run pays none of it.
+
+    Between two steps it stops once a job is waiting: a program taken mid-warm-up waits for one step
+    (tens of milliseconds), not for the libraries it may not need; it imports what is left itself.
+    """
+    import importlib
+
+    for step in WARM_UP_STEPS:
+        if job_waiting():
+            break
+        if step == FIRST_FIGURE:
+            draw_first_figure()
+        else:
+            importlib.import_module(step)
     # Everything imported so far lives as long as the process: take it out of the garbage
     # collector's view, or the program's first allocations pay a full collection of it (~40 ms).
     gc.collect()
     gc.freeze()
+
+
+def job_waiting(commands: BinaryIO) -> bool:
+    """Whether a job (a line of JSON) has come on the command pipe. A "session" command has not: a
+    session's interpreter finishes its warm-up first, as its cells will use what it imports."""
+    import select
+
+    # Only new bytes wake select; peek leaves them in the buffer for the readline that follows.
+    return bool(select.select([commands], [], [], 0)[0]) and commands.peek(1)[:1] == b"{"
 
 
 def finish(status: int) -> None:
@@ -548,7 +573,7 @@ def main(status_fd: int) -> NoReturn:
     os.write(status_fd, b"r")
     line = commands.readline()
     if line == b"warm\n":
-        preload()
+        preload(lambda: job_waiting(commands))
         os.write(status_fd, b"w")
         line = commands.readline()
     if line == b"session\n":

@@ -266,6 +266,14 @@ def test_a_worker_caught_warming_up_is_kept_only_for_a_program_that_needs_its_im
     assert report["warm"] is kept
 
 
+def test_a_program_taken_mid_warm_up_waits_for_one_step_not_for_every_library(sandbox: Sandbox) -> None:
+    wait_for_health(sandbox, lambda health: health["warming"] and not health["warm"])
+    # seaborn is the warm-up's last step, a second or more away: the program stopped it before.
+    code = "import sys, numpy\nprint([name for name in ('numpy', 'seaborn') if name in sys.modules])"
+    report = sandbox.run({"language": "python", "code": code, "variables": {}, "timeout": 20})
+    assert (report["status"], report["stdout"]) == ("ok", "['numpy']\n"), report
+
+
 @pytest.mark.parametrize(("raw", "status"), [
     (b"nonsense\r\n\r\n", 400),
     (b"GET /healthz HTTP/1.1\r\n" + b"X-Long: " + b"a" * 10000 + b"\r\n\r\n", 400),
