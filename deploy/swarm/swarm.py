@@ -211,6 +211,7 @@ class Stack:
                 and len(docker("node", "ls", "-q", check=False).split()) <= 1:
             say("leaving the one-node swarm that swarm-up made")
             docker("swarm", "leave", "--force", check=False)
+            docker("network", "rm", "docker_gwbridge", check=False)  # made for the swarm's tasks
             marker.unlink()
         say(f"stack {self.name} is down")
 
