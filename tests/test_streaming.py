@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import docker
+import docker.errors
 import pytest
 import requests
 
@@ -262,6 +263,15 @@ def test_streamed_runs_are_counted_in_the_metrics(center: str) -> None:
     assert ok_runs() == before + 2
 
 
+def holds_file(docker_client: docker.DockerClient, container_id: str, path: str) -> bool:
+    """Whether the container has the file; False for one that is gone or going meanwhile (the pool
+    replaces sandboxes all the time)."""
+    try:
+        return docker_client.containers.get(container_id).exec_run(["test", "-e", path]).exit_code == 0
+    except docker.errors.APIError:
+        return False
+
+
 def test_a_sandbox_that_dies_midway_ends_the_stream_with_an_error_and_the_result(
         waitress_server: Callable[..., str], docker_client: docker.DockerClient, base_config: Any) -> None:
     url = waitress_server(timeout_seconds=120)
@@ -271,8 +281,8 @@ def test_a_sandbox_that_dies_midway_ends_the_stream_with_an_error_and_the_result
         events = ndjson_events(r)
         assert next(event for _, event in events if event["type"] == "stdout")["text"].startswith("going")
         # The one container of the test pool that holds the marker runs the program: kill it.
-        running = [c["Id"] for c in containers_of(docker_client, base_config.deployment) if c["State"] == "running"
-                   and docker_client.containers.get(c["Id"]).exec_run(["test", "-e", marker]).exit_code == 0]
+        running = [c["Id"] for c in containers_of(docker_client, base_config.deployment)
+                   if c["State"] == "running" and holds_file(docker_client, c["Id"], marker)]
         assert len(running) == 1
         docker_client.api.kill(running[0])
         rest = [event for _, event in events]
