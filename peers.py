@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -20,6 +19,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import sessionmaker
 
 from models import CenterRecord
+from periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,7 @@ class PeerDirectory:
         self.node = node
         self.database = database
         self.url = resolve_advertise_url(advertise_url) if advertise_url else ""
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat_loop, name="peer-heartbeat", daemon=True)
+        self._heartbeats = Periodic("peer-heartbeat", HEARTBEAT_SECONDS, self.beat)
 
     @property
     def enabled(self) -> bool:
@@ -75,13 +74,11 @@ class PeerDirectory:
             return
         log.info("this center is %s at %s for its peers", self.node, self.url)
         self.beat()
-        self._thread.start()
+        self._heartbeats.start()
 
     def close(self) -> None:
         """Stop the heartbeat (the row stays: a center that comes back takes its sessions again)."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=10)
+        self._heartbeats.stop()
 
     def beat(self) -> bool:
         """Write this center's row (address, now); False when the database does not answer."""
@@ -111,7 +108,3 @@ class PeerDirectory:
                 return None
             age = datetime.now(timezone.utc) - _aware(record.heartbeat_at)
             return Peer(record.node, record.url, age < timedelta(seconds=GONE_AFTER_SECONDS))
-
-    def _beat_loop(self) -> None:
-        while not self._stop.wait(HEARTBEAT_SECONDS):
-            self.beat()

@@ -39,6 +39,7 @@ from errors import (
     ServiceUnavailable,
 )
 from models import SessionRecord
+from periodic import Periodic
 from pool import SandboxPool
 from sandboxes import DockerSandboxes, Sandbox
 
@@ -91,8 +92,7 @@ class SessionRegistry:
         self.live: dict[str, LiveSession] = {}
         self._lock = threading.Lock()  # guards `live` and the count against max_sessions
         self._creating = 0
-        self._stop = threading.Event()
-        self._sweeper = threading.Thread(target=self._sweep_loop, name="session-sweeper", daemon=True)
+        self._sweeper = Periodic("session-sweeper", SWEEP_SECONDS, self.sweep)
         self._orphans: dict[str, Sandbox] = {}  # session sandboxes found at start, until the database says whose
 
     # --- life cycle of the registry ------------------------------------------------------------
@@ -105,9 +105,7 @@ class SessionRegistry:
 
     def close(self, end_sessions: bool = False) -> None:
         """Stop sweeping. Session containers stay (a center that starts again serves them) unless asked to end."""
-        self._stop.set()
-        if self._sweeper.is_alive():
-            self._sweeper.join(timeout=10)
+        self._sweeper.stop()
         if end_sessions:
             with self._lock:
                 live, self.live = self.live, {}
@@ -402,10 +400,3 @@ class SessionRegistry:
                 db.commit()
         except SQLAlchemyError as e:
             log.warning("session sweep failed (database: %s); retrying", type(e).__name__)
-
-    def _sweep_loop(self) -> None:
-        while not self._stop.wait(SWEEP_SECONDS):
-            try:
-                self.sweep()
-            except Exception:  # noqa: BLE001 - the sweeper must outlive any one bad sweep
-                log.exception("session sweep failed")

@@ -13,7 +13,6 @@ import logging
 import mimetypes
 import re
 import secrets
-import threading
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
@@ -24,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from errors import StorageFailed
 from models import Image, StoredBlob, StoredFile
+from periodic import Periodic
 from sandbox.contract import IMAGE_TYPES
 
 log = logging.getLogger(__name__)
@@ -117,19 +117,16 @@ class RetentionSweeper:
     """Deletes outputs older than the retention period: once at start, then every `interval` seconds."""
 
     def __init__(self, sessions: sessionmaker, days: float, interval: float = 3600.0) -> None:
-        self.sessions, self.days, self.interval = sessions, days, interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="output-retention", daemon=True)
+        self.sessions, self.days = sessions, days
+        self._rounds = Periodic("output-retention", interval, self.sweep, at_start=True)
 
     def start(self) -> None:
         """Begin sweeping in the background."""
-        self._thread.start()
+        self._rounds.start()
 
     def stop(self) -> None:
         """Stop sweeping (waits for a sweep in progress)."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=10)
+        self._rounds.stop()
 
     def sweep(self) -> int:
         """One sweep; a database that is down is tried again at the next one."""
@@ -142,9 +139,3 @@ class RetentionSweeper:
         if deleted:
             log.info("deleted %d images and files older than %g days", deleted, self.days)
         return deleted
-
-    def _loop(self) -> None:
-        while True:
-            self.sweep()
-            if self._stop.wait(self.interval):
-                return
