@@ -23,6 +23,7 @@ from flask import Response, request, stream_with_context
 from agent_client import Listener
 from api.answers import report_body
 from errors import ServiceError
+from execution import result_body
 from sandbox.contract import STREAM_TYPE
 from services import Services
 
@@ -97,9 +98,9 @@ def coalesced(event: dict[str, Any], waiting: queue.Queue[tuple[str, Any]],
 def failed_body(error: Exception, stdout: list[str], stderr: list[str], started: float) -> dict[str, Any]:
     """The result body of a run the service failed midway: the output it made, and why it ended."""
     message = error.message if isinstance(error, ServiceError) else f"{type(error).__name__}: {error}"
-    return {"output": "".join(stdout), "stderr": "".join(stderr), "exit_code": None, "status": "error",
-            "duration_ms": round((time.monotonic() - started) * 1000, 1), "result": None, "images": {},
-            "files": {}, "skipped": [], "error": message}
+    report = {"stdout": "".join(stdout), "stderr": "".join(stderr), "exit_code": None, "status": "error",
+              "duration_ms": round((time.monotonic() - started) * 1000, 1), "error": message}
+    return result_body(report, {})
 
 
 def stream_answer(svc: Services, fmt: str, language: str, run: RunInThread,
