@@ -58,6 +58,7 @@ bench: build
 	if docker info --format '{{json .Runtimes}}' | grep -q '"crun"'; then $(PY) bench/latency.py --runtime crun; fi
 	$(PY) bench/sessions.py
 	$(PY) bench/streaming.py
+	$(PY) bench/cpu_per_request.py
 
 clean:
 	rm -rf $(VENV) .build .pytest_cache

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import math
 import os
 import secrets
 import shutil
@@ -241,10 +242,15 @@ class DockerSandboxes:
     # --- one sandbox -----------------------------------------------------------------------
 
     def agent_arguments(self, program_uid: int) -> list[str]:
-        """The agent's command line: its socket, the program's uid, when to warm up and, under gVisor, its
-        process limit."""
+        """The agent's command line: its socket, the program's uid, how to warm up, the thread pools'
+        size and, under gVisor, its process limit."""
+        plan = self.warm_up.plan()
+        cpus = self.config.resource_limits.cpus
         arguments = ["--socket", f"{AGENT_SOCKET_DIR}/{SOCKET_NAME}", "--uid", str(program_uid),
-                     "--warm-delay", f"{self.warm_up.delay():g}"]
+                     "--warm-delay", f"{plan.delay:g}", "--warm-first", ",".join(plan.first),
+                     "--warm-rest", f"{plan.rest_delay:g}",
+                     # As many threads as the CPU limit lets run at once (none set without a limit).
+                     "--threads", str(math.ceil(float(cpus)) if cpus else 0)]
         if self.config.sandbox_runtime == "runsc":
             # gVisor's own threads count against the container's pids limit, so that limit gets
             # headroom and the program's processes are capped inside instead, by RLIMIT_NPROC

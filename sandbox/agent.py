@@ -40,7 +40,7 @@ import sys  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
-from typing import IO, Any, NoReturn  # noqa: E402
+from typing import IO, Any, NamedTuple, NoReturn  # noqa: E402
 
 from contract import (  # noqa: E402
     DEFAULT_MAX_FILE_BYTES,
@@ -55,6 +55,8 @@ from contract import (  # noqa: E402
     PRELOADED_LIBRARIES,
     STREAM_TYPE,
     WARM_DELAY_SECONDS,
+    WARM_REST_SECONDS,
+    WARM_UP_GROUP_NAMES,
     check_path,
 )
 from http_server import HTTPError, RawResponse, Request, encode_json, serve_unix_socket  # noqa: E402
@@ -98,9 +100,16 @@ STATUS_MESSAGES = {
 }
 
 
-def worker_environment() -> dict[str, str]:
-    """The program's whole environment: nothing of the agent's (or the center's) leaks into it."""
+def worker_environment(threads: int = 0) -> dict[str, str]:
+    """The program's whole environment: nothing of the agent's (or the center's) leaks into it.
+
+    `threads` (the container's CPU limit, rounded up; 0: none) sizes the numeric libraries' thread
+    pools: OpenBLAS otherwise starts one thread per host core, which on a 1-CPU quota only spin and
+    wait (measured: numpy's import and a first figure cost twice the CPU).
+    """
+    pools = {name: str(threads) for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     return {
+        **(pools if threads else {}),
         "PATH": "/opt/venv/bin:/usr/local/bin:/usr/bin:/bin",
         "HOME": WORKDIR,
         "USER": SANDBOX_USER,
@@ -128,7 +137,8 @@ def kill_sandbox_processes() -> None:
         pass
 
 
-def become_worker(uid: int, stdio: tuple[int, int, int], status_fd: int, max_processes: int) -> NoReturn:
+def become_worker(uid: int, stdio: tuple[int, int, int], status_fd: int, max_processes: int,
+                  threads: int) -> NoReturn:
     """In the forked child: become user and group `uid`, keep only the worker's pipes, run worker.py; never returns."""
     try:
         os.setsid()  # its own session: the program cannot signal the agent's process group
@@ -155,7 +165,7 @@ def become_worker(uid: int, stdio: tuple[int, int, int], status_fd: int, max_pro
         os.setuid(uid)
         os.chdir(WORKDIR)
         os.environ.clear()
-        os.environ.update(worker_environment())
+        os.environ.update(worker_environment(threads))
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         gc.enable()  # the program's garbage is collected as usual
         import worker
@@ -178,14 +188,14 @@ class Worker:
     matplotlib) while no request has come: see Agent.warm_up().
     """
 
-    def __init__(self, uid: int, max_processes: int = 0) -> None:
+    def __init__(self, uid: int, max_processes: int = 0, threads: int = 0) -> None:
         stdin_read, stdin_write = os.pipe()
         stdout_read, stdout_write = os.pipe()
         stderr_read, stderr_write = os.pipe()
         status_read, status_write = os.pipe()
         pid = os.fork()
         if pid == 0:
-            become_worker(uid, (stdin_read, stdout_write, stderr_write), status_write, max_processes)
+            become_worker(uid, (stdin_read, stdout_write, stderr_write), status_write, max_processes, threads)
         for fd in (stdin_read, stdout_write, stderr_write, status_write):
             os.close(fd)
         self.pid = pid
@@ -195,7 +205,8 @@ class Worker:
         self.returncode: int | None = None
         self._wait_lock = threading.Lock()
         self.started = threading.Event()
-        self.warm = threading.Event()
+        self.warm = threading.Event()  # the groups the center named are imported
+        self.warm_all = threading.Event()  # and the others too
         self.warming = False
         self.record: dict[str, Any] | None = None  # the one-shot run's result record
         self.in_session = threading.Event()  # the worker became a session's interpreter
@@ -204,9 +215,9 @@ class Worker:
         self.status_thread.start()
 
     def _follow_status(self, fd: int) -> None:
-        """The worker writes b"r" once it waits for input and b"w" once it has warmed up; a one-shot
+        """The worker writes b"r" once it waits for input, b"w" and b"a" as it warms up; a one-shot
         run's record is a JSON line; b"s" hands the pipe over to the session (see session.py)."""
-        events = {b"r": self.started, b"w": self.warm}
+        events = {b"r": self.started, b"w": self.warm, b"a": self.warm_all}
         buffer = b""
         while chunk := os.read(fd, 65536):
             buffer += chunk
@@ -758,12 +769,12 @@ class Job:
             return self.variables
         return {name: value if isinstance(value, str) else json.dumps(value) for name, value in self.variables.items()}
 
-    def check_bash_environment(self) -> None:
+    def check_bash_environment(self, threads: int) -> None:
         """ValueError naming the variable when bash's execve could not take the environment.
 
         Otherwise bash would not even start: exit status 127, not a word said.
         """
-        environment = {**worker_environment(), **self.program_variables()}
+        environment = {**worker_environment(threads), **self.program_variables()}
         sizes = {}
         for name, value in environment.items():
             if "\0" in value:
@@ -784,8 +795,9 @@ class Job:
                              f"at most {limit} (the largest is {largest})")
 
     @classmethod
-    def from_json(cls, body: Any) -> Job:
-        """Check the center's request (absent fields take the defaults above); ValueError names the bad field."""
+    def from_json(cls, body: Any, threads: int = 0) -> Job:
+        """Check the center's request (absent fields take the defaults above); ValueError names the bad field.
+        `threads`: the agent's (see worker_environment), for the size of bash's environment."""
         if not isinstance(body, dict):
             raise ValueError("body must be a JSON object")
         job = cls(body.get("code"), **{name: body[name] for name in cls.DEFAULTS if name in body})
@@ -807,7 +819,7 @@ class Job:
             if value > highest_allowed:
                 raise ValueError(f"{name} must be at most {highest_allowed:.0f}")
         if job.language == "bash":
-            job.check_bash_environment()
+            job.check_bash_environment(threads)
         job.files = input_files(job.files)
         return job
 
@@ -852,28 +864,30 @@ def input_files(files: Any) -> list[tuple[str, bytes]]:
 class Agent:
     """Holds this container's one worker and runs the one job it is given (or, in session mode, its cells)."""
 
-    def __init__(self, uid: int, max_processes: int = 0, warm_delay: float = WARM_DELAY_SECONDS) -> None:
-        self.uid, self.max_processes = uid, max_processes
-        self.worker = Worker(uid, max_processes)
+    def __init__(self, options: AgentOptions) -> None:
+        self.uid, self.max_processes, self.threads = options.uid, options.max_processes, options.threads
+        self.warm_first, self.warm_rest = options.warm_first, options.warm_rest
+        self.worker = Worker(self.uid, self.max_processes, self.threads)
         self.lock = threading.Lock()  # guards `used`, `mode` and the decision to warm up
         self.used = False
         self.mode = "fresh"  # then "oneshot" (POST /run) or "session" (POST /session/start), for good
         self.session: Any = None  # session.Session once in session mode
-        timer = threading.Timer(warm_delay, self.warm_up)
+        timer = threading.Timer(options.warm_delay, self.warm_up)
         timer.daemon = True
         timer.start()
 
     def warm_up(self) -> None:
-        """Import the heavy modules once the sandbox sat idle for `warm_delay` (the center's choice; see
-        warm_up.py there): under load a request takes the sandbox at once and a warm-up would only burn
-        CPU that other requests need; when idle, the next plot finds pandas and matplotlib loaded."""
+        """Import the heavy modules once the sandbox sat idle for `warm_delay`, the groups `warm_first`
+        first (the center's choice; see warm_up.py there): under load a request takes the sandbox at
+        once and a warm-up would only burn CPU that other requests need; when idle, the next plot
+        finds pandas and matplotlib loaded."""
         self.worker.started.wait(COLD_START_SECONDS)  # with no delay the worker may still be starting
         with self.lock:
             if self.used or not self.worker.started.is_set():
                 return
             self.worker.warming = True
             try:
-                self.worker.send(b"warm\n")
+                self.worker.send(f"warm {','.join(self.warm_first)} {self.warm_rest:g}\n".encode())
             except OSError:
                 pass
 
@@ -885,7 +899,7 @@ class Agent:
         if worker.warming and not worker.warm.is_set() and not job.uses_preloaded_modules():
             kill_sandbox_processes()  # a cold start beats waiting for imports the program does not need
             worker.wait()
-            worker = self.worker = Worker(self.uid, self.max_processes)
+            worker = self.worker = Worker(self.uid, self.max_processes, self.threads)
         if not worker.started.wait(COLD_START_SECONDS):
             raise RuntimeError("the sandbox worker did not start")
         return worker
@@ -893,7 +907,8 @@ class Agent:
     def health(self) -> dict[str, Any]:
         """The /healthz answer: the worker's state and the agent's mode (and a session's state)."""
         worker = self.worker
-        answer = {"ok": True, "warm": worker.warm.is_set(), "warming": worker.warming, "used": self.used,
+        answer = {"ok": True, "warm": worker.warm.is_set(), "warm_all": worker.warm_all.is_set(),
+                  "warming": worker.warming, "used": self.used,
                   "mode": self.mode}
         if self.session is not None:
             answer.update(self.session.health())
@@ -974,7 +989,7 @@ class Agent:
         result: dict[str, Any] = {
             "stdout": stdout.text(), "stderr": stderr.text(), "exit_code": exit_code,
             "status": status, "duration_ms": round(duration_ms, 1), "images": [], "files": [], "skipped": [],
-            "warm": worker.warm.is_set(),
+            "warm": worker.warming,  # ran in a worker that warmed up (all of it, or until the program came)
             "result": record["result"] if isinstance(record.get("result"), str) else None,
         }
         try:
@@ -1024,7 +1039,7 @@ def route(agent: Agent, request: Request) -> tuple[int, dict[str, Any] | RawResp
         return 200, agent.health(), False
     if path == "/run" and method == "POST":
         try:
-            job = Job.from_json(request.json())
+            job = Job.from_json(request.json(), agent.threads)
         except ValueError as e:
             return 400, {"error": str(e)}, False
         refusal = agent.take("oneshot")
@@ -1049,42 +1064,62 @@ def route(agent: Agent, request: Request) -> tuple[int, dict[str, Any] | RawResp
     raise HTTPError(404, f"no such endpoint: {path}")
 
 
-def parse_arguments(argv: list[str]) -> tuple[str, int, int, float]:
-    """(socket, max_processes, uid, warm_delay) from --socket PATH (default /agent/sock/agent.sock),
-    --max-processes N (RLIMIT_NPROC; 0: none), --uid N (the program's uid and gid; default: the
-    `sandbox` user's) and --warm-delay SECONDS (idle time before the warm-up; default 0.5)."""
+class AgentOptions(NamedTuple):
+    """The agent's command line, checked."""
+
+    socket: str
+    max_processes: int  # RLIMIT_NPROC; 0: none
+    uid: int  # the program's uid and gid
+    warm_delay: float  # idle seconds before the warm-up
+    warm_first: tuple[str, ...]  # the warm-up's groups taken first (contract.WARM_UP_GROUPS)
+    warm_rest: float  # idle seconds after them before the other groups
+    threads: int  # the numeric libraries' thread pools (worker_environment); 0: their own choice
+
+
+USAGE = ("usage: agent.py [--socket PATH] [--max-processes N] [--uid N] [--warm-delay SECONDS] "
+         "[--warm-first GROUP,...] [--warm-rest SECONDS] [--threads N]")
+
+
+def parse_arguments(argv: list[str]) -> AgentOptions:
+    """The options from --socket PATH (default /agent/sock/agent.sock), --max-processes N (default 0),
+    --uid N (default: the `sandbox` user's), --warm-delay SECONDS (default 0.5), --warm-first GROUPS
+    (default: all), --warm-rest SECONDS (default 2) and --threads N (default 0); SystemExit if wrong."""
     options = {"--socket": "/agent/sock/agent.sock", "--max-processes": "0", "--uid": "",
-               "--warm-delay": str(WARM_DELAY_SECONDS)}
-    usage = "usage: agent.py [--socket PATH] [--max-processes N] [--uid N] [--warm-delay SECONDS]"
+               "--warm-delay": str(WARM_DELAY_SECONDS), "--warm-first": ",".join(WARM_UP_GROUP_NAMES),
+               "--warm-rest": str(WARM_REST_SECONDS), "--threads": "0"}
     if len(argv) % 2 or any(name not in options for name in argv[::2]):
-        raise SystemExit(f"{usage}; got {argv}")
+        raise SystemExit(f"{USAGE}; got {argv}")
     options.update(zip(argv[::2], argv[1::2], strict=True))
     try:
-        max_processes = int(options["--max-processes"])
+        max_processes, threads = int(options["--max-processes"]), int(options["--threads"])
         uid = int(options["--uid"]) if options["--uid"] else pwd.getpwnam(SANDBOX_USER).pw_uid
-        warm_delay = float(options["--warm-delay"])
+        warm_delay, warm_rest = float(options["--warm-delay"]), float(options["--warm-rest"])
     except ValueError:
-        raise SystemExit(f"{usage}: N is a whole number, SECONDS a number; got {argv}") from None
-    if not 0 <= warm_delay < 3600:
-        raise SystemExit(f"--warm-delay must be between 0 and 3600 seconds; got {warm_delay}")
-    if max_processes < 0:
-        raise SystemExit(f"--max-processes must be 0 or more; got {max_processes}")
+        raise SystemExit(f"{USAGE}: N is a whole number, SECONDS a number; got {argv}") from None
+    for name, seconds in (("--warm-delay", warm_delay), ("--warm-rest", warm_rest)):
+        if not 0 <= seconds < 3600:
+            raise SystemExit(f"{name} must be between 0 and 3600 seconds; got {seconds}")
+    warm_first = tuple(options["--warm-first"].split(",")) if options["--warm-first"] else ()
+    if unknown := [name for name in warm_first if name not in WARM_UP_GROUP_NAMES]:
+        raise SystemExit(f"--warm-first takes groups among {','.join(WARM_UP_GROUP_NAMES)}; got {','.join(unknown)}")
+    if max_processes < 0 or threads < 0:
+        raise SystemExit(f"--max-processes and --threads must be 0 or more; got {max_processes} and {threads}")
     # Never root's, and not (uid_t)-1, which set*id() calls read as "leave unchanged".
     if not 0 < uid < 2**32 - 1:
         raise SystemExit(f"--uid must be between 1 and {2**32 - 2}; got {uid}")
-    return options["--socket"], max_processes, uid, warm_delay
+    return AgentOptions(options["--socket"], max_processes, uid, warm_delay, warm_first, warm_rest, threads)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Serve on the Unix socket the center reaches (the container has no network at all)."""
-    socket_path, max_processes, uid, warm_delay = parse_arguments(sys.argv[1:] if argv is None else argv)
-    agent = Agent(uid, max_processes, warm_delay)  # starts the worker: before the server's threads exist
+    options = parse_arguments(sys.argv[1:] if argv is None else argv)
+    agent = Agent(options)  # starts the worker: before the server's threads exist
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     # Python ignores SIGXFSZ already; relied upon: a session's upload over the file size limit (the
     # container's RLIMIT_FSIZE, the agent's too) fails with EFBIG, answered 507, and does not kill the
     # agent. The worker inherits it: a program over the limit gets EFBIG too.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    serve_unix_socket(socket_path, lambda request: route(agent, request))
+    serve_unix_socket(options.socket, lambda request: route(agent, request))
 
 
 if __name__ == "__main__":

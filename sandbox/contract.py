@@ -8,16 +8,45 @@ image carries it beside the agent (/opt/sandbox/contract.py), and the center imp
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 # The statuses of a run, in the order of precedence when several apply.
 STATUSES = ("ok", "error", "timeout", "oom", "output_limit")
 
-# What a sandbox's warm-up imports (worker.preload) and the libraries built on it: a program that
-# mentions one is worth keeping a warming worker for, and makes the center warm sandboxes at once.
-PRELOADED_LIBRARIES = re.compile(r"\b(?:numpy|pandas|matplotlib|seaborn|scipy|sklearn|statsmodels)\b")
+
+
+class WarmUpGroup(NamedTuple):
+    """Part of a sandbox's warm-up: the steps worker.preload takes for it, and the programs that use it."""
+
+    name: str
+    steps: tuple[str, ...]  # modules to import, in order, or FIRST_FIGURE
+    used_by: re.Pattern[str]
+
+
+FIRST_FIGURE = "a first figure"  # a warm-up step: draw and encode one throw-away figure
+# The warm-up in the order programs need it: a plot needs numpy, pyplot and a first figure (it loads
+# the fonts, the CJK fallback too, the Agg renderer and the PNG encoder); a table needs pandas. Then
+# seaborn, measured (bench/imports.py) at ~0.45 s of a seaborn chart's ~0.55 s in a warm sandbox:
+# most of it scipy.stats, taken a part at a time so that no step is long. statsmodels (~1 s) and
+# scikit-learn (~0.9 s) are not preloaded: rarer, and each would add as much again.
+WARM_UP_GROUPS = (
+    WarmUpGroup("numpy", ("numpy",), re.compile(r"\b(?:numpy|pandas|matplotlib|seaborn|scipy|sklearn|statsmodels)\b")),
+    WarmUpGroup("matplotlib", ("matplotlib.pyplot", FIRST_FIGURE), re.compile(r"\b(?:matplotlib|seaborn)\b")),
+    WarmUpGroup("pandas", ("pandas",), re.compile(r"\b(?:pandas|seaborn|statsmodels)\b")),
+    WarmUpGroup("seaborn", ("scipy.linalg", "scipy.special", "scipy.fft", "scipy.spatial", "scipy.interpolate",
+                            "scipy.optimize", "scipy.ndimage", "scipy.integrate", "scipy.stats", "seaborn"),
+                re.compile(r"\b(?:seaborn|scipy|sklearn|statsmodels)\b")),
+)
+WARM_UP_GROUP_NAMES = tuple(group.name for group in WARM_UP_GROUPS)
+# A program that mentions one of these is worth keeping a warming worker for, and makes the center
+# warm sandboxes at once (every group above is built on numpy's).
+PRELOADED_LIBRARIES = WARM_UP_GROUPS[0].used_by
 # How long a fresh sandbox stays idle before it warms up, unless the center says otherwise (--warm-delay).
 WARM_DELAY_SECONDS = 0.5
+# When the center names the groups to warm first (--warm-first), how much longer the sandbox must stay
+# idle before it warms the others too (--warm-rest): under load it is taken before, and spends no CPU
+# on libraries recent programs did not use; between an LLM's tool calls it has all of them ready.
+WARM_REST_SECONDS = 2.0
 
 # Image files: the extensions the agent looks at, and the types it may report (by content).
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp"})

@@ -462,7 +462,7 @@ def route(agent: Agent, request: Request) -> tuple[int, dict[str, Any] | RawResp
     if path == "/session/cell":
         allow(method, path, "POST")
         try:
-            job = Job.from_json(request.json())
+            job = Job.from_json(request.json(), agent.threads)
         except ValueError as e:
             return 400, {"error": str(e)}, False
         return (*session.cell(job, stream=wants_stream(request)), False)

@@ -4,7 +4,8 @@ Protocol: the agent forks, drops the child to the sandbox user (see agent.become
 main(STATUS_FD) with the command pipe as stdin and output pipes as stdout and stderr. The worker
 keeps the command pipe to itself (the program's stdin is /dev/null), makes itself a fresh
 interpreter, writes b"r" to STATUS_FD and reads a line of commands:
-"warm" makes it import the heavy modules ahead of time (then it writes b"w" and reads again);
+"warm GROUPS REST" makes it import the heavy modules ahead of time (see preload: it writes b"w" once
+the groups named are in, b"a" once all are) and reads again;
 "session" makes it a session's interpreter (see serve_session: it writes b"s", then runs cells);
 any other line is the one job, one line of JSON (json is already loaded: the agent imported it):
 {"language": "python"|"bash", "code": str, "variables": {name: JSON value (a string for bash)}}.
@@ -34,7 +35,7 @@ from collections.abc import Callable
 from typing import Any, BinaryIO, NoReturn
 
 import compat
-from contract import MAX_RESULT_CHARS
+from contract import FIRST_FIGURE, MAX_RESULT_CHARS, WARM_UP_GROUPS, WarmUpGroup
 
 SANDBOX_DIR = os.path.dirname(os.path.abspath(__file__))
 FONT_CACHE = "/opt/matplotlib-cache"
@@ -101,17 +102,6 @@ def prepare_matplotlib() -> None:
     sys.path.append(SANDBOX_DIR)  # so matplotlib can import module://capture_backend
 
 
-FIRST_FIGURE = "a first figure"
-# The warm-up, step by step, in the order programs need it: a plot needs numpy, pyplot and a first
-# figure (it loads the fonts, the CJK fallback too, the Agg renderer and the PNG encoder); a table
-# needs pandas. Then seaborn, measured (bench/imports.py) at ~0.45 s of a seaborn chart's ~0.55 s in a
-# warm sandbox: most of it scipy.stats, taken a part at a time so that no step is long. statsmodels
-# (~1 s) and scikit-learn (~0.9 s) are not preloaded: rarer, and each would add as much again.
-WARM_UP_STEPS = ("numpy", "matplotlib.pyplot", FIRST_FIGURE, "pandas", "scipy.linalg", "scipy.special", "scipy.fft",
-                 "scipy.spatial", "scipy.interpolate", "scipy.optimize", "scipy.ndimage", "scipy.integrate",
-                 "scipy.stats", "seaborn")
-
-
 def draw_first_figure() -> None:
     """Draw and encode one throw-away figure."""
     import matplotlib.pyplot as plt
@@ -123,34 +113,61 @@ def draw_first_figure() -> None:
     plt.close("all")
 
 
-def preload(job_waiting: Callable[[], bool] = lambda: False) -> None:
+def preload(first: tuple[str, ...], rest_delay: float, commands: BinaryIO, status_fd: int) -> None:
     """Import what data-science programs use and draw one throw-away figure, so their run pays none of it.
 
-    Between two steps it stops once a job is waiting: a program taken mid-warm-up waits for one step
-    (tens of milliseconds), not for the libraries it may not need; it imports what is left itself.
+    The groups named in `first` come first; the others only after `rest_delay` more seconds with no job
+    (a session's interpreter takes them at once: its cells may use any). Between two steps it stops once
+    a job is waiting: a program taken mid-warm-up waits for one step (tens of milliseconds), not for the
+    libraries it may not need; it imports what is left itself. Writes b"w" once the first groups are
+    in, b"a" once all are.
     """
-    import importlib
+    groups = [group for group in WARM_UP_GROUPS if group.name in first]
+    rest = [group for group in WARM_UP_GROUPS if group.name not in first]
+    finished = take_steps(groups, commands)
+    freeze_heap()
+    if not finished:
+        return
+    os.write(status_fd, b"w")
+    if rest:
+        if job_arrives(commands, rest_delay):
+            return
+        finished = take_steps(rest, commands)
+        freeze_heap()
+        if not finished:
+            return
+    os.write(status_fd, b"a")
 
-    for step in WARM_UP_STEPS:
-        if job_waiting():
-            break
-        if step == FIRST_FIGURE:
-            draw_first_figure()
-        else:
-            importlib.import_module(step)
-    # Everything imported so far lives as long as the process: take it out of the garbage
-    # collector's view, or the program's first allocations pay a full collection of it (~40 ms).
+
+def freeze_heap() -> None:
+    """Take everything imported so far out of the garbage collector's view: it lives as long as the
+    process, and the program's first allocations would otherwise pay a full collection of it (~40 ms)."""
     gc.collect()
     gc.freeze()
 
 
-def job_waiting(commands: BinaryIO) -> bool:
-    """Whether a job (a line of JSON) has come on the command pipe. A "session" command has not: a
-    session's interpreter finishes its warm-up first, as its cells will use what it imports."""
+def take_steps(groups: list[WarmUpGroup], commands: BinaryIO) -> bool:
+    """Take the groups' steps in order; False when a job came first (the step under way is finished)."""
+    import importlib
+
+    for group in groups:
+        for step in group.steps:
+            if job_arrives(commands, 0):
+                return False
+            if step == FIRST_FIGURE:
+                draw_first_figure()
+            else:
+                importlib.import_module(step)
+    return True
+
+
+def job_arrives(commands: BinaryIO, seconds: float) -> bool:
+    """Whether a job (a line of JSON) comes on the command pipe within `seconds`. A "session" command
+    is not one: a session's interpreter finishes its warm-up first, as its cells will use what it imports."""
     import select
 
     # Only new bytes wake select; peek leaves them in the buffer for the readline that follows.
-    return bool(select.select([commands], [], [], 0)[0]) and commands.peek(1)[:1] == b"{"
+    return bool(select.select([commands], [], [], seconds)[0]) and commands.peek(1)[:1] == b"{"
 
 
 def finish(status: int) -> None:
@@ -572,9 +589,9 @@ def main(status_fd: int) -> NoReturn:
     prepare_matplotlib()
     os.write(status_fd, b"r")
     line = commands.readline()
-    if line == b"warm\n":
-        preload(lambda: job_waiting(commands))
-        os.write(status_fd, b"w")
+    if line.startswith(b"warm "):  # b"warm GROUP,GROUP REST_DELAY\n": see Agent.warm_up
+        first, rest_delay = line.split()[1:]
+        preload(tuple(first.decode().split(",")), float(rest_delay), commands, status_fd)
         line = commands.readline()
     if line == b"session\n":
         serve_session(commands, status_fd)

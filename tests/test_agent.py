@@ -16,7 +16,8 @@ from typing import Any
 import docker
 import pytest
 
-from sandboxes import AgentUnreachable, Sandbox
+from sandboxes import AgentUnreachable, DockerSandboxes, Sandbox
+from warm_up import WarmUpPlan
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -205,7 +206,8 @@ def test_program_runs_as_the_uid_its_sandbox_was_given(sandbox: Sandbox) -> None
 
 @pytest.mark.parametrize("arguments", [
     ["--uid", "0"], ["--uid", "-5"], ["--uid", "4294967295"], ["--uid", "sandbox"], ["--max-processes", "x"],
-    ["--bogus", "1"], ["--uid"],
+    ["--bogus", "1"], ["--uid"], ["--warm-first", "numpy,tensorflow"], ["--warm-rest", "-1"], ["--threads", "-2"],
+    ["--warm-delay", "nan"],
 ])
 def test_agent_refuses_bad_arguments_before_starting_anything(arguments: list[str]) -> None:
     agent = Path(__file__).parent.parent / "sandbox" / "agent.py"
@@ -272,6 +274,48 @@ def test_a_program_taken_mid_warm_up_waits_for_one_step_not_for_every_library(sa
     code = "import sys, numpy\nprint([name for name in ('numpy', 'seaborn') if name in sys.modules])"
     report = sandbox.run({"language": "python", "code": code, "variables": {}, "timeout": 20})
     assert (report["status"], report["stdout"]) == ("ok", "['numpy']\n"), report
+
+
+class FixedPlan:
+    """Stands in for the center's warm-up policy: every sandbox gets this plan."""
+
+    def __init__(self, plan: WarmUpPlan) -> None:
+        self.fixed = plan
+
+    def plan(self) -> WarmUpPlan:
+        return self.fixed
+
+    def note(self, language: str, code: str) -> None:
+        pass
+
+
+LOADED = "import sys\nprint([name for name in ('matplotlib.pyplot', 'pandas', 'seaborn') if name in sys.modules])"
+
+
+@pytest.mark.parametrize(("rest_delay", "loaded"), [
+    (60.0, ["matplotlib.pyplot"]),  # the rest waits for a minute of idleness: never, here
+    (0.0, ["matplotlib.pyplot", "pandas", "seaborn"]),
+])
+def test_a_sandbox_warms_the_groups_named_first_and_the_others_only_when_idle(
+        sandboxes: DockerSandboxes, monkeypatch: pytest.MonkeyPatch, rest_delay: float, loaded: list[str]) -> None:
+    monkeypatch.setattr(sandboxes, "warm_up", FixedPlan(WarmUpPlan(0.0, ("numpy", "matplotlib"), rest_delay)))
+    sandbox = sandboxes.launch(9152)
+    try:
+        wait_for_health(sandbox, lambda health: health["warm"] and (health["warm_all"] or rest_delay > 0))
+        report = sandbox.run({"language": "python", "code": LOADED, "variables": {}, "timeout": 20})
+        assert (report["status"], report["warm"], report["stdout"]) == ("ok", True, f"{loaded}\n"), report
+    finally:
+        sandboxes.destroy(sandbox)
+
+
+def test_numeric_thread_pools_are_sized_to_the_cpu_limit(run_in_sandbox: Callable[..., dict[str, Any]]) -> None:
+    # The test pool's limit is 1 CPU: OpenBLAS would otherwise start a thread per host core, which
+    # on a 1-CPU quota only spin (numpy's import and a first figure cost twice the CPU).
+    code = ("import os, numpy\nnumpy.ones((200, 200)) @ numpy.ones((200, 200))\n"
+            "print(os.environ['OPENBLAS_NUM_THREADS'], os.environ['OMP_NUM_THREADS'],"
+            " len(os.listdir('/proc/self/task')))")
+    report = run_in_sandbox(code)
+    assert (report["status"], report["stdout"]) == ("ok", "1 1 1\n"), report
 
 
 @pytest.mark.parametrize(("raw", "status"), [
