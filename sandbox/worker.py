@@ -589,8 +589,8 @@ def main(status_fd: int) -> NoReturn:
     prepare_matplotlib()
     os.write(status_fd, b"r")
     line = commands.readline()
-    if line.startswith(b"warm "):  # b"warm GROUP,GROUP REST_DELAY\n": see Agent.warm_up
-        first, rest_delay = line.split()[1:]
+    if line.startswith(b"warm "):  # b"warm GROUP,GROUP REST_DELAY\n" (no group: b"warm  REST_DELAY\n")
+        _, first, rest_delay = line.split(b" ")
         preload(tuple(first.decode().split(",")), float(rest_delay), commands, status_fd)
         line = commands.readline()
     if line == b"session\n":

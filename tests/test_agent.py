@@ -292,13 +292,15 @@ class FixedPlan:
 LOADED = "import sys\nprint([name for name in ('matplotlib.pyplot', 'pandas', 'seaborn') if name in sys.modules])"
 
 
-@pytest.mark.parametrize(("rest_delay", "loaded"), [
-    (60.0, ["matplotlib.pyplot"]),  # the rest waits for a minute of idleness: never, here
-    (0.0, ["matplotlib.pyplot", "pandas", "seaborn"]),
+@pytest.mark.parametrize(("first", "rest_delay", "loaded"), [
+    (("numpy", "matplotlib"), 60.0, ["matplotlib.pyplot"]),  # the rest waits for a minute of idleness: never, here
+    (("numpy", "matplotlib"), 0.0, ["matplotlib.pyplot", "pandas", "seaborn"]),
+    ((), 0.0, ["matplotlib.pyplot", "pandas", "seaborn"]),  # no group first: all of them as the rest
 ])
 def test_a_sandbox_warms_the_groups_named_first_and_the_others_only_when_idle(
-        sandboxes: DockerSandboxes, monkeypatch: pytest.MonkeyPatch, rest_delay: float, loaded: list[str]) -> None:
-    monkeypatch.setattr(sandboxes, "warm_up", FixedPlan(WarmUpPlan(0.0, ("numpy", "matplotlib"), rest_delay)))
+        sandboxes: DockerSandboxes, monkeypatch: pytest.MonkeyPatch, first: tuple[str, ...], rest_delay: float,
+        loaded: list[str]) -> None:
+    monkeypatch.setattr(sandboxes, "warm_up", FixedPlan(WarmUpPlan(0.0, first, rest_delay)))
     sandbox = sandboxes.launch(9152)
     try:
         wait_for_health(sandbox, lambda health: health["warm"] and (health["warm_all"] or rest_delay > 0))
