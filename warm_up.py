@@ -18,7 +18,13 @@ import threading
 from collections import deque
 from typing import NamedTuple
 
-from sandbox.contract import WARM_DELAY_SECONDS, WARM_REST_SECONDS, WARM_UP_GROUP_NAMES, WARM_UP_GROUPS
+from sandbox.contract import (
+    PRELOADED_LIBRARIES,
+    WARM_DELAY_SECONDS,
+    WARM_REST_SECONDS,
+    WARM_UP_GROUP_NAMES,
+    WARM_UP_GROUPS,
+)
 
 WINDOW = 16  # programs remembered
 MIN_SEEN = 4  # before that many, the default delay holds
@@ -42,8 +48,10 @@ class WarmUpPolicy:
 
     def note(self, language: str, code: str) -> None:
         """One program was asked to run."""
-        used = frozenset(group.name for group in WARM_UP_GROUPS
-                         if language == "python" and group.used_by.search(code) is not None)
+        used: frozenset[str] = frozenset()
+        # One search settles most programs: every group's libraries are among PRELOADED_LIBRARIES.
+        if language == "python" and PRELOADED_LIBRARIES.search(code) is not None:
+            used = frozenset(group.name for group in WARM_UP_GROUPS if group.used_by.search(code) is not None)
         with self.lock:
             self.recent.append(used)
 

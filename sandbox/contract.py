@@ -14,7 +14,6 @@ from typing import Any, NamedTuple
 STATUSES = ("ok", "error", "timeout", "oom", "output_limit")
 
 
-
 class WarmUpGroup(NamedTuple):
     """Part of a sandbox's warm-up: the steps worker.preload takes for it, and the programs that use it."""
 
