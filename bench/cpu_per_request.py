@@ -9,8 +9,11 @@ and after, the whole machine's busy time (/proc/stat) and the CPU of the long-li
 containerd, the center, this script (the HTTP clients) and, for `docker run --rm`, the docker CLI it
 starts. What is left is the containers (their runtime's init, the agent, the program), the
 containerd shims and runtime binaries started per container, and the kernel's work for them. The
-same for `docker run --rm --network none` under runc, in the same run. Other processes on the
-machine count in the rest: run it on a quiet machine. Nothing is asserted; read the figures.
+same for `docker run --rm --network none` under runc, in the same run. Last, the floor any service
+that gives each run a fresh container pays: a bare container of the same image (no agent, no limits,
+no hardening) created, started, waited for and removed through the engine's API, running
+`python3 -c "print(1)"`, under the center's runtime. Other processes on the machine count in the
+rest: run it on a quiet machine. Nothing is asserted; read the figures.
 """
 
 from __future__ import annotations
@@ -97,6 +100,18 @@ def cpu_per_call(call: Callable[[], object], requests: int, concurrency: int, ce
     return per_call, rate
 
 
+def bare_container(client: docker.APIClient, image: str, runtime: str) -> None:
+    """One bare container's whole life through the engine's API: no CLI, no agent, no limits, no hardening."""
+    host_config = client.create_host_config(network_mode="none", runtime=runtime)
+    container = client.create_container(image, entrypoint=["python3"], command=["-c", "print(1)"],
+                                        network_disabled=True, host_config=host_config)
+    try:
+        client.start(container)
+        client.wait(container)
+    finally:
+        client.remove_container(container, force=True)
+
+
 ROWS = (("machine", "the whole machine"), ("dockerd", "dockerd"), ("containerd", "containerd"),
         ("center", "the center"), ("cli", "the docker CLI"), ("bench", "this script's HTTP clients"),
         ("rest", "containers, shims, runtimes, kernel"))
@@ -112,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     image = load_config().interpreter_image
-    docker.from_env().ping()  # fail early and clearly without an engine
+    client = docker.from_env()
+    client.ping()  # fail early and clearly without an engine
     results: dict[str, tuple[dict[str, float], float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         process, url, _ = start_center(Path(tmp), {"interpreter_image": image, "sandbox_runtime": args.runtime},
@@ -135,15 +151,18 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             process.send_signal(signal.SIGTERM)
             process.wait(60)
+    results[f"bare container, {args.runtime}"] = cpu_per_call(
+        lambda: bare_container(client.api, image, args.runtime), args.requests, args.concurrency, None)
 
     print(f"CPU per request (ms) at concurrency {args.concurrency}, {args.requests + args.concurrency} requests "
           f"each; the center's sandboxes under {args.runtime}, docker run --rm under runc; {os.cpu_count()} cores")
     columns = list(results)
-    print(f"{'':38}" + "".join(f"{column:>20}" for column in columns))
+    width = max(20, *(len(column) + 2 for column in columns))
+    print(f"{'':38}" + "".join(f"{column:>{width}}" for column in columns))
     for key, label in ROWS:
         cells = [results[column][0].get(key) for column in columns]
-        print(f"{label:38}" + "".join(f"{'-' if cell is None else f'{cell:.0f}':>20}" for cell in cells))
-    print(f"{'requests per second':38}" + "".join(f"{results[column][1]:>20.1f}" for column in columns))
+        print(f"{label:38}" + "".join(f"{'-' if cell is None else f'{cell:.0f}':>{width}}" for cell in cells))
+    print(f"{'requests per second':38}" + "".join(f"{results[column][1]:>{width}.1f}" for column in columns))
     return 0
 
 
