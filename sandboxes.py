@@ -30,7 +30,7 @@ from agent_client import SOCKET_NAME, AgentClient, AgentRefused, AgentUnreachabl
 from config import Config
 from engine import Engine
 from errors import EngineError, EngineUnavailable, SandboxFailed
-from sandbox.contract import INTERRUPT_GRACE_SECONDS, SESSION_START_SECONDS
+from sandbox.contract import INTERRUPT_GRACE_SECONDS, SESSION_START_SECONDS, USERS_DIR
 from sandbox_image import INPUTS_LABEL, inputs_hash
 from warm_up import WarmUpPolicy
 
@@ -278,6 +278,7 @@ class DockerSandboxes:
             tmpfs={
                 "/workspace": f"size={limits.disk},uid={program_uid},gid={program_uid},mode=0755,exec",
                 "/tmp": f"size={limits.tmp},mode=1777",
+                USERS_DIR: "size=64k,mode=0755",  # root's: the agent names the program's uid there
             },
             shm_size=limits.shm,
             pids_limit=limits.pids + (GVISOR_THREAD_HEADROOM if runtime == "runsc" else 0),

@@ -54,6 +54,7 @@ from contract import (  # noqa: E402
     OUTPUT_CUT_NOTICE,
     PRELOADED_LIBRARIES,
     STREAM_TYPE,
+    USERS_DIR,
     WARM_DELAY_SECONDS,
     WARM_REST_SECONDS,
     WARM_UP_GROUP_NAMES,
@@ -1110,9 +1111,28 @@ def parse_arguments(argv: list[str]) -> AgentOptions:
     return AgentOptions(options["--socket"], max_processes, uid, warm_delay, warm_first, warm_rest, threads)
 
 
+def name_program_user(uid: int) -> None:
+    """Name the program's uid `sandbox`, at home in /workspace, in the center's tmpfs at USERS_DIR.
+
+    Root's files, read-only to the program; without that tmpfs (the agent started by hand on a
+    read-only root) the uid stays nameless, which is no reason to refuse to serve.
+    """
+    entries = {"passwd": f"{SANDBOX_USER}:x:{uid}:{uid}:{SANDBOX_USER}:{WORKDIR}:/bin/bash\n",
+               "group": f"{SANDBOX_USER}:x:{uid}:\n"}
+    try:
+        for name, entry in entries.items():
+            fd = os.open(os.path.join(USERS_DIR, name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+            with open(fd, "w") as f:
+                os.fchmod(fd, 0o644)  # whatever the umask: every process reads it, only root writes it
+                f.write(entry)
+    except OSError as e:
+        print(f"agent: the program's uid {uid} gets no user name ({e})", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Serve on the Unix socket the center reaches (the container has no network at all)."""
     options = parse_arguments(sys.argv[1:] if argv is None else argv)
+    name_program_user(options.uid)  # before the worker starts: the program may ask at once
     agent = Agent(options)  # starts the worker: before the server's threads exist
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     # Python ignores SIGXFSZ already; relied upon: a session's upload over the file size limit (the

@@ -48,6 +48,11 @@ WARM_DELAY_SECONDS = 0.5
 WARM_REST_SECONDS = 2.0
 
 # Image files: the extensions the agent looks at, and the types it may report (by content).
+# The program's uid (its sandbox's own) is named here: the center mounts a root-owned tmpfs at this
+# folder, the agent writes passwd and group files into it, and the image's NSS reads them after
+# /etc/passwd (libnss-extrausers), so whoami, ls -l and pwd.getpwuid() know the program's user.
+USERS_DIR = "/var/lib/extrausers"
+
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp"})
 # Each image type and the extension a stored image of that type is served under.
 IMAGE_TYPES = {"image/png": "png", "image/jpeg": "jpg", "image/gif": "gif", "image/svg+xml": "svg",

@@ -159,7 +159,8 @@ def test_one_huge_file_hits_the_file_size_limit(run: Run) -> None:
 def test_root_file_system_is_read_only(run: Run) -> None:
     code = (
         "import os\n"
-        "for path in ['/etc/passwd', '/usr/bin/evil', '/opt/sandbox/agent.py', '/opt/venv/lib/x.py', '/root/x']:\n"
+        "for path in ['/etc/passwd', '/usr/bin/evil', '/opt/sandbox/agent.py', '/opt/venv/lib/x.py', '/root/x',\n"
+        "             '/var/lib/extrausers/passwd', '/var/lib/extrausers/group', '/var/lib/extrausers/shadow']:\n"
         "    try:\n"
         "        open(path, 'a').write('pwned')\n"
         "        print('WROTE', path)\n"
@@ -167,7 +168,7 @@ def test_root_file_system_is_read_only(run: Run) -> None:
         "        print('denied', e.errno)\n"
     )
     body = run(code)[1]
-    assert "WROTE" not in body["output"] and body["output"].count("denied") == 5
+    assert "WROTE" not in body["output"] and body["output"].count("denied") == 8
 
 
 # --- network ---------------------------------------------------------------------------------

@@ -400,3 +400,20 @@ def test_a_sandbox_cannot_starve_another_of_per_user_kernel_resources(live_serve
     during = [b for b in during if a["from"] <= b["at"] <= a["to"]]
     assert during, ("no B ran while A held its instances", a, answers)
     assert all((b["inotify"], b["pipe"]) == ("ok", "ok") for b in during), (a, during)
+
+
+NAME_THE_USER = """whoami
+python3 -c 'import os, pwd; print(pwd.getpwuid(os.stat("/workspace").st_uid).pw_name)'
+getent passwd 0 | cut -d: -f1
+python3 -c 'import os, pwd; e = pwd.getpwuid(os.getuid()); print(e.pw_dir, e.pw_uid == os.getuid() != 61000)'
+echo 'root2:x:0:0::/root:/bin/bash' >> /var/lib/extrausers/passwd 2>/dev/null || echo denied
+getent passwd root2 || echo no-root2
+"""
+
+
+def test_the_sandbox_uid_has_a_name_only_root_can_give(client: FlaskClient) -> None:
+    """The program's own uid is `sandbox` at home in /workspace (whoami, file owners, pwd.getpwuid work);
+    root stays root, and the program can neither add a name nor change one. (Python's stat, not
+    coreutils': gVisor's statx refuses coreutils' flags.)"""
+    body = client.post("/runcode", json={"code": NAME_THE_USER, "languageType": "bash"}).get_json()
+    assert body["output"].splitlines() == ["sandbox", "sandbox", "root", "/workspace True", "denied", "no-root2"], body
