@@ -15,7 +15,7 @@ AGENT_DIR = PROJECT_DIR / "sandbox"
 INPUTS_LABEL = "code-interpreter.inputs-sha256"
 # Debian packages the image needs; baked straight into a locally made base image.
 BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates", "fontconfig", "fonts-wqy-microhei",
-                 "libnss-extrausers")
+                 "libnss-extrausers", "busybox")
 BUILD_FORMAT_VERSION = "1"  # bump when build.py changes what goes into the image
 
 

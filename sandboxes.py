@@ -53,6 +53,7 @@ PROGRAM_UID_BASE = 2_000_000
 PROGRAM_UID_SPAN = 1_000_000
 HEALTH_POLL_SECONDS = 0.01
 GVISOR_THREAD_HEADROOM = 1024
+GVISOR_COMPAT_PATH = "/opt/gvisor-compat/bin"  # made by Dockerfile.sandbox: busybox's ls and stat
 RUN_GRACE_SECONDS = 15.0  # beyond the program's own limit, for the agent to collect and answer
 EXIT_WAIT_SECONDS = 2.0  # for an agent that answered to exit by itself before its container is removed
 MAX_SOCKET_PATH = 100  # sockaddr_un holds 108 bytes
@@ -256,6 +257,9 @@ class DockerSandboxes:
             # headroom and the program's processes are capped inside instead, by RLIMIT_NPROC
             # (which gVisor counts per sandbox; under runc it would be shared across the host).
             arguments += ["--max-processes", str(self.config.resource_limits.pids)]
+            # Debian's runsc (2022-12) answers statx with AT_NO_AUTOMOUNT, which coreutils 9's ls and
+            # stat pass, with EINVAL: busybox's, which use stat(), go first on the program's PATH.
+            arguments += ["--path-first", GVISOR_COMPAT_PATH]
         return arguments
 
     def container_options(self, slot: int, socket_dir: str, program_uid: int, sandbox_id: str) -> dict[str, Any]:

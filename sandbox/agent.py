@@ -101,17 +101,33 @@ STATUS_MESSAGES = {
 }
 
 
-def worker_environment(threads: int = 0) -> dict[str, str]:
+class AgentOptions(NamedTuple):
+    """The agent's command line, checked (parse_arguments)."""
+
+    socket: str
+    max_processes: int  # RLIMIT_NPROC; 0: none
+    uid: int  # the program's uid and gid
+    warm_delay: float  # idle seconds before the warm-up
+    warm_first: tuple[str, ...]  # the warm-up's groups taken first (contract.WARM_UP_GROUPS)
+    warm_rest: float  # idle seconds after them before the other groups
+    threads: int  # the numeric libraries' thread pools (worker_environment); 0: their own choice
+    path_first: str = ""  # a folder put first on the program's PATH; "": none
+
+
+def worker_environment(options: AgentOptions) -> dict[str, str]:
     """The program's whole environment: nothing of the agent's (or the center's) leaks into it.
 
     `threads` (the container's CPU limit, rounded up; 0: none) sizes the numeric libraries' thread
     pools: OpenBLAS otherwise starts one thread per host core, which on a 1-CPU quota only spin and
-    wait (measured: numpy's import and a first figure cost twice the CPU).
+    wait (measured: numpy's import and a first figure cost twice the CPU). `path_first` goes before
+    the usual PATH (under gVisor: busybox's ls and stat, see sandboxes.py).
     """
+    threads = options.threads
     pools = {name: str(threads) for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    path = "/opt/venv/bin:/usr/local/bin:/usr/bin:/bin"
     return {
         **(pools if threads else {}),
-        "PATH": "/opt/venv/bin:/usr/local/bin:/usr/bin:/bin",
+        "PATH": f"{options.path_first}:{path}" if options.path_first else path,
         "HOME": WORKDIR,
         "USER": SANDBOX_USER,
         "LANG": "C.UTF-8",
@@ -138,9 +154,10 @@ def kill_sandbox_processes() -> None:
         pass
 
 
-def become_worker(uid: int, stdio: tuple[int, int, int], status_fd: int, max_processes: int,
-                  threads: int) -> NoReturn:
-    """In the forked child: become user and group `uid`, keep only the worker's pipes, run worker.py; never returns."""
+def become_worker(options: AgentOptions, stdio: tuple[int, int, int], status_fd: int) -> NoReturn:
+    """In the forked child: become the program's user and group, keep only the worker's pipes, run worker.py;
+    never returns."""
+    uid, max_processes = options.uid, options.max_processes
     try:
         os.setsid()  # its own session: the program cannot signal the agent's process group
         for target, fd in enumerate(stdio):
@@ -166,7 +183,7 @@ def become_worker(uid: int, stdio: tuple[int, int, int], status_fd: int, max_pro
         os.setuid(uid)
         os.chdir(WORKDIR)
         os.environ.clear()
-        os.environ.update(worker_environment(threads))
+        os.environ.update(worker_environment(options))
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         gc.enable()  # the program's garbage is collected as usual
         import worker
@@ -189,14 +206,14 @@ class Worker:
     matplotlib) while no request has come: see Agent.warm_up().
     """
 
-    def __init__(self, uid: int, max_processes: int = 0, threads: int = 0) -> None:
+    def __init__(self, options: AgentOptions) -> None:
         stdin_read, stdin_write = os.pipe()
         stdout_read, stdout_write = os.pipe()
         stderr_read, stderr_write = os.pipe()
         status_read, status_write = os.pipe()
         pid = os.fork()
         if pid == 0:
-            become_worker(uid, (stdin_read, stdout_write, stderr_write), status_write, max_processes, threads)
+            become_worker(options, (stdin_read, stdout_write, stderr_write), status_write)
         for fd in (stdin_read, stdout_write, stderr_write, status_write):
             os.close(fd)
         self.pid = pid
@@ -770,12 +787,12 @@ class Job:
             return self.variables
         return {name: value if isinstance(value, str) else json.dumps(value) for name, value in self.variables.items()}
 
-    def check_bash_environment(self, threads: int) -> None:
+    def check_bash_environment(self, options: AgentOptions) -> None:
         """ValueError naming the variable when bash's execve could not take the environment.
 
         Otherwise bash would not even start: exit status 127, not a word said.
         """
-        environment = {**worker_environment(threads), **self.program_variables()}
+        environment = {**worker_environment(options), **self.program_variables()}
         sizes = {}
         for name, value in environment.items():
             if "\0" in value:
@@ -796,9 +813,9 @@ class Job:
                              f"at most {limit} (the largest is {largest})")
 
     @classmethod
-    def from_json(cls, body: Any, threads: int = 0) -> Job:
+    def from_json(cls, body: Any, options: AgentOptions) -> Job:
         """Check the center's request (absent fields take the defaults above); ValueError names the bad field.
-        `threads`: the agent's (see worker_environment), for the size of bash's environment."""
+        `options`: the agent's, for the size of bash's environment (see worker_environment)."""
         if not isinstance(body, dict):
             raise ValueError("body must be a JSON object")
         job = cls(body.get("code"), **{name: body[name] for name in cls.DEFAULTS if name in body})
@@ -820,7 +837,7 @@ class Job:
             if value > highest_allowed:
                 raise ValueError(f"{name} must be at most {highest_allowed:.0f}")
         if job.language == "bash":
-            job.check_bash_environment(threads)
+            job.check_bash_environment(options)
         job.files = input_files(job.files)
         return job
 
@@ -866,9 +883,8 @@ class Agent:
     """Holds this container's one worker and runs the one job it is given (or, in session mode, its cells)."""
 
     def __init__(self, options: AgentOptions) -> None:
-        self.uid, self.max_processes, self.threads = options.uid, options.max_processes, options.threads
-        self.warm_first, self.warm_rest = options.warm_first, options.warm_rest
-        self.worker = Worker(self.uid, self.max_processes, self.threads)
+        self.options = options
+        self.worker = Worker(options)
         self.lock = threading.Lock()  # guards `used`, `mode` and the decision to warm up
         self.used = False
         self.mode = "fresh"  # then "oneshot" (POST /run) or "session" (POST /session/start), for good
@@ -888,7 +904,7 @@ class Agent:
                 return
             self.worker.warming = True
             try:
-                self.worker.send(f"warm {','.join(self.warm_first)} {self.warm_rest:g}\n".encode())
+                self.worker.send(f"warm {','.join(self.options.warm_first)} {self.options.warm_rest:g}\n".encode())
             except OSError:
                 pass
 
@@ -900,7 +916,7 @@ class Agent:
         if worker.warming and not worker.warm.is_set() and not job.uses_preloaded_modules():
             kill_sandbox_processes()  # a cold start beats waiting for imports the program does not need
             worker.wait()
-            worker = self.worker = Worker(self.uid, self.max_processes, self.threads)
+            worker = self.worker = Worker(self.options)
         if not worker.started.wait(COLD_START_SECONDS):
             raise RuntimeError("the sandbox worker did not start")
         return worker
@@ -941,7 +957,7 @@ class Agent:
         if job.files:
             import workspace
 
-            workspace.write_files(self.uid, job.files)
+            workspace.write_files(self.options.uid, job.files)
             job.files = []  # the agent's memory is the container's: the bytes are in the workspace now
             before = workspace_snapshot()
         return worker, before
@@ -1040,7 +1056,7 @@ def route(agent: Agent, request: Request) -> tuple[int, dict[str, Any] | RawResp
         return 200, agent.health(), False
     if path == "/run" and method == "POST":
         try:
-            job = Job.from_json(request.json(), agent.threads)
+            job = Job.from_json(request.json(), agent.options)
         except ValueError as e:
             return 400, {"error": str(e)}, False
         refusal = agent.take("oneshot")
@@ -1065,29 +1081,18 @@ def route(agent: Agent, request: Request) -> tuple[int, dict[str, Any] | RawResp
     raise HTTPError(404, f"no such endpoint: {path}")
 
 
-class AgentOptions(NamedTuple):
-    """The agent's command line, checked."""
-
-    socket: str
-    max_processes: int  # RLIMIT_NPROC; 0: none
-    uid: int  # the program's uid and gid
-    warm_delay: float  # idle seconds before the warm-up
-    warm_first: tuple[str, ...]  # the warm-up's groups taken first (contract.WARM_UP_GROUPS)
-    warm_rest: float  # idle seconds after them before the other groups
-    threads: int  # the numeric libraries' thread pools (worker_environment); 0: their own choice
-
-
 USAGE = ("usage: agent.py [--socket PATH] [--max-processes N] [--uid N] [--warm-delay SECONDS] "
-         "[--warm-first GROUP,...] [--warm-rest SECONDS] [--threads N]")
+         "[--warm-first GROUP,...] [--warm-rest SECONDS] [--threads N] [--path-first DIR]")
 
 
 def parse_arguments(argv: list[str]) -> AgentOptions:
     """The options from --socket PATH (default /agent/sock/agent.sock), --max-processes N (default 0),
     --uid N (default: the `sandbox` user's), --warm-delay SECONDS (default 0.5), --warm-first GROUPS
-    (default: all), --warm-rest SECONDS (default 2) and --threads N (default 0); SystemExit if wrong."""
+    (default: all), --warm-rest SECONDS (default 2), --threads N (default 0) and --path-first DIR
+    (default: none); SystemExit if wrong."""
     options = {"--socket": "/agent/sock/agent.sock", "--max-processes": "0", "--uid": "",
                "--warm-delay": str(WARM_DELAY_SECONDS), "--warm-first": ",".join(WARM_UP_GROUP_NAMES),
-               "--warm-rest": str(WARM_REST_SECONDS), "--threads": "0"}
+               "--warm-rest": str(WARM_REST_SECONDS), "--threads": "0", "--path-first": ""}
     if len(argv) % 2 or any(name not in options for name in argv[::2]):
         raise SystemExit(f"{USAGE}; got {argv}")
     options.update(zip(argv[::2], argv[1::2], strict=True))
@@ -1108,7 +1113,11 @@ def parse_arguments(argv: list[str]) -> AgentOptions:
     # Never root's, and not (uid_t)-1, which set*id() calls read as "leave unchanged".
     if not 0 < uid < 2**32 - 1:
         raise SystemExit(f"--uid must be between 1 and {2**32 - 2}; got {uid}")
-    return AgentOptions(options["--socket"], max_processes, uid, warm_delay, warm_first, warm_rest, threads)
+    path_first = options["--path-first"]
+    if path_first and (not path_first.startswith("/") or ":" in path_first):
+        raise SystemExit(f"--path-first must be an absolute folder without ':'; got {path_first}")
+    return AgentOptions(options["--socket"], max_processes, uid, warm_delay, warm_first, warm_rest, threads,
+                        path_first)
 
 
 def name_program_user(uid: int) -> None:

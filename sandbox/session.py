@@ -127,7 +127,7 @@ class Session:
                 return 410, {"error": self.dead_reason}
             if job.files:
                 try:
-                    workspace.write_files(self.agent.uid, job.files)
+                    workspace.write_files(self.agent.options.uid, job.files)
                 except workspace.WorkspaceError as e:
                     return e.status, {"error": f"{e.message}; the cell did not run"}
                 job.files = []
@@ -462,13 +462,13 @@ def route(agent: Agent, request: Request) -> tuple[int, dict[str, Any] | RawResp
     if path == "/session/cell":
         allow(method, path, "POST")
         try:
-            job = Job.from_json(request.json(), agent.threads)
+            job = Job.from_json(request.json(), agent.options)
         except ValueError as e:
             return 400, {"error": str(e)}, False
         return (*session.cell(job, stream=wants_stream(request)), False)
     if path == "/files":
         allow(method, path, "GET")
-        return (*workspace_call(lambda: (200, workspace.list_files(agent.uid))), False)
+        return (*workspace_call(lambda: (200, workspace.list_files(agent.options.uid))), False)
     allow(method, path, "GET", "PUT")
     try:
         file_path = workspace.check_path(decode_path(path[len("/files/"):]))
@@ -530,7 +530,7 @@ def put_file(agent: Agent, request: Request, path: str) -> tuple[int, dict[str, 
         raise HTTPError(411, "send the file with a Content-Length")
     if request.length > limit:  # the body is dropped unread (see http_server.Request.discard_body)
         return 413, {"error": f"the file is {request.length} bytes, over the limit of {limit} bytes"}
-    upload = workspace.Upload(agent.uid, path)
+    upload = workspace.Upload(agent.options.uid, path)
     try:
         left, failure = request.length, None
         while left:
@@ -560,7 +560,7 @@ def put_file(agent: Agent, request: Request, path: str) -> tuple[int, dict[str, 
 
 def get_file(agent: Agent, path: str) -> tuple[int, RawResponse]:
     """GET /files/<path>: the file's bytes, streamed."""
-    fd, size = workspace.open_file(agent.uid, path)
+    fd, size = workspace.open_file(agent.options.uid, path)
 
     def send(sock: Any) -> None:
         left = size

@@ -207,7 +207,7 @@ def test_program_runs_as_the_uid_its_sandbox_was_given(sandbox: Sandbox) -> None
 @pytest.mark.parametrize("arguments", [
     ["--uid", "0"], ["--uid", "-5"], ["--uid", "4294967295"], ["--uid", "sandbox"], ["--max-processes", "x"],
     ["--bogus", "1"], ["--uid"], ["--warm-first", "numpy,tensorflow"], ["--warm-rest", "-1"], ["--threads", "-2"],
-    ["--warm-delay", "nan"],
+    ["--warm-delay", "nan"], ["--path-first", "relative/bin"], ["--path-first", "/a:/b"],
 ])
 def test_agent_refuses_bad_arguments_before_starting_anything(arguments: list[str]) -> None:
     agent = Path(__file__).parent.parent / "sandbox" / "agent.py"

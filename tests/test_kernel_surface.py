@@ -417,3 +417,13 @@ def test_the_sandbox_uid_has_a_name_only_root_can_give(client: FlaskClient) -> N
     coreutils': gVisor's statx refuses coreutils' flags.)"""
     body = client.post("/runcode", json={"code": NAME_THE_USER, "languageType": "bash"}).get_json()
     assert body["output"].splitlines() == ["sandbox", "sandbox", "root", "/workspace True", "denied", "no-root2"], body
+
+
+def test_ls_and_stat_work_under_every_runtime(client: FlaskClient) -> None:
+    """Under gVisor they are busybox's: Debian's runsc refuses the statx flag coreutils' ls and stat pass."""
+    script = ("echo hi > a.txt\n"
+              "ls -l a.txt | awk '{print $1, $3, $5, $NF}'\n"
+              "stat -c '%s %U' a.txt\n"
+              "ls -la | grep -c ' a.txt$'\n")
+    body = client.post("/runcode", json={"code": script, "languageType": "bash"}).get_json()
+    assert (body["output"].splitlines(), body["stderr"]) == (["-rw-r--r-- sandbox 3 a.txt", "3 sandbox", "1"], ""), body
