@@ -65,6 +65,7 @@ from http_server import HTTPError, RawResponse, Request, encode_json, serve_unix
 SANDBOX_USER = "sandbox"  # the image's unprivileged user: the program's uid and gid unless --uid says otherwise
 WORKDIR = "/workspace"
 WORKER_FAILED = 127  # the forked worker's exit status when it could not even start
+MAX_SVG_PROLOGUE_ITEMS = 64  # declarations, comments, doctypes before an SVG's <svg>
 MAX_RECORD_BYTES = 2 * 1024 * 1024  # a record line on the status pipe (a result repr, JSON-escaped)
 # Images: only files with these extensions are looked at, and each must be what its first bytes
 # say it is; the MIME type sent is the content's, never the name's. A row's (offset, bytes) all match.
@@ -459,9 +460,11 @@ def is_svg(data: bytes) -> bool:
     """Whether the text starts with an <svg> element, after what XML allows first: a BOM, white space,
     an XML declaration, processing instructions, comments, a doctype (with its internal subset)."""
     position = 3 if data.startswith(b"\xef\xbb\xbf") else 0
-    # (opening, closing) of what may come first; each is passed whole, so this is linear in the text.
+    # (opening, closing) of what may come first; each is passed whole, so this is linear in the text,
+    # and a real prologue has a few of them: a million empty doctypes is not a drawing (and would
+    # cost a second of the agent's CPU per file).
     prologue = ((b"<?", b"?>"), (b"<!--", b"-->"), (b"<!DOCTYPE", b">"))
-    while True:
+    for _ in range(MAX_SVG_PROLOGUE_ITEMS + 1):
         while data[position:position + 1] in (b" ", b"\t", b"\r", b"\n"):
             position += 1
         if data.startswith(b"<svg", position):
@@ -470,8 +473,10 @@ def is_svg(data: bytes) -> bool:
             if data.startswith(opening, position):
                 end = position + len(opening)
                 if opening == b"<!DOCTYPE":
-                    subset = data.find(b"[", end)
-                    if subset != -1 and subset < data.find(b">", end):
+                    # '[' is looked for only up to the next '>': searching the whole rest of the text
+                    # for every doctype made "<!DOCTYPE>" repeated a million times quadratic.
+                    subset = data.find(b"[", end, max(data.find(b">", end), end))
+                    if subset != -1:
                         end = data.find(b"]", subset)  # its declarations hold '>' of their own
                         if end == -1:
                             return False
@@ -482,6 +487,7 @@ def is_svg(data: bytes) -> bool:
                 break
         else:
             return False
+    return False
 
 
 def shown_name(raw: bytes) -> str:

@@ -401,6 +401,18 @@ def test_files_posing_as_images_are_skipped_with_a_reason(run: Run, client: Flas
     assert [entry["name"] for entry in body["skipped"]] == ["notes.png"] and body["skipped"][0]["reason"]
 
 
+
+def test_an_svg_prologue_built_to_be_slow_to_check_is_skipped_at_once(run: Run) -> None:
+    """A million empty doctypes: checking them one by one from the start of the file each time took the
+    agent minutes of CPU, past the run's limit, and the answer was a 502 that lost the output."""
+    code = ("for name in ('a.svg', 'b.svg', 'c.svg'):\n"
+            "    open(name, 'wb').write(b'<!DOCTYPE>' * 1_000_000)\n"
+            "print('written')\n")
+    status, body = run(code, timeout=5)
+    assert status == 200 and body["status"] == "ok" and body["output"] == "written\n", body
+    assert sorted(entry["name"] for entry in body["skipped"]) == ["a.svg", "b.svg", "c.svg"], body
+
+
 @pytest.mark.parametrize("how", [
     "os.chmod('.', 0)",
     "os.chmod('.', 0o100)",
