@@ -8,12 +8,13 @@ import logging
 import re
 import time
 import uuid
+from typing import Any
 
 from flask import Blueprint, Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from config import Config
-from errors import ServiceError, Unauthorized
+from errors import BadRequest, ServiceError, Unauthorized
 from services import services
 from sessions import owner_of
 
@@ -23,6 +24,21 @@ access_log = logging.getLogger("center.access")
 REQUEST_ID = re.compile(r"\A[A-Za-z0-9._-]{1,128}\Z")
 MAX_LOGGED_PATH = 256  # the access log takes at most this much of a request's path
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def json_body(data: bytes | None = None) -> Any:
+    """The request's body (or `data`, read from it) parsed as JSON; 400 when it is not JSON or is
+    nested too deeply.
+
+    Not request.get_json(): Flask would keep the body and its parsed form for the whole request, and
+    lets a RecursionError through as a 500.
+    """
+    try:
+        return json.loads(request.get_data(cache=False) if data is None else data)
+    except RecursionError:
+        raise BadRequest("the request body is nested too deeply") from None
+    except ValueError:
+        raise BadRequest("the request body is not valid JSON") from None
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:

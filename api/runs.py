@@ -11,7 +11,7 @@ from werkzeug.exceptions import MethodNotAllowed
 
 from agent_client import Listener
 from api.answers import answer_report
-from api.http import guarded_blueprint
+from api.http import guarded_blueprint, json_body
 from api.streaming import RunInThread, requested_format, stream_answer
 from errors import BadRequest, PayloadTooLarge
 from execution import parse_run_request
@@ -31,16 +31,7 @@ class EncodedRun(NamedTuple):
 
 def _parse_body(svc: Services) -> EncodedRun:
     """The validated request, encoded at once: nothing parsed outlives this call."""
-    if request.method == "POST":
-        # Not request.get_json(): Flask would keep the body and its parsed form for the whole request.
-        try:
-            fields: Any = json.loads(request.get_data(cache=False))
-        except RecursionError:
-            raise BadRequest("the request body is nested too deeply") from None
-        except ValueError:
-            raise BadRequest("the request body is not valid JSON") from None
-    else:
-        fields = request.args.to_dict()
+    fields: Any = json_body() if request.method == "POST" else request.args.to_dict()
     run = parse_run_request(fields, svc.config)
     svc.sandboxes.warm_up.note(run.language, run.code)
     try:

@@ -6,6 +6,7 @@ as for an unknown id. An ended session answers 410 with the reason.
 
 from __future__ import annotations
 
+import math
 import mimetypes
 from typing import Any
 
@@ -13,7 +14,7 @@ from flask import Response, g, jsonify, request, stream_with_context
 
 from api.answers import answer_report
 from api.forwarding import forward_if_elsewhere
-from api.http import guarded_blueprint
+from api.http import guarded_blueprint, json_body
 from api.outputs import attachment
 from api.runs import read_run_request
 from api.streaming import RunInThread, requested_format, stream_answer
@@ -29,9 +30,10 @@ MULTIPART_OVERHEAD_BYTES = 1024 * 1024  # headers and boundaries around the file
 
 def _json_object() -> dict[str, Any]:
     """The request's JSON object body, {} when there is none; 400 for anything else."""
-    if not request.get_data(cache=True):
+    data = request.get_data(cache=False)
+    if not data:
         return {}
-    body = request.get_json(force=True, silent=True)
+    body = json_body(data)
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object (or empty)")
     return body
@@ -42,9 +44,13 @@ def _idle_timeout(body: dict[str, Any]) -> float | None:
     raw = body.get("idle_timeout")
     if raw is None:
         return None
-    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not 0 < raw < float("inf"):
+    try:
+        seconds = float(raw) if isinstance(raw, (int, float)) and not isinstance(raw, bool) else math.nan
+    except OverflowError:  # an integer beyond any float
+        seconds = math.inf
+    if not 0 < seconds < math.inf:
         raise BadRequest("idle_timeout must be a positive number of seconds")
-    return float(raw)
+    return seconds
 
 
 def owned_session(session_id: str) -> SessionRecord:

@@ -195,6 +195,13 @@ def test_bad_create_bodies_are_400(client: FlaskClient, body: Any) -> None:
     assert client.post("/sessions", json=body, headers=TOKEN).status_code == 400
 
 
+@pytest.mark.parametrize("raw", ["[" * 100_000, '{"idle_timeout": 1' + "0" * 400 + "}", "{", b"\xff"])
+def test_hostile_create_bodies_are_400_not_500(client: FlaskClient, raw: str | bytes) -> None:
+    """Nested past the parser's recursion limit, an integer beyond any float, not JSON, not text."""
+    response = client.post("/sessions", data=raw, headers={**TOKEN, "Content-Type": "application/json"})
+    assert response.status_code == 400 and "error" in response.get_json(), response.get_data()
+
+
 def test_an_idle_session_expires_and_its_container_goes(client: FlaskClient,
                                                         docker_client: docker.DockerClient) -> None:
     session = Notebook(client, TOKEN, idle_timeout=1)
