@@ -150,13 +150,21 @@ class Shutdown:
         _thread.interrupt_main(signal.SIGTERM)
 
 
+def largest_body_bytes(config: Config) -> int:
+    """What waitress reads of one body at most: the routes check their own limits (a run's request,
+    an upload's files), so this only has to let the largest of them through, with room to spare."""
+    from api.sessions import MULTIPART_OVERHEAD_BYTES
+
+    return max(config.max_request_bytes * 2 + 8 * 1024 * 1024, config.max_upload_bytes + MULTIPART_OVERHEAD_BYTES)
+
+
 def make_server(app: Flask, config: Config, port: int | None = None) -> Any:
     """The waitress server for the app, not yet serving (port: the config's unless given; 0 picks a free one)."""
     from waitress.server import create_server
 
     server = create_server(app, host=config.host, port=config.scheduler_port if port is None else port,
                            threads=config.server_threads,
-                           max_request_body_size=config.max_request_bytes * 2 + 8 * 1024 * 1024,
+                           max_request_body_size=largest_body_bytes(config),
                            max_request_header_size=MAX_REQUEST_HEAD_BYTES, ident="code-interpreter",
                            # A client that hangs up is noticed while its streamed run is silent: waitress
                            # then keeps reading the connection and offers waitress.client_disconnected.
