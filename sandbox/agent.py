@@ -51,6 +51,7 @@ from contract import (  # noqa: E402
     DEFAULT_TIMEOUT_SECONDS,
     IMAGE_EXTENSIONS,
     MAX_ERROR_SUMMARY_BYTES,
+    MAX_RESULT_CHARS,
     OUTPUT_CUT_NOTICE,
     PRELOADED_LIBRARIES,
     STREAM_TYPE,
@@ -197,6 +198,15 @@ def become_worker(options: AgentOptions, stdio: tuple[int, int, int], status_fd:
             pass
     finally:
         os._exit(WORKER_FAILED)  # never back into the agent's code, whatever happened
+
+
+def record_result(record: dict[str, Any] | None) -> str | None:
+    """A record's "result" (the repr of the last expression), cut as the worker cuts it: the program
+    can write a record of its own on the status pipe it inherits, so nothing in one is trusted."""
+    value = (record or {}).get("result")
+    if not isinstance(value, str):
+        return None
+    return value if len(value) <= MAX_RESULT_CHARS + 1 else value[:MAX_RESULT_CHARS] + "…"
 
 
 class Worker:
@@ -1013,7 +1023,7 @@ class Agent:
             "stdout": stdout.text(), "stderr": stderr.text(), "exit_code": exit_code,
             "status": status, "duration_ms": round(duration_ms, 1), "images": [], "files": [], "skipped": [],
             "warm": worker.warming,  # ran in a worker that warmed up (all of it, or until the program came)
-            "result": record["result"] if isinstance(record.get("result"), str) else None,
+            "result": record_result(record),
         }
         try:
             outputs = collect_outputs(job, before)

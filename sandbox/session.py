@@ -39,6 +39,7 @@ from agent import (
     collect_outputs,
     kill_sandbox_processes,
     oom_kill_count,
+    record_result,
     signal_description,
     streamed,
     wants_stream,
@@ -444,8 +445,7 @@ class CellRun:
 
     def result(self) -> str | None:
         """The repr of the cell's last expression, when it had one."""
-        value = (self.record or {}).get("result")
-        return value if isinstance(value, str) else None
+        return record_result(self.record)
 
 
 # --- routes -----------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from config import Config
+from sandbox.contract import MAX_RESULT_CHARS
 
 Run = Callable[..., tuple[int, dict[str, Any]]]
 
@@ -437,6 +438,24 @@ def test_output_on_both_streams_is_capped_as_a_whole(run: Run, base_config: Conf
     status, body = run(code)
     assert status == 200 and body["status"] == "output_limit"
     assert len(json.dumps(body, ensure_ascii=False).encode()) < base_config.max_output_bytes + 64 * 1024
+
+
+FORGE_A_RECORD = """import fcntl, json, os, stat
+line = (json.dumps({"result": "R" * 1_900_000, "error": "forged"}) + "\\n").encode()
+for fd in range(3, 64):  # the worker's status pipe, which the program inherits
+    try:
+        if stat.S_ISFIFO(os.fstat(fd).st_mode) and fcntl.fcntl(fd, fcntl.F_GETFL) & 3 == os.O_WRONLY:
+            os.write(fd, line)
+    except OSError:
+        pass
+os._exit(0)
+"""
+
+
+def test_a_record_forged_on_the_status_pipe_is_cut_like_any_result(run: Run) -> None:
+    status, body = run(FORGE_A_RECORD)
+    assert status == 200 and body["status"] == "ok", body
+    assert body["result"] is None or len(body["result"]) <= MAX_RESULT_CHARS + 1, len(body["result"])
 
 
 def test_binary_output_is_returned_as_text(run: Run) -> None:
