@@ -19,7 +19,7 @@ from typing import Any
 
 from config import Config
 from errors import BadRequest
-from sandbox.contract import STATUSES, check_path
+from sandbox.contract import STATUSES, check_path, file_and_folder
 
 LANGUAGES = ("python", "bash")
 FENCE_LANGUAGES = {"python": "python", "py": "python", "python3": "python",
@@ -216,6 +216,8 @@ def _parse_files(raw: Any) -> list[dict[str, str]]:
         except (binascii.Error, ValueError):
             raise BadRequest(f"the content_base64 of {excerpt(path)} is not base64") from None
         files[path] = {"path": path, "content_base64": item["content_base64"]}
+    if (both := file_and_folder(list(files))) is not None:
+        raise BadRequest(f"files: {excerpt(both)} is given as a file and as a folder")
     return list(files.values())
 
 

@@ -251,9 +251,9 @@ class SessionRegistry:
                 if e.status == 410:
                     self._end_by_id(session_id, e.agent_message, dead=True)
                     raise Gone(f"the session has ended: {e.agent_message}") from e
-                if e.status == 409:
-                    raise Conflict("a cell is already running in this session") from e
-                raise SandboxFailed(f"the session's sandbox refused the cell: {e.agent_message}") from e
+                # The cell's files refused (a path through a file or a symbolic link, no room...), or
+                # a cell that slipped in first: the agent's reason, with the status of its meaning.
+                raise self._file_error(e) from e
             except AgentUnreachable as e:
                 if listener is not None and listener.hangup.done:  # the agent interrupts the cell itself
                     raise SandboxFailed("the cell was interrupted: its client hung up") from e
@@ -351,7 +351,7 @@ class SessionRegistry:
 
     @staticmethod
     def _file_error(e: AgentRefused) -> Exception:
-        """The agent's refusal of a file operation as the service's error of the same meaning."""
+        """The agent's refusal (of a file operation, or of a cell) as the service's error of the same meaning."""
         kinds = {400: BadRequest, 403: Forbidden, 404: NotFound, 409: Conflict, 413: PayloadTooLarge,
                  507: InsufficientStorage}
         return kinds.get(e.status, SandboxFailed)(e.agent_message)

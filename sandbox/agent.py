@@ -60,6 +60,7 @@ from contract import (  # noqa: E402
     WARM_REST_SECONDS,
     WARM_UP_GROUP_NAMES,
     check_path,
+    file_and_folder,
 )
 from http_server import HTTPError, RawResponse, Request, encode_json, serve_unix_socket  # noqa: E402
 
@@ -869,7 +870,6 @@ def input_files(files: Any) -> list[tuple[str, bytes]]:
     from workspace import check_path
 
     checked: list[tuple[str, bytes]] = []
-    folders: set[str] = set()
     for index, entry in enumerate(files):
         path, content = entry.get("path"), entry.get("content_base64")
         try:
@@ -883,15 +883,11 @@ def input_files(files: Any) -> list[tuple[str, bytes]]:
         except (binascii.Error, ValueError):
             raise ValueError(f"files[{index}].content_base64 is not valid base64") from None
         checked.append((path, data))
-        parts = path.split("/")
-        folders.update("/".join(parts[:end]) for end in range(1, len(parts)))
-    paths: set[str] = set()
-    for path, _ in checked:
-        if path in paths:
-            raise ValueError(f"files: {path} is given twice")
-        if path in folders:
-            raise ValueError(f"files: {path} is given as a file and as a folder")
-        paths.add(path)
+    paths = [path for path, _ in checked]
+    if len(set(paths)) < len(paths):
+        raise ValueError(f"files: {next(p for p in paths if paths.count(p) > 1)} is given twice")
+    if (both := file_and_folder(paths)) is not None:
+        raise ValueError(f"files: {both} is given as a file and as a folder")
     return checked
 
 

@@ -130,3 +130,9 @@ def check_path(path: Any) -> str:
     if UNSAFE_PATH_CHARACTERS.search(path):
         raise ValueError("the path holds a control character")
     return path
+
+
+def file_and_folder(paths: list[str]) -> str | None:
+    """The first of `paths` that another of them needs as a folder (a and a/b); None when there is none."""
+    folders = {"/".join(parts[:end]) for parts in (path.split("/") for path in paths) for end in range(1, len(parts))}
+    return next((path for path in paths if path in folders), None)

@@ -405,6 +405,8 @@ def test_input_files_are_checked_and_carried_in_the_job() -> None:
     ([{"path": "a\x1bb", "content_base64": ""}], "control character"),
     ([{"path": "a", "content_base64": "not base64!"}], "base64"),
     ([{"path": f"f{n}", "content_base64": ""} for n in range(101)], "at most"),
+    ([{"path": "a", "content_base64": ""}, {"path": "a/b", "content_base64": ""}], "as a file and as a folder"),
+    ([{"path": "d/e/f", "content_base64": ""}, {"path": "d/e", "content_base64": ""}], "as a file and as a folder"),
 ])
 def test_bad_input_files_are_a_bad_request(files: object, word: str) -> None:
     with pytest.raises(BadRequest, match=word):

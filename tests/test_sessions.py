@@ -267,6 +267,19 @@ def test_a_file_through_a_planted_symlink_is_refused(notebook: Notebook) -> None
     assert notebook.client.get(f"/sessions/{notebook.id}/files/passwd", headers=TOKEN).status_code in (400, 404)
 
 
+@pytest.mark.parametrize("path, status, words", [
+    ("notes.txt/x", 409, "not a folder"),  # a file where the path needs a folder
+    ("link/x", 400, "symbolic link"),      # a folder the program swapped for a link
+])
+def test_a_cell_whose_files_the_workspace_refuses_says_why(notebook: Notebook, path: str, status: int,
+                                                           words: str) -> None:
+    """The workspace's reason with its own status, not a 502 nor a false "a cell is running"; the cell did not run."""
+    notebook.run("import os\nopen('notes.txt', 'w').write('n')\nos.symlink('/tmp', 'link')")
+    code, body = notebook.run("print('ran')", files=[{"path": path, "content_base64": "aGk="}])
+    assert code == status and words in body["error"] and "did not run" in body["error"], (code, body)
+    assert notebook.run("print('still here')")[1]["output"] == "still here\n"
+
+
 def test_an_upload_over_the_limit_is_413(make_app: Callable[..., Flask]) -> None:
     client = make_app(max_upload_bytes=4096).test_client()
     session = Notebook(client)
