@@ -216,6 +216,14 @@ class SessionRegistry:
             raise Gone("the session's sandbox is not on this center any more")
         return record
 
+    def _still_live(self, session_id: str) -> LiveSession:
+        """The session found live a moment ago (find()); 410 if it ended since (deleted, swept) while the
+        request was on its way, e.g. during a long upload."""
+        live = self.live.get(session_id)
+        if live is None:
+            raise Gone("the session has ended while this request was on its way")
+        return live
+
     def describe(self, record: SessionRecord) -> dict[str, Any]:
         """The session as the API shows it."""
         live = self.live.get(record.id)
@@ -240,7 +248,7 @@ class SessionRegistry:
         cell runs costs the bookkeeping, never the cell's answer.
         """
         session_id, count = record.id, record.execution_count
-        live = self.live[session_id]
+        live = self._still_live(session_id)
         if not live.lock.acquire(blocking=False):
             raise Conflict("a cell is already running in this session; try again when it has finished")
         try:
@@ -325,7 +333,7 @@ class SessionRegistry:
         """`with self._file_call(record, "list its files") as sandbox:` the agent's refusals in the service's
         words; a call that went through counts as a use of the session."""
         try:
-            yield self.live[record.id].sandbox
+            yield self._still_live(record.id).sandbox
         except AgentRefused as e:
             raise self._file_error(e) from e
         except AgentUnreachable as e:

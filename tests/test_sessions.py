@@ -16,7 +16,9 @@ from conftest import CenterProcess, containers_of, wait_until
 from flask import Flask
 from flask.testing import FlaskClient
 
-from sessions import SWEEP_SECONDS
+from center import EXTENSION_KEY
+from errors import Gone
+from sessions import SWEEP_SECONDS, owner_of
 
 TOKEN = {"Authorization": "Bearer owner-token"}
 OTHER = {"Authorization": "Bearer other-token"}
@@ -278,6 +280,19 @@ def test_a_cell_whose_files_the_workspace_refuses_says_why(notebook: Notebook, p
     code, body = notebook.run("print('ran')", files=[{"path": path, "content_base64": "aGk="}])
     assert code == status and words in body["error"] and "did not run" in body["error"], (code, body)
     assert notebook.run("print('still here')")[1]["output"] == "still here\n"
+
+
+def test_a_session_that_ends_while_a_request_is_on_its_way_answers_410(notebook: Notebook) -> None:
+    """A request found the session live (find()), then it was deleted (say, during a long upload): the
+    call it goes on to make is a 410, not a KeyError's 500."""
+    registry = notebook.client.application.extensions[EXTENSION_KEY].registry
+    with registry.database() as db:
+        record = registry.find(db, notebook.id, owner_of("owner-token"))
+        registry.end(db, record, "deleted by its owner")
+        for call in (lambda: registry.run_cell(record, b"{}", 5), lambda: registry.list_files(record),
+                     lambda: registry.upload(record, "a.txt", io.BytesIO(b"a"), 1)):
+            with pytest.raises(Gone):
+                call()
 
 
 def test_an_upload_over_the_limit_is_413(make_app: Callable[..., Flask]) -> None:
