@@ -12,7 +12,7 @@ worker.serve_session). One thread here polls all of them: what came before the r
 cell's output. Past the time limit (or the output cap) the worker gets SIGINT, a KeyboardInterrupt
 in the cell; a cell that has not ended INTERRUPT_GRACE_SECONDS later is killed with everything
 else, and the session is dead. After each cell the processes it left behind are killed; the
-interpreter stays.
+interpreter stays, stopped (SIGSTOP) with any thread the cell left running until the next cell.
 
 Imported only when a session (or a file route) is asked for.
 """
@@ -149,6 +149,7 @@ class Session:
         """
         worker = self.worker
         count = self.execution_count
+        self.signal_worker(signal.SIGCONT)  # paused since the last cell
         self.discard_stale_output()
         before = workspace_snapshot()
         oom_before = oom_kill_count()
@@ -166,6 +167,10 @@ class Session:
             elif not self.sweep():
                 self.die(LEFTOVERS)
             cell.drain(DRAIN_SECONDS)
+            # Nothing of a cell runs past it: the processes it left are killed (sweep), and the
+            # threads it left wait, stopped with the interpreter, for the next cell (SIGSTOP cannot be
+            # caught or ignored). Otherwise one spinning thread per session takes a CPU while it idles.
+            self.signal_worker(signal.SIGSTOP)
         else:
             if oom:
                 self.die(OUT_OF_MEMORY)
@@ -203,6 +208,13 @@ class Session:
             report["error"] = self.describe_error(status, job, report["stderr"], exit_code,
                                                   (cell.record or {}).get("error"))
         return report
+
+    def signal_worker(self, signum: int) -> None:
+        """Send the interpreter a signal (SIGSTOP, SIGCONT); nothing if it is gone."""
+        try:
+            os.kill(self.worker.pid, signum)
+        except ProcessLookupError:
+            pass
 
     def describe_exit(self) -> str:
         """Why the session ended when its interpreter exited during a cell."""

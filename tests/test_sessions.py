@@ -282,6 +282,20 @@ def test_a_cell_whose_files_the_workspace_refuses_says_why(notebook: Notebook, p
     assert notebook.run("print('still here')")[1]["output"] == "still here\n"
 
 
+def test_a_thread_a_cell_left_running_gets_no_cpu_between_cells(notebook: Notebook) -> None:
+    """The thread counts while a cell runs (here a one-second sleep) and stands still while the
+    session idles (two seconds), so an idle session costs no CPU; its state is kept all the same."""
+    spin = "import threading, time\nn = [0]\ndef spin():\n    while True:\n        n[0] += 1\n" \
+           "threading.Thread(target=spin, daemon=True).start()"
+    assert notebook.run(spin, timeout=5)[0] == 200
+    status, body = notebook.run("a = n[0]\ntime.sleep(1)\nb = n[0]\nprint(a, b)")
+    a, b = map(int, body["output"].split())
+    time.sleep(2)
+    c = int(notebook.run("print(n[0])")[1]["output"])
+    assert b - a > 0, "the thread runs during a cell"
+    assert c - b < (b - a) / 4, f"while idle for 2 s the thread counted {c - b}, in a 1 s cell {b - a}"
+
+
 def test_a_session_that_ends_while_a_request_is_on_its_way_answers_410(notebook: Notebook) -> None:
     """A request found the session live (find()), then it was deleted (say, during a long upload): the
     call it goes on to make is a 410, not a KeyError's 500."""
