@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -22,6 +23,29 @@ from sandbox.contract import STREAM_TYPE, UPLOAD_LIMIT_HEADER
 SOCKET_NAME = "agent.sock"
 HEALTH_TIMEOUT_SECONDS = 1.0
 CHUNK_BYTES = 256 * 1024
+
+
+# A lone UTF-16 surrogate, as JSON escapes it: a program can put one in a repr or an exception message
+# (Python strings hold them), the agent's JSON carries it escaped, and json.loads makes it a character
+# again, which no UTF-8 answer of the center could then hold (valid pairs are joined by json.loads).
+ESCAPED_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def decoded(raw: bytes) -> Any:
+    """The agent's JSON answer, any lone surrogate in its strings replaced by U+FFFD; ValueError if not JSON."""
+    value = json.loads(raw)
+    return _without_surrogates(value) if ESCAPED_SURROGATE.search(raw) else value
+
+
+def _without_surrogates(value: Any) -> Any:
+    if isinstance(value, str):
+        return SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {_without_surrogates(key): _without_surrogates(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_without_surrogates(item) for item in value]
+    return value
 
 
 class AgentUnreachable(Exception):
@@ -119,7 +143,7 @@ class AgentClient:
                 headers = {"Content-Type": "application/json"}
             connection.request(method, path, body=payload, headers=headers)
             response = connection.getresponse()
-            return response.status, json.loads(response.read())
+            return response.status, decoded(response.read())
         except (OSError, http.client.HTTPException, ValueError) as e:
             raise AgentUnreachable(f"{type(e).__name__}: {e}") from e
         finally:
@@ -158,11 +182,11 @@ class AgentClient:
                                headers={"Content-Type": "application/json", "Accept": STREAM_TYPE})
             response = connection.getresponse()
             if response.status != 200 or response.getheader("Content-Type") != STREAM_TYPE:
-                return self._expect(response.status, json.loads(response.read()), ())
+                return self._expect(response.status, decoded(response.read()), ())
             on_event = listener.on_event
             on_event({"type": "started"})
             while line := response.readline():
-                event = json.loads(line)
+                event = decoded(line)
                 kind = event.get("type") if isinstance(event, dict) else None
                 if kind in OUTPUT_EVENTS and isinstance(event.get("text"), str):
                     on_event({"type": kind, "text": event["text"]})
@@ -202,7 +226,7 @@ class AgentClient:
             while chunk := stream.read(CHUNK_BYTES):
                 connection.send(chunk)
             response = connection.getresponse()
-            status, answer = response.status, json.loads(response.read())
+            status, answer = response.status, decoded(response.read())
         except (OSError, http.client.HTTPException, ValueError) as e:
             raise AgentUnreachable(f"{type(e).__name__}: {e}") from e
         finally:
@@ -216,7 +240,7 @@ class AgentClient:
             connection.request("GET", "/files/" + quote(path, safe="/"))
             response = connection.getresponse()
             if response.status != 200:
-                answer = json.loads(response.read() or b"{}")
+                answer = decoded(response.read() or b"{}")
                 connection.close()
                 raise AgentRefused(response.status, str(answer.get("error") if isinstance(answer, dict) else answer))
         except (OSError, http.client.HTTPException, ValueError) as e:

@@ -81,6 +81,11 @@ def tiny_png() -> str:
     return base64.b64encode(png + chunk(b"IEND", b"")).decode()
 
 
+# A value whose repr and an exception whose message hold a lone UTF-16 surrogate (Python strings can):
+# the answer is UTF-8 all the same, the surrogate replaced by U+FFFD.
+LONE_SURROGATE_VALUE = "class A:\n    def __repr__(self):\n        return 'x\\ud800y'\nA()"
+LONE_SURROGATE_ERROR = "print('before')\nraise ValueError('bad \\udc00 value')"
+
 # The table of runs whose streamed result must equal the plain one (statuses, outputs, images, files).
 RUNS: list[tuple[str, dict[str, Any]]] = [
     ("hello", {"code": "print('Hello, World!')"}),
@@ -96,6 +101,8 @@ RUNS: list[tuple[str, dict[str, Any]]] = [
     ("image file written", {"code": "import base64\nopen('p.png', 'wb').write(base64.b64decode(p))",
                             "variables": {"p": tiny_png()}}),
     ("nothing printed", {"code": "pass"}),
+    ("lone surrogate in the value", {"code": LONE_SURROGATE_VALUE}),
+    ("lone surrogate in the error", {"code": LONE_SURROGATE_ERROR}),
 ]
 
 
@@ -135,7 +142,22 @@ CELLS = [
     ("plot", {"code": "import matplotlib.pyplot as plt\n_ = plt.plot([n, 1, n])"}),
     ("timeout", {"code": "import time\nprint('started', flush=True)\ntime.sleep(30)", "timeout": 2}),
     ("bash", {"code": "echo $((6 * 7)) >&2", "languageType": "bash"}),
+    ("lone surrogate in the value", {"code": LONE_SURROGATE_VALUE}),
+    ("lone surrogate in the error", {"code": LONE_SURROGATE_ERROR}),
 ]
+
+
+def test_lone_surrogates_a_program_makes_come_back_as_replacement_characters(center: str) -> None:
+    value = requests.post(center + "/runcode", json={"code": LONE_SURROGATE_VALUE}, timeout=120)
+    assert value.status_code == 200 and value.json()["result"] == "x\ufffdy", value.text
+    error = requests.post(center + "/runcode", json={"code": LONE_SURROGATE_ERROR}, timeout=120)
+    assert error.status_code == 200 and "bad \ufffd value" in error.json()["error"], error.text
+    created = requests.post(center + "/sessions", timeout=120).json()["session_id"]
+    try:
+        cell = requests.post(f"{center}/sessions/{created}/runcode", json={"code": LONE_SURROGATE_VALUE}, timeout=60)
+        assert cell.status_code == 200 and cell.json()["result"] == "x\ufffdy", cell.text
+    finally:
+        requests.delete(f"{center}/sessions/{created}", timeout=60)
 
 
 @pytest.mark.parametrize("name, body", CELLS, ids=[name for name, _ in CELLS])
