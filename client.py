@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -36,9 +37,19 @@ __all__ = [
 
 CONNECT_TIMEOUT = 10.0  # seconds to open a connection: a center that is up accepts at once
 RUN_MARGIN = 60.0  # added to a run's own time limit for the queue wait and the round trip
+MAX_RUN_WAIT = 86400.0  # a run's time limit beyond a day still waits a day: the center's own limit is far less
 NDJSON = "application/x-ndjson"
 
 Callback = Callable[[str], object]
+
+
+def workspace_url_path(path: str) -> str:
+    """A workspace path for a URL; ValueError for one that is absolute or has an empty, '.' or '..' part,
+    which HTTP libraries resolve away (a session's "../../metrics" would reach /metrics)."""
+    if path.startswith("/") or any(part in ("", ".", "..") for part in path.split("/")):
+        raise ValueError(f"{path!r} is not a path in the workspace: it must be relative, with no empty, "
+                         "'.' or '..' part")
+    return quote(path, safe="/")
 
 
 # --- errors -------------------------------------------------------------------------------------
@@ -219,8 +230,11 @@ class Client:
         return response
 
     def _run_timeout(self, timeout: float | None) -> float:
-        """How long to wait for a run's answer: the client's timeout, or the run's own limit plus a margin."""
-        return max(self.timeout, (timeout or 0) + RUN_MARGIN)
+        """How long to wait for a run's answer: the client's timeout, or the run's own limit plus a margin.
+        ValueError for a limit that is not a positive, finite number of seconds."""
+        if timeout is not None and not 0 < timeout < math.inf:
+            raise ValueError(f"timeout must be a positive, finite number of seconds; got {timeout}")
+        return max(self.timeout, min(timeout or 0, MAX_RUN_WAIT) + RUN_MARGIN)
 
     def _run(self, path: str, body: dict[str, Any], timeout: float | None, on_stdout: Callback | None,
              on_stderr: Callback | None, on_event: Callable[[dict[str, Any]], object] | None) -> RunResult:
@@ -395,7 +409,7 @@ class Session:
 
     def download(self, name: str, to: str | os.PathLike[str] | None = None) -> bytes:
         """A workspace file's bytes (also written to the local path `to` when given)."""
-        response = self.client.request("GET", f"{self._path}/files/{quote(name, safe='/')}")
+        response = self.client.request("GET", f"{self._path}/files/{workspace_url_path(name)}")
         if to is not None:
             Path(to).write_bytes(response.content)
         return response.content

@@ -58,8 +58,9 @@ Language = Annotated[Literal["python", "bash"], Field(description="The program's
 SessionId = Annotated[str, Field(description="The session_id that create_session returned.")]
 OptionalSessionId = Annotated[str | None, Field(description="Run in this session (from create_session) so "
                                                             "that state carries over; omit for a fresh sandbox.")]
-Timeout = Annotated[float | None, Field(gt=0, description="Time limit in seconds; it can only lower the "
-                                                          "center's own limit (30 s unless configured).")]
+Timeout = Annotated[float | None, Field(gt=0, allow_inf_nan=False,
+                                        description="Time limit in seconds; it can only lower the center's own "
+                                                    "limit (30 s unless configured).")]
 WorkspacePath = Annotated[str, Field(description="A relative path in the session's working folder, e.g. "
                                                  "'data/sales.csv' (folders are created as needed).")]
 
@@ -143,12 +144,15 @@ class CodeInterpreterTools:
         return Client(self.url, self.token, self.timeout)
 
     def call(self, work: Callable[[Client], CallToolResult]) -> CallToolResult:
-        """Run one tool's work; the center's refusals become error results, not protocol failures."""
+        """Run one tool's work; the center's refusals (and arguments the client refuses before asking it,
+        such as a path out of the workspace) become error results, not protocol failures."""
         with self.client() as center:
             try:
                 return work(center)
             except ClientError as e:
                 return refusal(e, self.url)
+            except ValueError as e:
+                return text_result(str(e), True)
 
     def run_code(self, code: Code, language: Language = "python", session_id: OptionalSessionId = None,
                  timeout: Timeout = None) -> CallToolResult:

@@ -123,6 +123,9 @@ async def exercise(session: ClientSession) -> None:
     assert image.mime_type == "image/png" and base64.b64decode(image.data).startswith(PNG_SIGNATURE)
     assert re.search(r"figure_1\.png: http://\S+/image/\S+\.png", text_of(chart)), "the link is in the text too"
 
+    huge = await session.call_tool("run_code", {"code": "print('capped')", "timeout": 1e308})
+    assert not huge.is_error and "capped" in text_of(huge), "a limit beyond the center's is lowered to it"
+
     failed = await session.call_tool("run_code", {"code": "1 / 0"})
     assert failed.is_error and "ZeroDivisionError" in text_of(failed)
 
@@ -148,6 +151,9 @@ async def exercise(session: ClientSession) -> None:
     assert not read.is_error and text_of(read) == csv.decode()
     missing = await session.call_tool("read_file", {"session_id": session_id, "path": "nope.txt"})
     assert missing.is_error and "404" in text_of(missing)
+    for outside in ("../../../metrics", "a/./b", "/etc/passwd"):  # no other route of the center through a path
+        escaped = await session.call_tool("read_file", {"session_id": session_id, "path": outside})
+        assert escaped.is_error and "not a path in the workspace" in text_of(escaped), text_of(escaped)
     bad = await session.call_tool("upload_file", {"session_id": session_id, "path": "x", "content_base64": "%%%"})
     assert bad.is_error and "base64" in text_of(bad)
     ended = await session.call_tool("end_session", {"session_id": session_id})
