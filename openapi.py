@@ -518,7 +518,10 @@ def _session_schemas() -> dict[str, Any]:
                 "type": "object", "required": ["path", "size", "modified"],
                 "properties": {"path": {"type": "string"}, "size": {"type": "integer"},
                                "modified": {"type": "number", "description": "Unix time."}}}},
-                           "truncated": {"type": "boolean"}},
+                           "truncated": {"type": "boolean", "description": "More files than a listing holds."},
+                           "left_out": {"type": "integer", "description": "Files and folders whose names no "
+                                        "request could name (not UTF-8, or with a control character): not "
+                                        "listed."}},
         },
         "Uploaded": {
             "type": "object", "required": ["files"],

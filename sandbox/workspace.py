@@ -23,7 +23,12 @@ import threading
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from contract import MAX_LISTED_FILES, MAX_PATH_BYTES, check_path  # noqa: F401 - check_path: used by importers
+from contract import (  # noqa: F401 - check_path: used by importers
+    MAX_LISTED_FILES,
+    MAX_PATH_BYTES,
+    UNSAFE_PATH_CHARACTERS,
+    check_path,
+)
 
 WORKDIR = "/workspace"
 HELPER_SECONDS = 30.0  # for a helper to answer; it is killed after
@@ -330,20 +335,31 @@ def task_open(sock: socket.socket, path: str) -> None:
     answer(sock, {"ok": True, "size": info.st_size}, (fd,))
 
 
+def nameable(name: str) -> bool:
+    """Whether a request could name this entry (scandir's name: undecodable bytes come as surrogates)."""
+    try:
+        os.fsencode(name).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return not UNSAFE_PATH_CHARACTERS.search(name)
+
+
 def task_list(sock: socket.socket) -> None:
     """Every regular file under the workspace, sorted by path; at most MAX_LISTED_FILES (then truncated).
 
     Folders are walked depth first, each one's entries sorted with a folder's name read as
     "name/": that visits the files in the order of their whole paths, so the listing can stop
-    at the cap. Names that are not UTF-8 are left out (no path could name them in a request).
+    at the cap. Names no request could name (not UTF-8, or holding a control character, which
+    check_path refuses) are left out, and counted: a folder so named counts once, with all it holds.
     """
     files: list[dict[str, Any]] = []
     visits = 0
+    left_out = 0
     truncated = False
 
     def entries(fd: int) -> list[tuple[str, str, bool, os.stat_result | None]]:
         """(sort key, name, is a folder, stat of a file) of a folder's entries, last first (popped from the end)."""
-        nonlocal visits, truncated
+        nonlocal visits, truncated, left_out
         found = []
         with os.scandir(fd) as listing:
             for entry in listing:
@@ -352,12 +368,13 @@ def task_list(sock: socket.socket) -> None:
                     truncated = True
                     break
                 try:
-                    os.fsencode(entry.name).decode("utf-8")
-                    if entry.is_dir(follow_symlinks=False):
+                    if not nameable(entry.name):
+                        left_out += entry.is_dir(follow_symlinks=False) or entry.is_file(follow_symlinks=False)
+                    elif entry.is_dir(follow_symlinks=False):
                         found.append((entry.name + "/", entry.name, True, None))
                     elif entry.is_file(follow_symlinks=False):
                         found.append((entry.name, entry.name, False, entry.stat(follow_symlinks=False)))
-                except (UnicodeDecodeError, OSError):
+                except OSError:
                     continue
         found.sort(reverse=True)
         return found
@@ -396,6 +413,8 @@ def task_list(sock: socket.socket) -> None:
     result: dict[str, Any] = {"files": files}
     if truncated:
         result["truncated"] = True
+    if left_out:
+        result["left_out"] = left_out
     answer(sock, result)
 
 

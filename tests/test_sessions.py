@@ -257,6 +257,18 @@ def test_files_go_in_are_listed_and_come_out(notebook: Notebook) -> None:
     assert notebook.client.get(f"/sessions/{notebook.id}/files/nope.txt", headers=TOKEN).status_code == 404
 
 
+def test_the_listing_holds_only_files_a_request_can_name(notebook: Notebook) -> None:
+    """Names with a control character or bytes that are not UTF-8 are counted, not listed; every listed path
+    downloads."""
+    notebook.run("import os\nopen('c\\n<img src=x onerror=alert(1)>', 'w').write('x')\n"
+                 "open(b'a\\xff', 'w').write('x')\nos.mkdir('bad\\x1bdir')\nopen('bad\\x1bdir/in', 'w').write('x')\n"
+                 "open('fine.txt', 'w').write('fine')")
+    listing = notebook.client.get(f"/sessions/{notebook.id}/files", headers=TOKEN).get_json()
+    assert [entry["path"] for entry in listing["files"]] == ["fine.txt"] and listing["left_out"] == 3, listing
+    for entry in listing["files"]:
+        assert notebook.client.get(f"/sessions/{notebook.id}/files/{entry['path']}", headers=TOKEN).status_code == 200
+
+
 @pytest.mark.parametrize("name", ["../escape.txt", "/etc/passwd", "a/../../x", "a//b", "a\x00b", "line\nbreak.txt"])
 def test_upload_paths_outside_the_workspace_are_400(notebook: Notebook, name: str) -> None:
     response = upload(notebook, (name, b"x"))
