@@ -31,7 +31,7 @@ from api import ops, outputs, runs, sessions
 from config import Config, ConfigError, load_config
 from pool import SandboxPool
 from sandboxes import SandboxStartError
-from services import EXTENSION_KEY, Services, build_services, close_db_session
+from services import EXTENSION_KEY, Services, build_services, close_db_session, limit_malloc_arenas
 
 __all__ = ["EXTENSION_KEY", "create_app", "main"]
 
@@ -203,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("kubeconfig_path", "k8s_interpreter_yaml"):
         if getattr(config, key):
             log.warning("config key '%s' is ignored: only the original project's k8s mode read it", key)
+    limit_malloc_arenas()  # before any thread starts
     # Installed before anything starts, so that a signal at any point still removes the containers.
     shutdown = Shutdown(config)
     shutdown.install()

@@ -140,3 +140,29 @@ def test_four_concurrent_large_variable_bodies_keep_memory_flat(center: CenterPr
     # ~260 MB were never given back.
     assert four < 1.5 * one + 30, f"four at once took {four:.0f} MiB, one alone {one:.0f} MiB"
     assert after < 40, f"{after:.0f} MiB kept after the requests"
+
+
+def test_large_downloads_give_their_memory_back(center: CenterProcess) -> None:
+    """Each 20 MB download of a session's file left ~17 MB in a server thread's arena, for good."""
+    assert center.process is not None
+    pid = center.process.pid
+    session = requests.post(f"{center.url}/sessions", timeout=120).json()["session_id"]
+    files = f"{center.url}/sessions/{session}/files"
+    try:
+        made = requests.post(f"{center.url}/sessions/{session}/runcode", timeout=120,
+                             json={"code": "open('big.bin', 'wb').write(bytes(range(256)) * 80_000)"})
+        assert made.status_code == 200, made.text
+
+        def download() -> None:
+            with requests.get(f"{files}/big.bin", stream=True, timeout=120) as answer:
+                assert answer.status_code == 200
+                assert sum(len(chunk) for chunk in answer.iter_content(1024 * 1024)) == 20_480_000
+
+        download()  # the first sets up what any large answer needs
+        before = rss_mib(pid)
+        for _ in range(6):
+            download()
+        kept = rss_mib(pid) - before
+        assert kept < 40, f"{kept:.0f} MiB kept after six 20 MB downloads"
+    finally:
+        requests.delete(f"{center.url}/sessions/{session}", timeout=60)
