@@ -265,6 +265,8 @@ class SessionRegistry:
             except AgentUnreachable as e:
                 if listener is not None and listener.hangup.done:  # the agent interrupts the cell itself
                     raise SandboxFailed("the cell was interrupted: its client hung up") from e
+                if session_id not in self.live:  # ended while the cell ran (deleted by its owner): say so
+                    raise Gone(f"the session has ended: {self._recorded_end(session_id)}") from e
                 reason = self._why_unreachable(live.sandbox)
                 self._end_by_id(session_id, reason, dead=True)
                 if "memory" in reason:
@@ -280,6 +282,17 @@ class SessionRegistry:
             return report
         finally:
             live.lock.release()
+
+    def _recorded_end(self, session_id: str) -> str:
+        """Why the registry says the session ended ("it ended" when the database cannot say)."""
+        try:
+            with self.database() as db:
+                record = db.get(SessionRecord, session_id)
+                if record is not None and record.end_reason:
+                    return record.end_reason
+        except SQLAlchemyError as e:
+            log.warning("could not read the end of session %s: %s", session_id[:8], type(e).__name__)
+        return "it ended"
 
     def _record_use(self, session_id: str, execution_count: int | None = None) -> None:
         """The session was used now (its idle time restarts); a database that is down is logged, not raised."""
@@ -379,6 +392,20 @@ class SessionRegistry:
             self.sandboxes.destroy(live.sandbox)
         log.info("session %s ended: %s", record.id[:8], reason)
 
+    def _sweep_reason(self, record: SessionRecord, live: LiveSession, check_health: bool = True
+                      ) -> tuple[str, bool] | None:
+        """Why the sweep ends this session now, and whether it died (None: it goes on)."""
+        moment = now()
+        if record.ended_at is not None:
+            return None  # ended meanwhile (deleted by its owner)
+        if moment >= utc(record.lifetime_ends_at):
+            return f"it reached its maximum lifetime ({self.config.session_max_lifetime_seconds:g} s)", False
+        if moment >= expires_at(record):
+            return f"it was idle for {record.idle_timeout:g} s", False
+        if check_health and live.sandbox.health() is None:
+            return self._why_unreachable(live.sandbox), True
+        return None
+
     def sweep(self) -> None:
         """End sessions idle or past their lifetime, and those whose sandbox died; forget long-ended ones."""
         if self._orphans:
@@ -387,7 +414,6 @@ class SessionRegistry:
             with self.database() as db:
                 records = db.scalars(select(SessionRecord).where(
                     SessionRecord.node == self.node, SessionRecord.ended_at.is_(None))).all()
-                moment = now()
                 for record in records:
                     live = self.live.get(record.id)
                     if live is None:
@@ -396,14 +422,20 @@ class SessionRegistry:
                         continue
                     if live.lock.locked():
                         continue  # a cell is running: it is in use, and its end is the cell's to report
-                    if moment >= utc(record.lifetime_ends_at):
-                        self._end(db, record, "it reached its maximum lifetime "
-                                              f"({self.config.session_max_lifetime_seconds:g} s)", dead=False)
-                    elif moment >= expires_at(record):
-                        self._end(db, record, f"it was idle for {record.idle_timeout:g} s", dead=False)
-                    elif live.sandbox.health() is None:
-                        self._end(db, record, self._why_unreachable(live.sandbox), dead=True)
-                cutoff = moment - timedelta(seconds=ENDED_KEPT_SECONDS)
+                    # Read again: ending the sessions before it took a while (~0.1 s each), and this
+                    # one may have been used since this sweep read it.
+                    db.refresh(record)
+                    reason = self._sweep_reason(record, live)
+                    if reason is None or not live.lock.acquire(blocking=False):
+                        continue  # it goes on, or a cell has just started
+                    try:  # held while ending: no cell can start on it and lose its container mid-run
+                        db.refresh(record)
+                        if record.ended_at is None and (
+                                reason[1] or self._sweep_reason(record, live, check_health=False) is not None):
+                            self._end(db, record, *reason)
+                    finally:
+                        live.lock.release()
+                cutoff = now() - timedelta(seconds=ENDED_KEPT_SECONDS)
                 db.execute(delete(SessionRecord).where(SessionRecord.ended_at < cutoff))
                 db.commit()
         except SQLAlchemyError as e:

@@ -308,6 +308,47 @@ def test_a_thread_a_cell_left_running_gets_no_cpu_between_cells(notebook: Notebo
     assert c - b < (b - a) / 4, f"while idle for 2 s the thread counted {c - b}, in a 1 s cell {b - a}"
 
 
+def test_a_session_deleted_while_its_cell_runs_answers_410_with_the_reason(client: FlaskClient) -> None:
+    session = Notebook(client, TOKEN)
+    answers: list[tuple[int, dict[str, Any]]] = []
+    cell = threading.Thread(target=lambda: answers.append(session.run("import time\ntime.sleep(5)")))
+    cell.start()
+    time.sleep(1)
+    assert session.delete() == 204
+    cell.join(30)
+    (status, body), = answers
+    assert status == 410 and "deleted by its owner" in body["error"], (status, body)
+
+
+def test_the_idle_sweep_spares_a_session_used_while_it_sweeps(client: FlaskClient,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sweep read every record first and then took ~0.1 s to end each idle one: a session used
+    meanwhile was ended on the idle time it had when the sweep began."""
+    first, used = Notebook(client, TOKEN, idle_timeout=1), Notebook(client, TOKEN, idle_timeout=1)
+    registry = client.application.extensions[EXTENSION_KEY].registry
+    registry._sweeper.stop()  # this test sweeps by itself, at the moment it chooses
+    try:
+        for session in (first, used):
+            assert session.run("v = 1")[0] == 200
+        time.sleep(1.5)  # both idle past their timeout, before the sweeper's next round
+        end = registry._end
+
+        def end_after_a_use(db: Any, record: Any, reason: str, dead: bool) -> None:
+            if record.id == first.id:  # while the sweep ends the first, the other is used
+                assert used.run("v += 1")[0] == 200
+            end(db, record, reason, dead)
+
+        monkeypatch.setattr(registry, "_end", end_after_a_use)
+        registry.sweep()
+        assert first.get()[0] == 410
+        status, body = used.run("v")
+        assert status == 200 and body["result"] == "2", body
+    finally:
+        monkeypatch.undo()
+        first.delete()
+        used.delete()
+
+
 def test_a_session_that_ends_while_a_request_is_on_its_way_answers_410(notebook: Notebook) -> None:
     """A request found the session live (find()), then it was deleted (say, during a long upload): the
     call it goes on to make is a 410, not a KeyError's 500."""
