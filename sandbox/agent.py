@@ -138,6 +138,8 @@ def worker_environment(options: AgentOptions) -> dict[str, str]:
         "TMPDIR": "/tmp",
         "MPLCONFIGDIR": "/tmp/.matplotlib",
         "MPLBACKEND": "module://capture_backend",
+        # For Python the program starts itself (python3 plot.py): the worker has it on sys.path already.
+        "PYTHONPATH": "/opt/matplotlib-backend",
         "MATPLOTLIBRC": "/opt/sandbox/matplotlibrc",
         "PYTHONUNBUFFERED": "1",  # output printed before a timeout is not lost in a buffer
         "PYTHONIOENCODING": "utf-8",

@@ -169,6 +169,20 @@ def test_matplotlib_use_agg_still_shows(client: FlaskClient) -> None:
 
 # --- order ------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("language, code", [
+    ("bash", "cat > plot.py <<'EOF'\nimport matplotlib.pyplot as plt\nplt.plot([1, 2, 3])\nplt.savefig('plot.png')\n"
+             "plt.figure()\nplt.plot([3, 2, 1])\nplt.show()\nEOF\npython3 plot.py"),
+    ("python", "import subprocess, sys\nsubprocess.run([sys.executable, '-c', 'import matplotlib.pyplot as plt; "
+               "plt.plot([1, 2, 3]); plt.savefig(\"plot.png\"); plt.figure(); plt.plot([3, 2, 1]); plt.show()'], "
+               "check=True)"),
+])
+def test_python_the_program_starts_itself_draws_too(client: FlaskClient, language: str, code: str) -> None:
+    """python3 plot.py from bash, or a subprocess: its saved and its shown figures come back (it once
+    failed to import the capture backend that MPLBACKEND names)."""
+    body = run(client, code, languageType=language)
+    assert sorted(body["images"]) == ["figure_1.png", "plot.png"], body
+
+
 def test_images_keep_the_order_they_were_made_in(client: FlaskClient) -> None:
     code = (
         "import matplotlib.pyplot as plt\n"
