@@ -533,7 +533,8 @@ def run_python_cell(code: str, variables: dict[str, Any], namespace: dict[str, A
         record["result"] = execute(code, namespace, filename)
     except SystemExit as e:
         print(f"SystemExit: {'' if e.code is None else e.code}".rstrip() + f" {EXIT_NOTE}", file=sys.stderr)
-        record["exit"] = e.code if isinstance(e.code, int) and e.code else 1
+        # As a script's exit status: exit(), sys.exit(0) and sys.exit(main()) returning 0 succeed.
+        record["exit"] = (e.code or 0) if e.code is None or isinstance(e.code, int) else 1
     except MagicFailed as e:
         print(e, file=sys.stderr)
         record["exit"], record["error"] = e.status, str(e)

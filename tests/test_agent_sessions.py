@@ -121,8 +121,13 @@ def test_errors_keep_the_state(session: Sandbox) -> None:
     report = cell(session, "import sys\nprint('before')\nsys.exit(3)")
     assert (report["status"], report["exit_code"], report["stdout"], report["alive"]) == ("error", 3, "before\n", True)
     assert "SystemExit: 3" in report["stderr"] and "not the session" in report["stderr"]
-    report = cell(session, "exit()")
-    assert (report["status"], report["alive"]) == ("error", True), report
+    for clean_exit in ("exit()", "import sys\nsys.exit(0)",
+                       "def main():\n    return 0\nif __name__ == '__main__':\n    sys.exit(main())"):
+        report = cell(session, clean_exit)  # as a script's exit status: a success, and the state stays
+        assert (report["status"], report["exit_code"], report["alive"]) == ("ok", 0, True), report
+        assert "not the session" in report["stderr"]
+    report = cell(session, "sys.exit('bad input')")
+    assert (report["status"], report["exit_code"]) == ("error", 1) and "bad input" in report["stderr"], report
     assert cell(session, "kept")["result"] == "'yes'"
 
 
