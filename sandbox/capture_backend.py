@@ -11,6 +11,8 @@ Images are files in the working folder, where the agent collects them. This back
 - plt.savefig() after plt.show() saves the figure just shown: matplotlib would save the new, empty
   figure that plt.savefig() makes (the commonest surprise in LLM-written plots). A savefig of a figure
   captured in this run and unchanged since replaces its figure_N.png, so it comes back once;
+- a figure shown as a value (`fig` as a cell's last expression, display(fig)) becomes an image then, as
+  in a notebook, unless it comes back unchanged already;
 - a blank figure (no axes, no artists) never becomes an image;
 - saves into subfolders are listed in SAVED_LIST at the end of each run and cell: the agent looks at
   the top of the working folder only.
@@ -199,6 +201,12 @@ def _write_saved_list() -> None:
 def show(*args: Any, **kwargs: Any) -> None:
     """Like a notebook's inline backend: open figures become images (once each) and are closed."""
     _capture_and_close()
+
+
+def show_figure(figure: Figure) -> str | None:
+    """A figure the program shows as a value (`fig` last in a cell, display(fig)): an image now, unless it
+    comes back unchanged already (or is blank); the name."""
+    return _capture(figure)
 
 
 def save_open_figures() -> list[str]:

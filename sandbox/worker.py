@@ -84,9 +84,22 @@ def become_fresh_interpreter() -> None:
 
 
 def display(*objects: Any) -> None:
-    """A notebook's display() in text: prints each object, a string as itself and anything else as its repr."""
+    """A notebook's display(): a matplotlib figure as an image, a string as itself, anything else as its repr."""
     for obj in objects:
-        print(obj if isinstance(obj, str) else repr(obj))
+        if not shown_as_image(obj):
+            print(obj if isinstance(obj, str) else repr(obj))
+
+
+def shown_as_image(value: Any) -> bool:
+    """Whether the value is a matplotlib figure, which then comes back as an image (once while unchanged),
+    as a notebook shows `fig` or display(fig)."""
+    figure = sys.modules.get("matplotlib.figure")
+    if figure is None or not isinstance(value, figure.Figure):
+        return False
+    import capture_backend
+
+    capture_backend.show_figure(value)
+    return True
 
 
 def prepare_matplotlib() -> None:
@@ -210,8 +223,9 @@ def main_module() -> types.ModuleType:
 
 
 def shown_result(value: Any) -> str | None:
-    """The text a notebook shows for a value: its repr, cut at MAX_RESULT_CHARS; None for None."""
-    if value is None:
+    """The text a notebook shows for a value: its repr, cut at MAX_RESULT_CHARS; None for None and for a
+    figure (shown as an image instead)."""
+    if value is None or shown_as_image(value):
         return None
     text = repr(value)
     return text if len(text) <= MAX_RESULT_CHARS else text[:MAX_RESULT_CHARS] + "…"

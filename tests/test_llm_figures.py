@@ -183,6 +183,28 @@ def test_python_the_program_starts_itself_draws_too(client: FlaskClient, languag
     assert sorted(body["images"]) == ["figure_1.png", "plot.png"], body
 
 
+def test_a_figure_displayed_comes_back_as_an_image(client: FlaskClient) -> None:
+    body = run(client, "import matplotlib.pyplot as plt\nfig, ax = plt.subplots()\nax.plot([1, 3, 2])\n"
+                       "display(fig)\nplt.close(fig)")
+    assert list(body["images"]) == ["figure_1.png"] and "Figure size" not in body["output"], body
+
+
+def test_a_figure_as_a_cells_value_is_shown_as_an_image(client: FlaskClient) -> None:
+    """As a notebook shows `fig`: the image, not "<Figure size 640x480 with 1 Axes>"; once while unchanged."""
+    session = client.post("/sessions").get_json()["session_id"]
+    cells = f"/sessions/{session}/runcode"
+    try:
+        first = client.post(cells, json={"code": "import matplotlib.pyplot as plt\nfig, ax = plt.subplots()\n"
+                                                 "ax.plot([1, 3, 2])"}).get_json()
+        assert list(first["images"]) == ["figure_1.png"], first
+        again = client.post(cells, json={"code": "ax.set_title('updated')\nfig"}).get_json()
+        assert (list(again["images"]), again["result"]) == (["figure_2.png"], None), again
+        unchanged = client.post(cells, json={"code": "fig"}).get_json()
+        assert (unchanged["images"], unchanged["result"]) == ({}, None), unchanged
+    finally:
+        client.delete(f"/sessions/{session}")
+
+
 def test_images_keep_the_order_they_were_made_in(client: FlaskClient) -> None:
     code = (
         "import matplotlib.pyplot as plt\n"
