@@ -35,6 +35,9 @@ TAGGED_OPENING = re.compile(r"```[ \t]*+[A-Za-z0-9_+-]++[ \t]*+\r?\n")
 # An opening without a tag, at the start of a line (blanks before it aside): `^` tries each line once.
 UNTAGGED_OPENING = re.compile(r"^[ \t]*+```[ \t]*+\r?\n", re.MULTILINE)
 CLOSING = "```"
+# A closing fence line, then (blank lines aside) a tagged opening: two blocks, not one holding backticks.
+BLOCK_BOUNDARY = re.compile(r"^[ \t]*+```[ \t]*+\r?\n\s*+```[ \t]*+[A-Za-z0-9_+-]++[ \t]*+\r?$", re.MULTILINE)
+CLOSING_LINE = re.compile(r"^[ \t]*+```[ \t]*+\r?$", re.MULTILINE)  # a line that is a closing fence and nothing else
 MAX_COMPILE_CHECK_CHARS = 64 * 1024
 VARIABLE_NAME = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*\Z")  # valid in Python and as a bash variable
 INTEGER_TEXT = re.compile(r"[+-]?[0-9]+")
@@ -81,7 +84,8 @@ def unwrap_fence(code: str, language: str | None = None) -> tuple[str, str | Non
     """The program inside a Markdown fence, and the fence's language (None when it names none or none was taken).
 
     `language` is the request's languageType (None when absent). A fence around the whole text is
-    always unwrapped. Like the original project, a block tagged python or bash inside other text (an
+    always unwrapped, as is an opening fence never closed; a text that is nothing but fenced blocks of
+    one language runs them all, in order. Like the original project, a block tagged python or bash inside other text (an
     LLM's prose around its code) is taken out of it when the whole text is not valid Python (a program
     may print backticks): the first such block when no language is given, the first python block for
     python. Failing that, a block without a tag (```, at the start of a line) is taken out under the
@@ -90,7 +94,10 @@ def unwrap_fence(code: str, language: str | None = None) -> tuple[str, str | Non
     block taken out of its text: a bash program is never valid Python, and a heredoc may well hold a
     fenced block that is data, not the program.
     """
-    whole = _whole_fence(code)
+    blocks = _consecutive_fences(code)
+    if blocks is not None and (language is None or blocks[1] in (None, language)):
+        return blocks
+    whole = _whole_fence(code) or _unclosed_fence(code)
     if whole is not None:
         return whole
     if language == "bash":
@@ -110,7 +117,42 @@ def _whole_fence(code: str) -> tuple[str, str | None] | None:
     # The closing fence is the text's last three characters, after the opening line.
     if opening is None or not text.endswith(CLOSING) or len(text) - len(CLOSING) < opening.end():
         return None
-    return _block_body(text[opening.end():len(text) - len(CLOSING)]), FENCE_LANGUAGES.get(opening.group(1).lower())
+    inside = text[opening.end():len(text) - len(CLOSING)]
+    if BLOCK_BOUNDARY.search(inside):
+        return None  # blocks one after the other (of two languages: see _consecutive_fences)
+    return _block_body(inside), FENCE_LANGUAGES.get(opening.group(1).lower())
+
+
+def _consecutive_fences(code: str) -> tuple[str, str | None] | None:
+    """Two or more fenced blocks of one language that are the whole text (blank space between them aside):
+    their bodies joined in order, as a notebook runs its cells one after the other; else None."""
+    text = code.strip()
+    bodies: list[str] = []
+    languages: set[str | None] = set()
+    position = 0
+    while position < len(text):
+        opening = FENCE_OPENING.match(text, position)
+        closing = CLOSING_LINE.search(text, opening.end()) if opening is not None else None
+        if opening is None or closing is None:
+            return None
+        bodies.append(_block_body(text[opening.end():closing.start()]))
+        languages.add(FENCE_LANGUAGES.get(opening.group(1).lower()))
+        position = closing.end()
+        while position < len(text) and text[position] in " \t\r\n":
+            position += 1
+    if len(bodies) < 2 or len(languages) != 1:
+        return None
+    return "\n".join(bodies), languages.pop()
+
+
+def _unclosed_fence(code: str) -> tuple[str, str | None] | None:
+    """The rest of a text that opens with a fence never closed (an answer cut short), else None: no program
+    starts with ```."""
+    text = code.strip()
+    opening = FENCE_OPENING.match(text)
+    if opening is None or CLOSING in text[opening.end():]:
+        return None
+    return text[opening.end():], FENCE_LANGUAGES.get(opening.group(1).lower())
 
 
 def _embedded_fence(code: str, languages: tuple[str, ...]) -> tuple[str, str] | None:

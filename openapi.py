@@ -82,7 +82,9 @@ def _schemas() -> dict[str, Any]:
                     "type": "string",
                     "description": (
                         "The program. When the whole program is wrapped in one Markdown fence (```python, "
-                        "```bash, ```), the fence is removed first. A block fenced as python or bash inside "
+                        "```bash, ```), the fence is removed first (also when the closing fence is missing); a "
+                        "program that is nothing but fenced blocks of one language runs them all, in order. "
+                        "A block fenced as python or bash inside "
                         "other text (an LLM's prose) is taken out of it unless the whole text is valid Python: "
                         "the first such block with no `languageType`, the first python block for `python`, and "
                         "never for `bash` (a bash program may hold a fenced block in a heredoc). With no "

@@ -15,8 +15,12 @@ import pytest
 from config import Config
 from errors import BadRequest
 from execution import (
+    BLOCK_BOUNDARY,
     FENCE_LANGUAGES,
+    FENCE_OPENING,
     STATUSES,
+    _consecutive_fences,
+    _unclosed_fence,
     is_valid_python,
     nesting_depth,
     parse_run_request,
@@ -53,8 +57,11 @@ def bad_request(fields: Any, config: Config = CONFIG) -> BadRequest:
     ("```python\nfor i in range(2):\n    print(i)\n```", "for i in range(2):\n    print(i)", "python"),
     ("```python\ns = '``'\nprint(s)\n```", "s = '``'\nprint(s)", "python"),
     ("```javascript\nconsole.log(1)\n```", "console.log(1)", None),
+    ("```python\nx = 3\n```\n```python\nprint(x)\n```", "x = 3\nprint(x)", "python"),
+    ("```python\nx = 3\n```\n\n```py\nprint(x)\n```\n", "x = 3\nprint(x)", "python"),
+    ("```python\nimport math\nprint(math.pi)", "import math\nprint(math.pi)", "python"),
 ], ids=["python", "bash", "bare", "py", "python3", "sh", "crlf-any-case", "surrounding-blank", "indent", "backticks",
-        "unknown-lang"])
+        "unknown-lang", "two-blocks", "two-blocks-blank-line", "never-closed"])
 def test_fence_is_unwrapped(code: str, body: str, language: str | None) -> None:
     assert unwrap_fence(code) == (body, language)
 
@@ -78,6 +85,12 @@ def test_code_that_is_not_one_fenced_block_is_left_alone(code: str) -> None:
 ], ids=["prose-python", "prose-bash", "code-then-fence", "fence-then-code"])
 def test_tagged_block_inside_text_that_is_not_python_is_taken_out(code: str, body: str, language: str) -> None:
     assert unwrap_fence(code) == (body, language)
+
+
+def test_consecutive_blocks_of_two_languages_are_not_joined() -> None:
+    code = "```bash\npip install x\n```\n```python\nprint(2)\n```"
+    assert unwrap_fence(code) == ("pip install x", "bash")  # the first block, as with prose between them
+    assert unwrap_fence(code, "python") == ("print(2)", "python")
 
 
 def test_fenced_bash_runs_as_bash_when_language_is_absent() -> None:
@@ -175,11 +188,24 @@ def reference_unwrap(code: str) -> tuple[str, str | None]:
     return code, None
 
 
+def decided_by_a_rule_added_since(code: str) -> bool:
+    """Texts that rules added after the reference decide (tested on their own above): fenced blocks one after
+    the other, a fence never closed."""
+    text = code.strip()
+    opening = FENCE_OPENING.match(text)
+    whole = opening is not None and text.endswith("```") and len(text) - 3 >= opening.end()
+    inside = text[opening.end():len(text) - 3] if whole else ""
+    return (_consecutive_fences(code) is not None or _unclosed_fence(code) is not None
+            or BLOCK_BOUNDARY.search(inside) is not None)
+
+
 def test_unwrapping_agrees_with_the_original_expressions() -> None:
     rng = random.Random(20240611)
     texts = ["".join(rng.choice(PIECES) for _ in range(rng.randint(0, 12))) for _ in range(30000)]
     unwrapped = untagged = 0
     for code in texts:
+        if decided_by_a_rule_added_since(code):
+            continue
         expected = reference_unwrap(code)
         assert unwrap_fence(code) == expected, repr(code)
         assert unwrap_fence(code, "python") == expected or expected[1] == "bash", repr(code)
