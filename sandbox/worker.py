@@ -251,25 +251,27 @@ def execute(code: str, namespace: dict[str, Any], filename: str) -> str | None:
         if notebook is None:
             raise
     if notebook is None:
-        return run_tree(tree, namespace, filename, {})
+        return run_tree(tree, namespace, filename, {}, code)
     # Out of the `except` block: an error of the program is not shown "during handling of" the SyntaxError.
     if notebook.action is not None:
         notebook.action()
         return None
     tree = compile(notebook.code, filename, "exec", _ast.PyCF_ONLY_AST, dont_inherit=True)
     if notebook.cell_timer is None:
-        return run_tree(tree, namespace, filename, notebook.timed)
+        return run_tree(tree, namespace, filename, notebook.timed, notebook.code)
     from notebook_habits import Timer
 
     with Timer(notebook.cell_timer):
-        return run_tree(tree, namespace, filename, notebook.timed)
+        return run_tree(tree, namespace, filename, notebook.timed, notebook.code)
 
 
-def run_tree(tree: Any, namespace: dict[str, Any], filename: str, timed: dict[int, str]) -> str | None:
-    """Execute a module's syntax tree, its last expression evaluated apart (see execute); `timed`: %time lines."""
+def run_tree(tree: Any, namespace: dict[str, Any], filename: str, timed: dict[int, str], source: str) -> str | None:
+    """Execute a module's syntax tree (of `source`), its last expression evaluated apart (see execute);
+    `timed`: %time lines. A last expression followed by ';' shows nothing, as in a notebook."""
     import _ast
 
     last = tree.body.pop() if tree.body and isinstance(tree.body[-1], _ast.Expr) else None
+    quiet = last is not None and followed_by_semicolon(source, last)
     last_timer = timed.pop(last.lineno, None) if last is not None and timed else None
     if timed:
         from notebook_habits import time_statements
@@ -280,12 +282,22 @@ def run_tree(tree: Any, namespace: dict[str, Any], filename: str, timed: dict[in
         return None
     expression = compile(_ast.Expression(last.value), filename, "eval", dont_inherit=True)
     if last_timer is None:
-        return shown_result(eval(expression, namespace))
-    from notebook_habits import Timer
-
-    with Timer(last_timer):
         value = eval(expression, namespace)
-    return shown_result(value)
+    else:
+        from notebook_habits import Timer
+
+        with Timer(last_timer):
+            value = eval(expression, namespace)
+    return None if quiet else shown_result(value)
+
+
+def followed_by_semicolon(source: str, node: Any) -> bool:
+    """Whether a ';' follows the statement in the source (plt.plot(x); shows no Line2D list)."""
+    lines = source.splitlines()
+    if not node.end_lineno or node.end_lineno > len(lines):
+        return False
+    rest = lines[node.end_lineno - 1].encode()[node.end_col_offset:]  # the offsets count UTF-8 bytes
+    return rest.lstrip(b" \t").startswith(b";")
 
 
 def print_traceback(error: BaseException) -> None:

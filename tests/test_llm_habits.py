@@ -73,6 +73,20 @@ def test_a_program_ending_with_an_expression_shows_it_in_result(client: FlaskCli
     assert run(client, "x = 6 * 7\nprint('computed')")["result"] is None, "no expression last: no result"
 
 
+@pytest.mark.parametrize("code, result", [
+    ("import matplotlib.pyplot as plt\nplt.plot([1, 2, 3]);", None),
+    ("x = 6 * 7\nx;  # quiet", None),
+    ("x = 6 * 7\nx; x + 1", "43"),
+    ("s = 'a;b'\ns", "'a;b'"),
+    ("word = '中文'; word", "'中文'"),
+], ids=["plot-then-semicolon", "semicolon-and-comment", "semicolon-between", "semicolon-in-a-string",
+        "unicode-before"])
+def test_a_last_expression_followed_by_a_semicolon_shows_nothing(client: FlaskClient, code: str,
+                                                                 result: str | None) -> None:
+    """As in a notebook, where `plt.plot(x);` shows no list of Line2D objects."""
+    assert run(client, code)["result"] == result
+
+
 def test_display_from_ipython_works_without_a_notebook(client: FlaskClient) -> None:
     code = ("from IPython.display import display\n"
             "import pandas as pd\n"
