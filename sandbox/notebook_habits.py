@@ -465,4 +465,29 @@ def error_summary(error: BaseException, filename: str) -> str:
         place = f"line {line_number}" if where == filename else f"{where.strip('<>')}, line {line_number}"
         source = one_line(text, MAX_SUMMARY_LINE)
         summary += f" ({place}: {source})" if source else f" ({place})"
+    if reached_for_the_network(error):
+        summary += f" - {NO_NETWORK}"
     return summary
+
+
+NO_NETWORK = "the sandbox has no network: give the program its data as files (the request's files, a session upload)"
+
+
+def reached_for_the_network(error: BaseException) -> bool:
+    """Whether the error, or one it came from, is a failed connection or name lookup (sns.load_dataset,
+    requests.get, urlopen): the sandbox has no network at all."""
+    import errno
+    import socket
+
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (socket.gaierror, ConnectionError)) or (
+                isinstance(current, OSError) and current.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH)) or (
+                type(current).__name__ in ("URLError", "ConnectionError", "NewConnectionError", "MaxRetryError")):
+            return True
+        current = current.__cause__ or current.__context__ or getattr(current, "reason", None)
+        if not isinstance(current, BaseException):
+            current = None
+    return False

@@ -211,6 +211,23 @@ def test_an_error_inside_a_library_names_the_programs_line(client: FlaskClient) 
     assert syntax["error"] == "SyntaxError: expected ':' (line 2: for i in range(3))", syntax
 
 
+@pytest.mark.parametrize("code", [
+    "import seaborn as sns\ntips = sns.load_dataset('tips')",
+    "import urllib.request\nurllib.request.urlopen('https://example.com/data.csv')",
+    "import socket\nsocket.create_connection(('93.184.216.34', 80), timeout=5)",
+    "import pandas as pd\ndf = pd.read_csv('https://example.com/data.csv')",
+], ids=["seaborn-dataset", "urlopen", "connect-by-address", "pandas-url"])
+def test_reaching_for_the_network_says_there_is_none(client: FlaskClient, code: str) -> None:
+    response = client.post("/runcode", json={"code": code})
+    body = response.get_json()
+    assert body["status"] == "error" and "the sandbox has no network" in body["error"], body
+
+
+def test_a_program_error_that_is_not_about_the_network_has_no_such_note(client: FlaskClient) -> None:
+    body = client.post("/runcode", json={"code": "raise TimeoutError('my own')"}).get_json()
+    assert body["error"].startswith("TimeoutError: my own") and "network" not in body["error"], body
+
+
 def test_a_bash_error_is_its_last_line_of_stderr(client: FlaskClient) -> None:
     body = run(client, "echo copying\ncp missing.txt out.txt", languageType="bash")
     assert body["status"] == "error"
