@@ -45,7 +45,7 @@ TOKEN_TEXT = re.compile(r"\A[\x21-\x2b\x2d-\x7e]+\Z")
 # matplotlib before 3.11; tabulate for DataFrame.to_markdown().
 DEFAULT_DEPENDENCIES = (
     "numpy>=1.26,<2", "pandas>=2.2,<2.3", "scipy", "matplotlib>=3.9,<3.11", "seaborn", "scikit-learn",
-    "sympy", "pillow", "statsmodels", "openpyxl", "tabulate",
+    "sympy", "pillow", "statsmodels", "openpyxl", "tabulate", "tqdm", "jinja2",
 )
 
 

@@ -223,6 +223,15 @@ def test_reaching_for_the_network_says_there_is_none(client: FlaskClient, code: 
     assert body["status"] == "error" and "the sandbox has no network" in body["error"], body
 
 
+def test_progress_bars_and_styled_tables_work(client: FlaskClient) -> None:
+    code = ("from tqdm import tqdm\nimport pandas as pd\n"
+            "total = sum(i for i in tqdm(range(100)))\n"
+            "html = pd.DataFrame({'a': [1, 3, 2]}).style.highlight_max().to_html()\n"
+            "print(total, '<table' in html)")
+    body = client.post("/runcode", json={"code": code}).get_json()
+    assert (body["status"], body["output"]) == ("ok", "4950 True\n"), body
+
+
 def test_a_program_error_that_is_not_about_the_network_has_no_such_note(client: FlaskClient) -> None:
     body = client.post("/runcode", json={"code": "raise TimeoutError('my own')"}).get_json()
     assert body["error"].startswith("TimeoutError: my own") and "network" not in body["error"], body
