@@ -301,13 +301,17 @@ def followed_by_semicolon(source: str, node: Any) -> bool:
 
 
 def print_traceback(error: BaseException) -> None:
-    """The error as Python prints it, starting at the program's code (this file's frames are skipped)."""
+    """The error as Python prints it, from the program's code to where it was raised: this file's frames
+    before it and after it (the interrupt handler a timeout raises KeyboardInterrupt in) are left out."""
     import traceback  # imported only when needed: most programs never raise
 
     tb = error.__traceback__
     while tb is not None and tb.tb_frame.f_globals is globals():
         tb = tb.tb_next
-    traceback.print_exception(type(error), error, tb)
+    shown = traceback.TracebackException(type(error), error, tb)
+    while shown.stack and shown.stack[-1].filename == __file__:
+        shown.stack.pop()
+    print("".join(shown.format()), end="", file=sys.stderr)
 
 
 def save_figures() -> None:

@@ -177,6 +177,7 @@ def test_a_cell_past_its_time_limit_is_interrupted_and_the_state_kept(session: S
     assert time.monotonic() - started < 1 + INTERRUPT_GRACE_SECONDS
     assert (report["status"], report["alive"]) == ("timeout", True), report
     assert "KeyboardInterrupt" in report["stderr"] and "time limit of 1 s" in report["error"]
+    assert "<cell " in report["stderr"] and "worker.py" not in report["stderr"], "the cell's lines, no agent's"
     assert cell(session, "counter > 7")["result"] == "True"
     report = cell(session, "while True:\n    pass", timeout=0.001)  # the clock starts when the cell does
     assert (report["status"], report["alive"]) == ("timeout", True), report
