@@ -422,13 +422,13 @@ class SessionRegistry:
                         continue
                     if live.lock.locked():
                         continue  # a cell is running: it is in use, and its end is the cell's to report
-                    # Read again: ending the sessions before it took a while (~0.1 s each), and this
-                    # one may have been used since this sweep read it.
-                    db.refresh(record)
                     reason = self._sweep_reason(record, live)
                     if reason is None or not live.lock.acquire(blocking=False):
                         continue  # it goes on, or a cell has just started
                     try:  # held while ending: no cell can start on it and lose its container mid-run
+                        # Read again: ending the sessions before it took a while (~0.1 s each), and this
+                        # one may have been used since the sweep read it (a stale read only errs towards
+                        # ending, which this second look corrects).
                         db.refresh(record)
                         if record.ended_at is None and (
                                 reason[1] or self._sweep_reason(record, live, check_health=False) is not None):
