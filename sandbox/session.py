@@ -210,7 +210,7 @@ class Session:
         return report
 
     def signal_worker(self, signum: int) -> None:
-        """Send the interpreter a signal (SIGSTOP, SIGCONT); nothing if it is gone."""
+        """Send the interpreter a signal (SIGSTOP, SIGCONT, SIGINT); nothing if it is gone."""
         try:
             os.kill(self.worker.pid, signum)
         except ProcessLookupError:
@@ -370,10 +370,7 @@ class CellRun:
 
     def interrupt(self) -> None:
         """SIGINT to the worker: a KeyboardInterrupt in the cell (a bash cell's group gets it from the worker)."""
-        try:
-            os.kill(self.session.worker.pid, signal.SIGINT)
-        except ProcessLookupError:
-            pass
+        self.session.signal_worker(signal.SIGINT)
 
     def read_output(self, fd: int) -> bool:
         """Take what one output pipe holds now; False once it has ended."""
