@@ -51,7 +51,6 @@ from contract import (  # noqa: E402
     DEFAULT_TIMEOUT_SECONDS,
     IMAGE_EXTENSIONS,
     MAX_ERROR_SUMMARY_BYTES,
-    MAX_RESULT_CHARS,
     OUTPUT_CUT_NOTICE,
     PRELOADED_LIBRARIES,
     STREAM_TYPE,
@@ -60,6 +59,7 @@ from contract import (  # noqa: E402
     WARM_REST_SECONDS,
     WARM_UP_GROUP_NAMES,
     check_path,
+    cut_result,
     file_and_folder,
 )
 from http_server import HTTPError, RawResponse, Request, encode_json, serve_unix_socket  # noqa: E402
@@ -207,9 +207,7 @@ def record_result(record: dict[str, Any] | None) -> str | None:
     """A record's "result" (the repr of the last expression), cut as the worker cuts it: the program
     can write a record of its own on the status pipe it inherits, so nothing in one is trusted."""
     value = (record or {}).get("result")
-    if not isinstance(value, str):
-        return None
-    return value if len(value) <= MAX_RESULT_CHARS + 1 else value[:MAX_RESULT_CHARS] + "…"
+    return cut_result(value) if isinstance(value, str) else None
 
 
 class Worker:

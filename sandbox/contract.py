@@ -47,12 +47,12 @@ WARM_DELAY_SECONDS = 0.5
 # on libraries recent programs did not use; between an LLM's tool calls it has all of them ready.
 WARM_REST_SECONDS = 2.0
 
-# Image files: the extensions the agent looks at, and the types it may report (by content).
 # The program's uid (its sandbox's own) is named here: the center mounts a root-owned tmpfs at this
 # folder, the agent writes passwd and group files into it, and the image's NSS reads them after
 # /etc/passwd (libnss-extrausers), so whoami, ls -l and pwd.getpwuid() know the program's user.
 USERS_DIR = "/var/lib/extrausers"
 
+# Image files: the extensions the agent looks at, and the types it may report (by content).
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp"})
 # Each image type and the extension a stored image of that type is served under.
 IMAGE_TYPES = {"image/png": "png", "image/jpeg": "jpg", "image/gif": "gif", "image/svg+xml": "svg",
@@ -136,3 +136,8 @@ def file_and_folder(paths: list[str]) -> str | None:
     """The first of `paths` that another of them needs as a folder (a and a/b); None when there is none."""
     folders = {"/".join(parts[:end]) for parts in (path.split("/") for path in paths) for end in range(1, len(parts))}
     return next((path for path in paths if path in folders), None)
+
+
+def cut_result(text: str) -> str:
+    """A result's text cut at MAX_RESULT_CHARS, with an ellipsis; cutting a cut text again changes nothing."""
+    return text if len(text) <= MAX_RESULT_CHARS else text[:MAX_RESULT_CHARS] + "…"

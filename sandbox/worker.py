@@ -35,7 +35,7 @@ from collections.abc import Callable
 from typing import Any, BinaryIO, NoReturn
 
 import compat
-from contract import FIRST_FIGURE, MAX_RESULT_CHARS, WARM_UP_GROUPS, WarmUpGroup
+from contract import FIRST_FIGURE, WARM_UP_GROUPS, WarmUpGroup, cut_result
 
 SANDBOX_DIR = os.path.dirname(os.path.abspath(__file__))
 FONT_CACHE = "/opt/matplotlib-cache"
@@ -227,8 +227,7 @@ def shown_result(value: Any) -> str | None:
     figure (shown as an image instead)."""
     if value is None or shown_as_image(value):
         return None
-    text = repr(value)
-    return text if len(text) <= MAX_RESULT_CHARS else text[:MAX_RESULT_CHARS] + "…"
+    return cut_result(repr(value))
 
 
 def execute(code: str, namespace: dict[str, Any], filename: str) -> str | None:
