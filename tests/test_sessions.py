@@ -7,6 +7,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from typing import Any
 
 import docker
@@ -16,6 +17,7 @@ from conftest import CenterProcess, containers_of, wait_until
 from flask import Flask
 from flask.testing import FlaskClient
 
+import sessions
 from center import EXTENSION_KEY
 from errors import Gone
 from sessions import SWEEP_SECONDS, owner_of
@@ -327,10 +329,15 @@ def test_the_idle_sweep_spares_a_session_used_while_it_sweeps(client: FlaskClien
     first, used = Notebook(client, TOKEN, idle_timeout=1), Notebook(client, TOKEN, idle_timeout=1)
     registry = client.application.extensions[EXTENSION_KEY].registry
     registry._sweeper.stop()  # this test sweeps by itself, at the moment it chooses
+    # The registry's clock moves only when the test moves it: removing a container takes over a
+    # second under gVisor, and a real clock would make `used` truly idle again by the time the sweep
+    # reaches it.
+    clock = [sessions.now()]
+    monkeypatch.setattr(sessions, "now", lambda: clock[0])
     try:
         for session in (first, used):
             assert session.run("v = 1")[0] == 200
-        time.sleep(1.5)  # both idle past their timeout, before the sweeper's next round
+        clock[0] += timedelta(seconds=1.5)  # both idle past their timeout
         end = registry._end
 
         def end_after_a_use(db: Any, record: Any, reason: str, dead: bool) -> None:
