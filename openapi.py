@@ -202,8 +202,9 @@ def _schemas() -> dict[str, Any]:
                 "files": {
                     "type": "object",
                     "description": (
-                        "Each file other than an image that the program wrote at the top of its working folder "
-                        "(one-shot runs), by its name, to an absolute URL under /file/ (a download); `{}` when none."
+                        "Each file other than an image that the program wrote in its working folder (one-shot "
+                        "runs; in a subfolder, named by its path such as out/report.csv), to an absolute URL "
+                        "under /file/ (a download); `{}` when none."
                     ),
                     "additionalProperties": {"type": "string", "format": "uri"},
                 },

@@ -26,8 +26,10 @@ def stored_response(blob: StoredBlob) -> Response:
     return response.make_conditional(request)
 
 
-def attachment(name: str) -> str:
-    """Content-Disposition for a download under the program's own file name (RFC 6266 with RFC 5987)."""
+def attachment(path: str) -> str:
+    """Content-Disposition for a download under the program's own file name (RFC 6266 with RFC 5987);
+    a file from a subfolder ("out/report.csv") is saved under its own name, as a browser would."""
+    name = path.rpartition("/")[2] or "file"
     fallback = "".join(c if c.isascii() and c.isprintable() and c not in '"\\;' else "_" for c in name) or "file"
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
 

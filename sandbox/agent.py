@@ -39,7 +39,7 @@ import stat  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
 from typing import IO, Any, NamedTuple, NoReturn  # noqa: E402
 
 from contract import (  # noqa: E402
@@ -92,6 +92,8 @@ MAX_NAME_BYTES = 255
 UNSAFE_NAME_CHARACTERS = "[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
 MAX_SHOWN_NAME = 200  # characters of a skipped file's name shown in the report
 MAX_SKIPPED_LISTED = 50  # a program can make thousands of files: the report lists this many, then counts
+MAX_WALKED_ENTRIES = 2000  # entries a run's subfolders are searched through for its files (a tree can be endless)
+MAX_WALK_DEPTH = 8  # folders below the working folder searched
 ERROR_TAIL_BYTES = 4096  # of stderr repeated as `error` (JSON-encoded): the whole of it is in `stderr`
 MAX_ARG_STRLEN = 32 * 4096  # Linux: one environment string, its NUL included
 MAX_EXEC_SIZE = 6 * 1024 * 1024  # Linux: argument and environment strings with their pointers, at most
@@ -567,47 +569,120 @@ class Skipped:
 Snapshot = dict[bytes, tuple[int, int, int]]
 
 
-def workspace_snapshot() -> Snapshot | None:
-    """name -> (mtime_ns, size, inode) of each entry at the top of the working folder; None when unreadable.
+def is_cache_folder(raw: bytes) -> bool:
+    """A folder tools keep their caches in (hidden ones, __pycache__), not searched for a run's files."""
+    return raw.startswith(b".") or raw == b"__pycache__"
+
+
+def files_below(dir_fd: int, skipped: Skipped | None = None) -> Iterator[tuple[bytes, os.stat_result]]:
+    """(path, stat) of each entry other than a folder in the working folder's subfolders, depth first.
+
+    At most MAX_WALKED_ENTRIES entries and MAX_WALK_DEPTH folders deep: a program can make an endless
+    tree. What is left out is said in `skipped`, when given. Folders are opened one by one without
+    following a symbolic link, and tools' cache folders (see is_cache_folder) are passed over.
+    """
+    walked = 0
+
+    def folder(fd: int, prefix: bytes, depth: int) -> Iterator[tuple[bytes, os.stat_result]]:
+        nonlocal walked
+        with os.scandir(fd) as entries:
+            for entry in entries:
+                walked += 1
+                if walked > MAX_WALKED_ENTRIES:
+                    if skipped is not None and walked == MAX_WALKED_ENTRIES + 1:
+                        skipped.add(shown_name(prefix.rstrip(b"/")), "not searched further: the subfolders "
+                                    f"hold over {MAX_WALKED_ENTRIES} entries")
+                    return
+                raw = prefix + os.fsencode(entry.name)
+                try:
+                    info = entry.stat(follow_symlinks=False)
+                except OSError as e:
+                    if skipped is not None:
+                        skipped.add(shown_name(raw), f"could not be read: {e.strerror}")
+                    continue
+                if not stat.S_ISDIR(info.st_mode):
+                    if depth:  # the top of the folder is list_candidates'
+                        yield raw, info
+                    continue
+                if is_cache_folder(os.fsencode(entry.name)):
+                    continue
+                if depth >= MAX_WALK_DEPTH:
+                    if skipped is not None:
+                        skipped.add(shown_name(raw), f"not searched: over {MAX_WALK_DEPTH} folders deep")
+                    continue
+                try:
+                    below = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                except OSError as e:
+                    if skipped is not None:
+                        skipped.add(shown_name(raw), f"could not be read: {e.strerror}")
+                    continue
+                try:
+                    yield from folder(below, raw + b"/", depth + 1)
+                finally:
+                    os.close(below)
+
+    yield from folder(dir_fd, b"", 0)
+
+
+def workspace_snapshot(deep: bool = False) -> Snapshot | None:
+    """path -> (mtime_ns, size, inode) of each entry at the top of the working folder (and, `deep`, of the
+    files in its subfolders, as files_below finds them); None when unreadable.
 
     Taken before a program (or cell) starts, so that what it did not make or change is not collected.
     """
     try:
-        with os.scandir(WORKDIR.encode()) as entries:
-            snapshot = {}
+        dir_fd = os.open(WORKDIR, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        snapshot = {}
+        with os.scandir(dir_fd) as entries:
             for entry in entries:
                 try:
                     info = entry.stat(follow_symlinks=False)
                 except OSError:
                     continue
-                snapshot[entry.name] = (info.st_mtime_ns, info.st_size, info.st_ino)
-            return snapshot
+                snapshot[os.fsencode(entry.name)] = (info.st_mtime_ns, info.st_size, info.st_ino)
+        if deep:
+            snapshot.update((raw, (info.st_mtime_ns, info.st_size, info.st_ino)) for raw, info in files_below(dir_fd))
+        return snapshot
     except OSError:
         return None
+    finally:
+        os.close(dir_fd)
+
+
+def unchanged(raw: bytes, info: os.stat_result, before: Snapshot | None) -> bool:
+    """The file is as it was in `before`: an input file, or one an earlier cell made."""
+    return before is not None and before.get(raw) == (info.st_mtime_ns, info.st_size, info.st_ino)
 
 
 class Candidate:
-    """A file of the working folder that may be reported: an image (by its extension) or another file."""
+    """A file of the working folder that may be reported: an image (by its extension) or another file.
+    `raw` is its path from the working folder (a name, or folders and a name)."""
 
-    def __init__(self, raw: bytes, info: os.stat_result, is_image: bool, dir_fd: int | None = None) -> None:
+    def __init__(self, raw: bytes, info: os.stat_result, is_image: bool) -> None:
         self.raw, self.info, self.is_image = raw, info, is_image
-        # A file in a subfolder: the descriptor of its folder and its name there (see saved_below).
-        self.dir_fd, self.leaf = dir_fd, os.path.basename(raw) if dir_fd is not None else raw
         self.shown = shown_name(raw)
         # In the order the files were made; files of the same clock tick in their names' natural order.
         self.sort_key = (info.st_mtime_ns, natural_key(self.shown), raw)
 
 
+def has_image_extension(raw: bytes) -> bool:
+    """The name ends in an image's extension (what makes a file a candidate image)."""
+    return os.path.splitext(raw)[1].lower().decode("latin-1") in IMAGE_EXTENSIONS
+
+
 def list_candidates(dir_fd: int, skipped: Skipped, before: Snapshot | None, with_files: bool) -> list[Candidate]:
-    """The folder's files to look at, oldest first: those with an image extension, and the others when
-    `with_files` (folders aside); none left as they were in `before`. Never followed through a symlink."""
+    """The folder's files to look at: those with an image extension, and the others when `with_files`
+    (folders aside); none left as they were in `before`. Never followed through a symlink."""
     candidates = []
     with os.scandir(dir_fd) as entries:
         for entry in entries:
             # Names are the program's bytes: scandir decodes them with surrogateescape, which
             # fsencode undoes exactly, so nothing here depends on them being UTF-8.
             raw = os.fsencode(entry.name)
-            is_image = os.path.splitext(raw)[1].lower().decode("latin-1") in IMAGE_EXTENSIONS
+            is_image = has_image_extension(raw)
             if not is_image and not with_files:
                 continue
             try:
@@ -615,19 +690,34 @@ def list_candidates(dir_fd: int, skipped: Skipped, before: Snapshot | None, with
             except OSError as e:
                 skipped.add(shown_name(raw), f"could not be read: {e.strerror}")
                 continue
-            if before is not None and before.get(raw) == (info.st_mtime_ns, info.st_size, info.st_ino):
-                continue  # an input file, or one an earlier cell made, left as it was
+            if unchanged(raw, info, before):
+                continue
             if not is_image and stat.S_ISDIR(info.st_mode):
                 continue  # a folder the program made is not an output file, nor an error
             candidates.append(Candidate(raw, info, is_image))
-    candidates.sort(key=lambda candidate: candidate.sort_key)
     return candidates
+
+
+def open_below(dir_fd: int, raw: bytes, flags: int) -> int:
+    """Open a path of the working folder with `flags`, each folder on the way without following a
+    symbolic link (nor the file itself: O_NOFOLLOW is added)."""
+    *folders, leaf = raw.split(b"/")
+    folder = dir_fd
+    try:
+        for part in folders:
+            next_folder = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder)
+            if folder != dir_fd:
+                os.close(folder)
+            folder = next_folder
+        return os.open(leaf, flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder)
+    finally:
+        if folder != dir_fd:
+            os.close(folder)
 
 
 def saved_below(dir_fd: int, skipped: Skipped, with_files: bool, limit: int) -> list[Candidate]:
     """The files SAVED_FIGURES lists in subfolders (at most `limit`), as candidates: images, and others when
-    `with_files`. Each folder on the way is opened without following a symbolic link; a file gone since is
-    left out. The candidates hold their folder's descriptor: the caller closes it."""
+    `with_files`. A file gone since is left out."""
     try:
         fd = os.open(SAVED_FIGURES, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
@@ -643,27 +733,22 @@ def saved_below(dir_fd: int, skipped: Skipped, with_files: bool, limit: int) -> 
         if len(candidates) >= limit:
             break
         try:
-            parts = check_path(path).split("/")
+            raw = check_path(path).encode()
         except ValueError:
             continue
-        is_image = os.path.splitext(parts[-1])[1].lower() in IMAGE_EXTENSIONS
-        if len(parts) < 2 or not (is_image or with_files):
+        is_image = has_image_extension(raw)
+        if b"/" not in raw or not (is_image or with_files):
             continue  # the top of the folder is list_candidates'
-        folder = dir_fd
         try:
-            for part in parts[:-1]:
-                next_folder = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder)
-                if folder != dir_fd:
-                    os.close(folder)
-                folder = next_folder
-            info = os.stat(parts[-1], dir_fd=folder, follow_symlinks=False)
+            fd = open_below(dir_fd, raw, os.O_PATH)
         except OSError as e:
-            if folder != dir_fd:
-                os.close(folder)
             if not isinstance(e, FileNotFoundError):  # removed since: the program's choice, not a failure
-                skipped.add(shown_name(path.encode()), f"could not be read: {e.strerror}")
+                skipped.add(shown_name(raw), f"could not be read: {e.strerror}")
             continue
-        candidates.append(Candidate(path.encode(), info, is_image, folder))
+        try:
+            candidates.append(Candidate(raw, os.fstat(fd), is_image))
+        finally:
+            os.close(fd)
     return candidates
 
 
@@ -685,9 +770,8 @@ def read_candidate(dir_fd: int, candidate: Candidate, max_bytes: int, budget: in
     if size > budget:
         return f"over the {what}s' total size limit of {2 * max_bytes} bytes"
     try:
-        # O_NOFOLLOW: a symlink is refused; O_NONBLOCK: a planted FIFO cannot hang us.
-        fd = os.open(candidate.leaf, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                     dir_fd=dir_fd if candidate.dir_fd is None else candidate.dir_fd)
+        # O_NOFOLLOW (open_below's): a symlink is refused; O_NONBLOCK: a planted FIFO cannot hang us.
+        fd = open_below(dir_fd, candidate.raw, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as e:
         return f"could not be read: {e.strerror}"
     with os.fdopen(fd, "rb") as f:
@@ -710,9 +794,10 @@ class Outputs:
 
 
 def collect_outputs(job: Job, before: Snapshot | None = None, with_files: bool = True) -> Outputs:
-    """Images (and, `with_files`, other files) at the top of the working folder, in the order they were
-    made, made or changed since `before`, and the files the program saved figures to in subfolders
-    (SAVED_FIGURES, named by their path); and what was skipped, and why.
+    """Images (and, `with_files`, other files) made or changed since `before`, in the order they were
+    made: at the top of the working folder, the files the program saved figures to in subfolders
+    (SAVED_FIGURES), and, `with_files`, every file in its subfolders (named by their path); and what
+    was skipped, and why.
 
     Whatever the program left there (an unreadable folder, FIFOs, unreadable files, names that
     are not text), the result is a report: what cannot be collected is skipped with its reason.
@@ -731,12 +816,14 @@ def collect_outputs(job: Job, before: Snapshot | None = None, with_files: bool =
         # The agent has no CAP_DAC_OVERRIDE: a program can chmod its own folder out of its reach.
         skipped.add(".", f"the working folder could not be read: {e.strerror}")
         return outputs
-    candidates: list[Candidate] = []
     try:
         candidates = list_candidates(dir_fd, skipped, before, with_files)
-        below = saved_below(dir_fd, skipped, with_files, limits[True][0] + limits[False][0])
-        if below:
-            candidates = sorted(candidates + below, key=lambda candidate: candidate.sort_key)
+        candidates += saved_below(dir_fd, skipped, with_files, limits[True][0] + limits[False][0])
+        if with_files:  # a run's container goes with it: what it left in subfolders comes back too
+            listed = {candidate.raw for candidate in candidates}
+            candidates += [Candidate(raw, info, has_image_extension(raw)) for raw, info in files_below(dir_fd, skipped)
+                           if raw not in listed and not unchanged(raw, info, before)]
+        candidates.sort(key=lambda candidate: candidate.sort_key)
         seen: dict[str, str] = {}  # one namespace: an image and a file never share a name
         for candidate in candidates:
             is_image = candidate.is_image
@@ -761,9 +848,6 @@ def collect_outputs(job: Job, before: Snapshot | None = None, with_files: bool =
     except OSError as e:
         skipped.add(".", f"the working folder could not be read: {e.strerror}")
     finally:
-        for candidate in candidates:
-            if candidate.dir_fd is not None:
-                os.close(candidate.dir_fd)
         os.close(dir_fd)
     return outputs
 
@@ -971,7 +1055,7 @@ class Agent:
 
             workspace.write_files(self.options.uid, job.files)
             job.files = []  # the agent's memory is the container's: the bytes are in the workspace now
-            before = workspace_snapshot()
+            before = workspace_snapshot(deep=True)  # input files may be in folders
         return worker, before
 
     def execute(self, job: Job, worker: Worker, before: Snapshot | None,

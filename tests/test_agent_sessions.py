@@ -373,6 +373,59 @@ def test_one_shot_input_files_are_read_and_written_files_returned(run_in_sandbox
     assert report["skipped"] == []
 
 
+def test_one_shot_files_written_in_subfolders_come_back_under_their_paths(run_in_sandbox: Run) -> None:
+    """The container goes with the run: a report written into a folder of its own would be lost."""
+    code = (
+        "import os, sys\n"
+        "os.makedirs('out/deep', exist_ok=True)\n"
+        "open('out/report.csv', 'w').write('a,b\\n')\n"
+        "open('out/deep/notes.txt', 'w').write('deep')\n"
+        "open('out/chart.png', 'wb').write(b'\\x89PNG\\r\\n\\x1a\\n')\n"
+        "open('input/more.csv', 'a').write('c,3\\n')\n"
+        "os.makedirs('lib', exist_ok=True)\n"
+        "open('lib/helper.py', 'w').write('X = 1\\n')\n"
+        "sys.path.insert(0, 'lib')\n"
+        "import helper\n"  # leaves lib/__pycache__/helper.cpython-*.pyc, a cache, not an output
+        "os.makedirs('.cache/tool', exist_ok=True)\n"
+        "open('.cache/tool/state', 'w').write('cache')\n"
+        "os.symlink('/etc/passwd', 'out/link')\n"
+        "os.symlink('/etc', 'out/etc')\n"
+        "os.mkfifo('out/pipe')\n"
+    )
+    files = [{"path": "input/data.csv", "content_base64": encoded(b"a,1\n")},
+             {"path": "input/more.csv", "content_base64": encoded(b"b,2\n")}]
+    report = run_in_sandbox(code, files=files)
+    assert report["status"] == "ok", report
+    returned = {entry["name"]: base64.b64decode(entry["data"]) for entry in report["files"]}
+    assert returned == {"out/report.csv": b"a,b\n", "out/deep/notes.txt": b"deep", "input/more.csv": b"b,2\nc,3\n",
+                        "lib/helper.py": b"X = 1\n"}, "the untouched input, caches and links do not come back"
+    assert [image["name"] for image in report["images"]] == ["out/chart.png"]
+    assert {entry["name"]: entry["reason"] for entry in report["skipped"]} == {
+        "out/link": "not a regular file: a symbolic link (not followed)",
+        "out/etc": "not a regular file: a symbolic link (not followed)",
+        "out/pipe": "not a regular file: a FIFO"}, report["skipped"]
+
+
+@pytest.mark.parametrize(("make", "where", "reason"), [
+    ("os.makedirs('/'.join(['d'] * 60))\nopen('d/d/top.txt', 'w').write('found')\n"
+     "open('/'.join(['d'] * 60) + '/bottom.txt', 'w').write('too deep')",
+     "/".join(["d"] * 9), "not searched: over 8 folders deep"),
+    ("os.mkdir('many')\nfor i in range(3000):\n    open(f'many/{i}', 'w').close()",
+     "many", "not searched further: the subfolders hold over 2000 entries"),
+])
+def test_an_endless_tree_of_folders_is_searched_only_so_far(run_in_sandbox: Run, make: str, where: str,
+                                                             reason: str) -> None:
+    """Folders nested without end, or more files than anyone reads: the report comes back at once, with
+    what it holds, and says where the search stopped."""
+    report = run_in_sandbox(f"import os\n{make}\nprint('made')\n", timeout=30)
+    assert report["status"] == "ok" and report["stdout"] == "made\n", report
+    assert {"name": where, "reason": reason} in report["skipped"], report["skipped"]
+    if where == "many":
+        assert len(report["files"]) == 20 and len(report["skipped"]) == 51, "capped like any other files"
+    else:
+        assert [entry["name"] for entry in report["files"]] == ["d/d/top.txt"]
+
+
 def test_one_shot_output_files_follow_their_caps(run_in_sandbox: Run) -> None:
     code = (
         "import os, time\n"

@@ -399,15 +399,19 @@ def test_one_shot_files_in_and_out(make_app: Callable[..., Flask]) -> None:
 
     client = make_app().test_client()
     code = ("import pandas as pd\ndf = pd.read_csv('data.csv')\n"
-            "df.assign(total=df.a + df.b).to_csv('report.csv', index=False)\nprint(len(df))")
+            "df.assign(total=df.a + df.b).to_csv('report.csv', index=False)\nprint(len(df))\n"
+            "import os\nos.mkdir('out')\ndf.describe().to_csv('out/summary.csv')")
     response = client.post("/runcode", json={"code": code, "files": [
         {"path": "data.csv", "content_base64": base64.b64encode(b"a,b\n1,2\n3,4\n").decode()}]})
     body = response.get_json()
     assert response.status_code == 200 and body["output"] == "2\n", body
-    assert list(body["files"]) == ["report.csv"], "the untouched input does not come back"
+    assert list(body["files"]) == ["report.csv", "out/summary.csv"], "the untouched input does not come back"
     download = client.get(body["files"]["report.csv"].removeprefix("http://localhost"))
     assert download.data == b"a,b,total\n1,2,3\n3,4,7\n"
     assert download.headers["Content-Disposition"].startswith("attachment")
+    summary = client.get(body["files"]["out/summary.csv"].removeprefix("http://localhost"))
+    assert summary.data.startswith(b",a,b\ncount,2.0,2.0\n"), summary.data
+    assert 'filename="summary.csv"' in summary.headers["Content-Disposition"], "saved under its own name"
 
 
 # --- restarts and faults -----------------------------------------------------------------------
