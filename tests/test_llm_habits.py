@@ -291,3 +291,17 @@ def test_a_program_imports_a_module_it_was_given(client: FlaskClient) -> None:
     body = run(client, "from helper import greet\ngreet('sandbox')",
                files=[{"path": "helper.py", "content_base64": helper}])
     assert (body["status"], body["result"]) == ("ok", "'hello sandbox'"), body
+
+
+def test_files_saved_where_chatgpt_keeps_them_come_back(client: FlaskClient) -> None:
+    """ChatGPT's interpreter keeps files in /mnt/data, and code written for it saves there."""
+    code = ("import pandas as pd, matplotlib.pyplot as plt\n"
+            "pd.read_csv('/mnt/data/in.csv').assign(c=3).to_csv('/mnt/data/out.csv', index=False)\n"
+            "plt.plot([1, 2])\nplt.savefig('/mnt/data/chart.png')\n")
+    body = run(client, code, files=[{"path": "in.csv", "content_base64": base64.b64encode(b"a,b\n1,2\n").decode()}])
+    assert body["status"] == "ok", body
+    assert list(body["files"]) == ["out.csv"] and list(body["images"]) == ["chart.png"], body
+    saved = client.get(body["files"]["out.csv"].removeprefix("http://localhost")).data
+    assert saved == b"a,b,c\n1,2,3\n"
+    body = run(client, "cd /mnt/data && echo hi > note.txt && pwd -P", languageType="bash")
+    assert (body["output"], list(body["files"])) == ("/workspace\n", ["note.txt"]), body
