@@ -587,6 +587,11 @@ def files_below(dir_fd: int, skipped: Skipped | None = None) -> Iterator[tuple[b
         nonlocal walked
         with os.scandir(fd) as entries:
             for entry in entries:
+                try:  # the top's files are list_candidates' (no stat: the type comes with the entry)
+                    if not depth and not entry.is_dir(follow_symlinks=False):
+                        continue
+                except OSError:
+                    continue
                 walked += 1
                 if walked > MAX_WALKED_ENTRIES:
                     if skipped is not None and walked == MAX_WALKED_ENTRIES + 1:
@@ -601,8 +606,7 @@ def files_below(dir_fd: int, skipped: Skipped | None = None) -> Iterator[tuple[b
                         skipped.add(shown_name(raw), f"could not be read: {e.strerror}")
                     continue
                 if not stat.S_ISDIR(info.st_mode):
-                    if depth:  # the top of the folder is list_candidates'
-                        yield raw, info
+                    yield raw, info
                     continue
                 if is_cache_folder(os.fsencode(entry.name)):
                     continue

@@ -81,6 +81,7 @@ def test_a_program_that_empties_its_folder_and_plants_traps_gets_its_output(run_
         "fifo.png": "not a regular file: a FIFO",
         "folder.png": "not a regular file: a directory",
         "shadow.png": "not a regular file: a symbolic link (not followed)",
+        "sealed": "could not be read: Permission denied",  # what is in it cannot come back: said so
     }
 
 
