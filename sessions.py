@@ -124,7 +124,8 @@ class SessionRegistry:
         try:
             with self.database() as db:
                 records = db.scalars(select(SessionRecord).where(
-                    SessionRecord.node == self.node, SessionRecord.ended_at.is_(None))).all()
+                    SessionRecord.node == self.node, SessionRecord.ended_at.is_(None))
+                    .order_by(SessionRecord.last_active_at)).all()  # the longest idle first
                 for record in records:
                     sandbox = self._orphans.pop(record.id, None)
                     if sandbox is None:
@@ -212,8 +213,21 @@ class SessionRegistry:
             raise Gone("the session lives on another center, which this one cannot reach")
         if session_id in self._orphans:  # found at start, adopted once the database answered then
             raise ServiceUnavailable("the session is being taken over after a restart; try again shortly")
-        if session_id not in self.live:
+        live = self.live.get(session_id)
+        if live is None:
             raise Gone("the session's sandbox is not on this center any more")
+        # Past its time, it ends now: waiting for the sweeper's next round would let it run on (and a
+        # cell would restart its idle clock). One with a cell running is in use, and that cell's to end.
+        reason = self._sweep_reason(record, live, check_health=False)
+        if reason is not None and live.lock.acquire(blocking=False):
+            try:
+                self._end(db, record, *reason)
+            except SQLAlchemyError as e:  # the sweeper ends it when the database answers again
+                db.rollback()
+                log.warning("could not record the end of session %s: %s", session_id[:8], type(e).__name__)
+            finally:
+                live.lock.release()
+            raise Gone(f"the session has ended: {reason[0]}")
         return record
 
     def _still_live(self, session_id: str) -> LiveSession:
@@ -413,7 +427,8 @@ class SessionRegistry:
         try:
             with self.database() as db:
                 records = db.scalars(select(SessionRecord).where(
-                    SessionRecord.node == self.node, SessionRecord.ended_at.is_(None))).all()
+                    SessionRecord.node == self.node, SessionRecord.ended_at.is_(None))
+                    .order_by(SessionRecord.last_active_at)).all()  # the longest idle first
                 for record in records:
                     live = self.live.get(record.id)
                     if live is None:

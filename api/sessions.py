@@ -11,6 +11,8 @@ import mimetypes
 from typing import Any
 
 from flask import Response, g, jsonify, request, stream_with_context
+from flask.blueprints import BlueprintSetupState
+from werkzeug.routing import PathConverter
 
 from api.answers import answer_report
 from api.forwarding import forward_if_elsewhere
@@ -26,6 +28,20 @@ from services import db_session, services
 blueprint = guarded_blueprint("sessions", __name__)
 blueprint.before_request(forward_if_elsewhere)  # a session held by another center is served there
 MULTIPART_OVERHEAD_BYTES = 1024 * 1024  # headers and boundaries around the files of one upload
+
+
+class WorkspacePathConverter(PathConverter):
+    """Any path, one that starts with a slash too: workspace_path() says what is wrong with it in a 400
+    (the router would merge the slashes and answer an HTML redirect, or a 404)."""
+
+    regex = ".+"
+    part_isolating = False  # set after regex: Werkzeug guesses it from a "/" in the regex, and ".+" has none
+
+
+@blueprint.record_once
+def _register_converter(state: BlueprintSetupState) -> None:
+    """The converter, before the routes that name it are added."""
+    state.app.url_map.converters["workspace_path"] = WorkspacePathConverter
 
 
 def _json_object() -> dict[str, Any]:
@@ -124,7 +140,7 @@ def list_files(session_id: str) -> Response:
     return jsonify(services().registry.list_files(owned_session(session_id)))
 
 
-@blueprint.get("/sessions/<session_id>/files/<path:path>")
+@blueprint.get("/sessions/<session_id>/files/<workspace_path:path>", merge_slashes=False)
 def download_file(session_id: str, path: str) -> Response:
     """GET /sessions/<id>/files/<path>: the bytes as a download, with their type."""
     path = workspace_path(path)

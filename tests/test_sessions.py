@@ -277,6 +277,13 @@ def test_upload_paths_outside_the_workspace_are_400(notebook: Notebook, name: st
     assert response.status_code == 400 and "error" in response.get_json()
 
 
+@pytest.mark.parametrize("path", ["%2Fetc%2Fpasswd", "/etc/passwd", "a//b", "..%2Fx", "%2e%2e/x"])
+def test_download_paths_outside_the_workspace_are_a_json_400(notebook: Notebook, path: str) -> None:
+    """A leading slash was merged away by the router: an HTML 308 redirect, then `no such file: etc`."""
+    response = notebook.client.get(f"/sessions/{notebook.id}/files/{path}", headers=TOKEN)
+    assert response.status_code == 400 and "error" in response.get_json(), response.get_data(as_text=True)
+
+
 def test_a_file_through_a_planted_symlink_is_refused(notebook: Notebook) -> None:
     notebook.run("import os\nos.symlink('/etc', 'etc')\nos.symlink('/etc/passwd', 'passwd')")
     assert upload(notebook, ("etc/evil", b"x")).status_code in (400, 409)
@@ -326,23 +333,25 @@ def test_the_idle_sweep_spares_a_session_used_while_it_sweeps(client: FlaskClien
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """The sweep read every record first and then took ~0.1 s to end each idle one: a session used
     meanwhile was ended on the idle time it had when the sweep began."""
-    first, used = Notebook(client, TOKEN, idle_timeout=1), Notebook(client, TOKEN, idle_timeout=1)
+    first, used = Notebook(client, TOKEN, idle_timeout=1), Notebook(client, TOKEN, idle_timeout=2)
     registry = client.application.extensions[EXTENSION_KEY].registry
     registry._sweeper.stop()  # this test sweeps by itself, at the moment it chooses
     # The registry's clock moves only when the test moves it: removing a container takes over a
-    # second under gVisor, and a real clock would make `used` truly idle again by the time the sweep
-    # reaches it.
-    clock = [sessions.now()]
+    # second under gVisor, and a real clock would make `used` truly idle by the time the sweep reached it.
+    start = sessions.now()
+    clock = [start]
     monkeypatch.setattr(sessions, "now", lambda: clock[0])
     try:
-        for session in (first, used):
-            assert session.run("v = 1")[0] == 200
-        clock[0] += timedelta(seconds=1.5)  # both idle past their timeout
+        assert first.run("v = 1")[0] == 200
+        clock[0] = start + timedelta(seconds=0.1)  # the sweep takes the longest idle first
+        assert used.run("v = 1")[0] == 200
+        clock[0] = start + timedelta(seconds=1.5)  # the first is past its timeout, the other not yet
         end = registry._end
 
         def end_after_a_use(db: Any, record: Any, reason: str, dead: bool) -> None:
-            if record.id == first.id:  # while the sweep ends the first, the other is used
+            if record.id == first.id:  # while the sweep ends the first, the other is used...
                 assert used.run("v += 1")[0] == 200
+                clock[0] = start + timedelta(seconds=2.5)  # ...and by the sweep's first read idle too long
             end(db, record, reason, dead)
 
         monkeypatch.setattr(registry, "_end", end_after_a_use)
@@ -354,6 +363,22 @@ def test_the_idle_sweep_spares_a_session_used_while_it_sweeps(client: FlaskClien
         monkeypatch.undo()
         first.delete()
         used.delete()
+
+
+def test_a_session_past_its_idle_timeout_is_ended_when_next_asked_for(client: FlaskClient,
+                                                                      monkeypatch: pytest.MonkeyPatch,
+                                                                      docker_client: docker.DockerClient) -> None:
+    """Not only at the sweeper's next round: in between, an expired session ran a cell (and lived on)."""
+    session = Notebook(client, TOKEN, idle_timeout=1)
+    registry = client.application.extensions[EXTENSION_KEY].registry
+    registry._sweeper.stop()
+    assert session.run("v = 1")[0] == 200
+    later = sessions.now() + timedelta(seconds=1.5)
+    monkeypatch.setattr(sessions, "now", lambda: later)
+    status, body = session.run("v")
+    assert status == 410 and body["error"] == "the session has ended: it was idle for 1 s", body
+    assert session.get()[0] == 410
+    assert not docker_client.api.containers(all=True, filters={"label": f"code-interpreter.sandbox={session.id}"})
 
 
 def test_a_session_that_ends_while_a_request_is_on_its_way_answers_410(notebook: Notebook) -> None:
