@@ -14,6 +14,8 @@ Images are files in the working folder, where the agent collects them. This back
 - a figure shown as a value (`fig` as a cell's last expression, display(fig)) becomes an image then, as
   in a notebook, unless it comes back unchanged already;
 - a blank figure (no axes, no artists) never becomes an image;
+- a savefig into a subfolder of the working folder that does not exist yet makes it first (LLM-written
+  code often saves into output/ without making it);
 - saves into subfolders are listed in SAVED_LIST at the end of each run and cell: the agent looks at
   the top of the working folder only.
 
@@ -157,9 +159,20 @@ def savefig(self: Figure, fname: Any, *args: Any, **kwargs: Any) -> Any:
     if _last_shown is not None and _last_shown is not self and _is_blank(self):
         figure = _last_shown
     before = _returned_as(figure)
+    try:
+        saved = _workspace_path(fname, kwargs.get("format"))
+    except Exception:  # noqa: BLE001 - matplotlib says what is wrong with a name it cannot save under
+        saved = None
+    if saved is not None and "/" in saved:
+        # LLM-written code often saves into output/ without making it: the chart would be lost to a
+        # FileNotFoundError. Only folders inside the working folder are made.
+        try:
+            os.makedirs(os.path.join(OUTPUT_DIR, os.path.dirname(saved)), exist_ok=True)
+        except OSError:
+            pass  # a file in the way, no room...: savefig itself says so
     result = _original_savefig(figure, fname, *args, **kwargs)
     try:
-        _note_saved(figure, _workspace_path(fname, kwargs.get("format")), before)
+        _note_saved(figure, saved, before)
     except Exception:  # noqa: BLE001 - the program's savefig succeeded: the bookkeeping never makes it fail
         figure._sandbox_image = None
     return result

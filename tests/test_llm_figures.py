@@ -96,6 +96,15 @@ def test_a_figure_saved_into_a_subfolder_is_not_duplicated(client: FlaskClient) 
         "returned under its path (once the agent reads the list of saves), never as figure_1.png"
 
 
+def test_a_figure_saved_into_a_folder_never_made_comes_back(client: FlaskClient) -> None:
+    """The README's own example saves into output/ without making it: a FileNotFoundError lost the chart."""
+    code = "import matplotlib.pyplot as plt\nplt.plot([1, 3, 2])\nplt.savefig('output/charts/sales.png')\n"
+    body = run(client, code)
+    assert list(body["images"]) == ["output/charts/sales.png"], body
+    outside = client.post("/runcode", json={"code": code.replace("output/charts", "/tmp/nowhere")}).get_json()
+    assert outside["status"] == "error" and "/tmp/nowhere" in outside["error"], "only the working folder's are made"
+
+
 def test_a_figure_changed_after_its_savefig_comes_back_in_its_final_state_too(client: FlaskClient) -> None:
     code = SALES + (
         "plt.plot(df['month'], df['revenue'])\n"
