@@ -42,10 +42,12 @@ TOKEN_TEXT = re.compile(r"\A[\x21-\x2b\x2d-\x7e]+\Z")
 
 # The versions LLM-written code expects (README: "Libraries in the image"): numpy 1.x (np.NaN...),
 # pandas 2.2 (fillna(method=...), applymap, resample("M") still run, with a FutureWarning),
-# matplotlib before 3.11; tabulate for DataFrame.to_markdown().
+# matplotlib before 3.11; tabulate for DataFrame.to_markdown(); requests, which LLM-written code imports
+# to fetch data (then it learns the sandbox has no network, not that the module is missing).
 DEFAULT_DEPENDENCIES = (
     "numpy>=1.26,<2", "pandas>=2.2,<2.3", "scipy", "matplotlib>=3.9,<3.11", "seaborn", "scikit-learn",
     "sympy", "pillow", "statsmodels", "openpyxl", "tabulate", "tqdm", "jinja2",
+    "requests",
 )
 
 

@@ -216,7 +216,8 @@ def test_an_error_inside_a_library_names_the_programs_line(client: FlaskClient) 
     "import urllib.request\nurllib.request.urlopen('https://example.com/data.csv')",
     "import socket\nsocket.create_connection(('93.184.216.34', 80), timeout=5)",
     "import pandas as pd\ndf = pd.read_csv('https://example.com/data.csv')",
-], ids=["seaborn-dataset", "urlopen", "connect-by-address", "pandas-url"])
+    "import requests\ndata = requests.get('https://api.example.com/prices', timeout=10).json()",
+], ids=["seaborn-dataset", "urlopen", "connect-by-address", "pandas-url", "requests"])
 def test_reaching_for_the_network_says_there_is_none(client: FlaskClient, code: str) -> None:
     response = client.post("/runcode", json={"code": code})
     body = response.get_json()
