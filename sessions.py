@@ -218,16 +218,21 @@ class SessionRegistry:
             raise Gone("the session's sandbox is not on this center any more")
         # Past its time, it ends now: waiting for the sweeper's next round would let it run on (and a
         # cell would restart its idle clock). One with a cell running is in use, and that cell's to end.
-        reason = self._sweep_reason(record, live, check_health=False)
-        if reason is not None and live.lock.acquire(blocking=False):
+        if self._sweep_reason(record, live, check_health=False) is not None and live.lock.acquire(blocking=False):
             try:
-                self._end(db, record, *reason)
+                db.refresh(record)  # a cell may have ended (and used it) since the read above
+                reason = self._sweep_reason(record, live, check_health=False)
+                if reason is not None:
+                    self._end(db, record, *reason)
             except SQLAlchemyError as e:  # the sweeper ends it when the database answers again
                 db.rollback()
                 log.warning("could not record the end of session %s: %s", session_id[:8], type(e).__name__)
+                raise ServiceUnavailable("the session registry is unavailable: the database does not answer",
+                                         retry_after=5) from e
             finally:
                 live.lock.release()
-            raise Gone(f"the session has ended: {reason[0]}")
+            if reason is not None:
+                raise Gone(f"the session has ended: {reason[0]}")
         return record
 
     def _still_live(self, session_id: str) -> LiveSession:

@@ -35,7 +35,7 @@ class WorkspacePathConverter(PathConverter):
     (the router would merge the slashes and answer an HTML redirect, or a 404)."""
 
     regex = ".+"
-    part_isolating = False  # set after regex: Werkzeug guesses it from a "/" in the regex, and ".+" has none
+    part_isolating = False  # may match "/": said here, as Werkzeug would guess otherwise from a regex without one
 
 
 @blueprint.record_once

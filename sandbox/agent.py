@@ -595,7 +595,7 @@ def files_below(dir_fd: int, skipped: Skipped | None = None) -> Iterator[tuple[b
                 walked += 1
                 if walked > MAX_WALKED_ENTRIES:
                     if skipped is not None and walked == MAX_WALKED_ENTRIES + 1:
-                        skipped.add(shown_name(prefix.rstrip(b"/")), "not searched further: the subfolders "
+                        skipped.add(shown_name(prefix.rstrip(b"/")) or ".", "not searched further: the subfolders "
                                     f"hold over {MAX_WALKED_ENTRIES} entries")
                     return
                 raw = prefix + os.fsencode(entry.name)
@@ -823,15 +823,20 @@ def collect_outputs(job: Job, before: Snapshot | None = None, with_files: bool =
     try:
         candidates = list_candidates(dir_fd, skipped, before, with_files)
         candidates += saved_below(dir_fd, skipped, with_files, limits[True][0] + limits[False][0])
-        if with_files:  # a run's container goes with it: what it left in subfolders comes back too
-            listed = {candidate.raw for candidate in candidates}
-            candidates += [Candidate(raw, info, has_image_extension(raw)) for raw, info in files_below(dir_fd, skipped)
-                           if raw not in listed and not unchanged(raw, info, before)]
         candidates.sort(key=lambda candidate: candidate.sort_key)
+        if with_files:  # a run's container goes with it: what it left in subfolders comes back too...
+            listed = {candidate.raw for candidate in candidates}
+            # ...after the files at the top and the saved figures, which the caps serve first (a
+            # dataset unpacked into data/ must not crowd out the report or the figures).
+            candidates += sorted((Candidate(raw, info, has_image_extension(raw))
+                                  for raw, info in files_below(dir_fd, skipped)
+                                  if raw not in listed and not unchanged(raw, info, before)),
+                                 key=lambda candidate: candidate.sort_key)
         seen: dict[str, str] = {}  # one namespace: an image and a file never share a name
+        made: dict[bool, list[tuple[Any, dict[str, str]]]] = {True: [], False: []}  # (sort key, entry) by kind
         for candidate in candidates:
             is_image = candidate.is_image
-            found = outputs.images if is_image else outputs.files
+            found = made[is_image]
             max_count, max_bytes = limits[is_image]
             reason = name_problem(candidate.raw, seen)
             if reason is None and len(found) >= max_count:
@@ -846,9 +851,13 @@ def collect_outputs(job: Job, before: Snapshot | None = None, with_files: bool =
                 else:
                     budgets[is_image] -= len(data)
                     entry = {"name": candidate.raw.decode(), "data": base64.b64encode(data).decode()}
-                    found.append({"name": entry["name"], "mime": mime, "data": entry["data"]} if is_image else entry)
+                    found.append((candidate.sort_key,
+                                  {"name": entry["name"], "mime": mime, "data": entry["data"]} if is_image else entry))
             if reason is not None:
                 skipped.add(candidate.shown, reason)
+        # Reported in the order they were made, wherever they were found.
+        outputs.images = [entry for _, entry in sorted(made[True], key=lambda pair: pair[0])]
+        outputs.files = [entry for _, entry in sorted(made[False], key=lambda pair: pair[0])]
     except OSError as e:
         skipped.add(".", f"the working folder could not be read: {e.strerror}")
     finally:

@@ -406,6 +406,23 @@ def test_one_shot_files_written_in_subfolders_come_back_under_their_paths(run_in
         "out/pipe": "not a regular file: a FIFO"}, report["skipped"]
 
 
+def test_files_in_subfolders_take_only_what_the_caps_leave(run_in_sandbox: Run) -> None:
+    """A dataset unpacked into data/ (with its old times, as tar and unzip keep them) must not crowd out the
+    report the program wrote at the top; what comes back is still in the order it was made."""
+    code = (
+        "import os, time\n"
+        "os.mkdir('data')\n"
+        "for i in range(5):\n"
+        "    open(f'data/{i}.csv', 'w').write('x')\n"
+        "    old = time.time_ns() - 10**9 * (3600 - i)\n"
+        "    os.utime(f'data/{i}.csv', ns=(old, old))\n"
+        "open('report.csv', 'w').write('r')\n"
+    )
+    report = run_in_sandbox(code, max_files=2)
+    assert [entry["name"] for entry in report["files"]] == ["data/0.csv", "report.csv"], report
+    assert [entry["name"] for entry in report["skipped"]] == ["data/1.csv", "data/2.csv", "data/3.csv", "data/4.csv"]
+
+
 @pytest.mark.parametrize(("make", "where", "reason"), [
     ("os.makedirs('/'.join(['d'] * 60))\nopen('d/d/top.txt', 'w').write('found')\n"
      "open('/'.join(['d'] * 60) + '/bottom.txt', 'w').write('too deep')",
