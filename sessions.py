@@ -217,20 +217,16 @@ class SessionRegistry:
         if live is None:
             raise Gone("the session's sandbox is not on this center any more")
         # Past its time, it ends now: waiting for the sweeper's next round would let it run on (and a
-        # cell would restart its idle clock). One with a cell running is in use, and that cell's to end.
-        if self._sweep_reason(record, live, check_health=False) is not None and live.lock.acquire(blocking=False):
+        # cell would restart its idle clock).
+        reason = self._sweep_reason(record, live, check_health=False)
+        if reason is not None:
             try:
-                db.refresh(record)  # a cell may have ended (and used it) since the read above
-                reason = self._sweep_reason(record, live, check_health=False)
-                if reason is not None:
-                    self._end(db, record, *reason)
+                reason = self._end_if_due(db, record, live, reason)
             except SQLAlchemyError as e:  # the sweeper ends it when the database answers again
                 db.rollback()
                 log.warning("could not record the end of session %s: %s", session_id[:8], type(e).__name__)
                 raise ServiceUnavailable("the session registry is unavailable: the database does not answer",
                                          retry_after=5) from e
-            finally:
-                live.lock.release()
             if reason is not None:
                 raise Gone(f"the session has ended: {reason[0]}")
         return record
@@ -425,6 +421,31 @@ class SessionRegistry:
             return self._why_unreachable(live.sandbox), True
         return None
 
+    def _end_if_due(self, db: Session, record: SessionRecord, live: LiveSession, reason: tuple[str, bool]
+                    ) -> tuple[str, bool] | None:
+        """End the session for `reason` if it still holds with its cell lock taken and its record read again
+        (a death always does): the reason it ended for, or None when it goes on.
+
+        The lock is held while ending, so no cell can start on it and lose its container mid-run; none is
+        taken when a cell holds it (the session is in use, and its end is that cell's to report). The
+        record is read again because the reason came from an earlier read, which only errs towards ending:
+        the session may have been used since.
+        """
+        if not live.lock.acquire(blocking=False):
+            return None
+        try:
+            db.refresh(record)
+            if record.ended_at is not None:
+                return None  # ended meanwhile (deleted by its owner)
+            if not reason[1]:
+                reason = self._sweep_reason(record, live, check_health=False)
+                if reason is None:
+                    return None
+            self._end(db, record, *reason)
+            return reason
+        finally:
+            live.lock.release()
+
     def sweep(self) -> None:
         """End sessions idle or past their lifetime, and those whose sandbox died; forget long-ended ones."""
         if self._orphans:
@@ -443,18 +464,9 @@ class SessionRegistry:
                     if live.lock.locked():
                         continue  # a cell is running: it is in use, and its end is the cell's to report
                     reason = self._sweep_reason(record, live)
-                    if reason is None or not live.lock.acquire(blocking=False):
-                        continue  # it goes on, or a cell has just started
-                    try:  # held while ending: no cell can start on it and lose its container mid-run
-                        # Read again: ending the sessions before it took a while (~0.1 s each), and this
-                        # one may have been used since the sweep read it (a stale read only errs towards
-                        # ending, which this second look corrects).
-                        db.refresh(record)
-                        if record.ended_at is None and (
-                                reason[1] or self._sweep_reason(record, live, check_health=False) is not None):
-                            self._end(db, record, *reason)
-                    finally:
-                        live.lock.release()
+                    if reason is not None:
+                        # Ending the sessions before it took a while (~0.1 s each): it may have been used since.
+                        self._end_if_due(db, record, live, reason)
                 cutoff = now() - timedelta(seconds=ENDED_KEPT_SECONDS)
                 db.execute(delete(SessionRecord).where(SessionRecord.ended_at < cutoff))
                 db.commit()
