@@ -569,6 +569,11 @@ class Skipped:
 Snapshot = dict[bytes, tuple[int, int, int]]
 
 
+def fingerprint(info: os.stat_result) -> tuple[int, int, int]:
+    """What tells a file changed (or replaced) since a snapshot: (mtime_ns, size, inode)."""
+    return info.st_mtime_ns, info.st_size, info.st_ino
+
+
 def is_cache_folder(raw: bytes) -> bool:
     """A folder tools keep their caches in (hidden ones, __pycache__), not searched for a run's files."""
     return raw.startswith(b".") or raw == b"__pycache__"
@@ -598,7 +603,8 @@ def files_below(dir_fd: int, skipped: Skipped | None = None) -> Iterator[tuple[b
                         skipped.add(shown_name(prefix.rstrip(b"/")) or ".", "not searched further: the subfolders "
                                     f"hold over {MAX_WALKED_ENTRIES} entries")
                     return
-                raw = prefix + os.fsencode(entry.name)
+                name = os.fsencode(entry.name)
+                raw = prefix + name
                 try:
                     info = entry.stat(follow_symlinks=False)
                 except OSError as e:
@@ -608,7 +614,7 @@ def files_below(dir_fd: int, skipped: Skipped | None = None) -> Iterator[tuple[b
                 if not stat.S_ISDIR(info.st_mode):
                     yield raw, info
                     continue
-                if is_cache_folder(os.fsencode(entry.name)):
+                if is_cache_folder(name):
                     continue
                 if depth >= MAX_WALK_DEPTH:
                     if skipped is not None:
@@ -646,9 +652,9 @@ def workspace_snapshot(deep: bool = False) -> Snapshot | None:
                     info = entry.stat(follow_symlinks=False)
                 except OSError:
                     continue
-                snapshot[os.fsencode(entry.name)] = (info.st_mtime_ns, info.st_size, info.st_ino)
+                snapshot[os.fsencode(entry.name)] = fingerprint(info)
         if deep:
-            snapshot.update((raw, (info.st_mtime_ns, info.st_size, info.st_ino)) for raw, info in files_below(dir_fd))
+            snapshot.update((raw, fingerprint(info)) for raw, info in files_below(dir_fd))
         return snapshot
     except OSError:
         return None
@@ -658,7 +664,7 @@ def workspace_snapshot(deep: bool = False) -> Snapshot | None:
 
 def unchanged(raw: bytes, info: os.stat_result, before: Snapshot | None) -> bool:
     """The file is as it was in `before`: an input file, or one an earlier cell made."""
-    return before is not None and before.get(raw) == (info.st_mtime_ns, info.st_size, info.st_ino)
+    return before is not None and before.get(raw) == fingerprint(info)
 
 
 class Candidate:
