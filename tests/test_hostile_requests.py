@@ -4,6 +4,11 @@ values the sandbox could not hand to bash.
 The parse-time test runs its measurements in a child process (this file, run as a script): there the
 allocator is set to keep freed memory, and the CPU caches are flushed before each measurement, so that
 the times compare the parser's work at each size rather than page faults and cache sizes.
+
+It decides on the shape of the growth, not on this machine's speed: each rung is eight times the last,
+so linear work grows about 8x and quadratic work 64x, and the test draws the line at 24x, a factor of
+three from either. A deliberately quadratic parser climbs the same ladder in the same run and must be
+caught by it, so the line is shown to separate the two on whatever machine runs the test.
 """
 
 from __future__ import annotations
@@ -42,9 +47,12 @@ if TYPE_CHECKING:
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 CONFIG = replace(Config(), timeout_seconds=30.0)
 MAX_REQUEST_BYTES = Config().max_request_bytes
-# Twenty-odd KB to 10 MiB, doubling: a quadratic parser fails within its first rungs, in seconds.
-LADDER = [MAX_REQUEST_BYTES >> shift for shift in range(9, -1, -1)]
-MAX_RATIO = 3.0  # linear work doubles; quadratic work quadruples
+# 20 KiB to 10 MiB, eight times larger at each rung: a quadratic parser fails within its first rungs.
+STEP = 8
+LADDER = [MAX_REQUEST_BYTES // STEP ** power for power in range(3, -1, -1)]
+# Linear work grows STEP times (a little more once the text outgrows the CPU's caches), quadratic work
+# STEP**2 times: the line sits three times above the one and below the other.
+MAX_RATIO = 3.0 * STEP
 SAMPLES = 3
 # Freed memory stays in the heap (no mmap, no trimming): a large string costs the same at every size.
 MALLOC_TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967296"
@@ -104,7 +112,7 @@ def _flush_caches() -> None:
     buffer[::64] = zeros  # one write per cache line
 
 
-def _parse_seconds(fields: dict[str, Any]) -> float:
+def _parse_seconds(fields: dict[str, Any], parse: Callable[[dict[str, Any]], Any]) -> float:
     """CPU time of one parse (CPU, not wall-clock: other processes on the machine do not count).
 
     Without the garbage collector: a full collection lands in one parse or the next depending on
@@ -115,7 +123,7 @@ def _parse_seconds(fields: dict[str, Any]) -> float:
     gc.disable()
     started = time.process_time()
     try:
-        parse_run_request(fields, CONFIG)
+        parse(fields)
     except BadRequest:
         pass
     finally:
@@ -124,23 +132,38 @@ def _parse_seconds(fields: dict[str, Any]) -> float:
     return elapsed
 
 
-def _best_seconds(case: str, size: int) -> float:
+def _quadratic_reference(fields: dict[str, Any]) -> None:
+    """A parser gone wrong on purpose: it rescans the text from its start at every line (the bug a
+    backtracking pattern or a `text[:i]` in a loop makes), so its work grows with the square of the size."""
+    code = fields["code"]
+    for end in range(0, len(code), 256):
+        code.count("`", 0, end)
+
+
+PARSERS: dict[str, Callable[[dict[str, Any]], Any]] = {"center": lambda fields: parse_run_request(fields, CONFIG),
+                                                       "quadratic-reference": _quadratic_reference}
+
+
+def _best_seconds(case: str, size: int, parser: str = "center") -> float:
     fields = CASES[case](size)
-    return min(_parse_seconds(fields) for _ in range(SAMPLES))
+    return min(_parse_seconds(fields, PARSERS[parser]) for _ in range(SAMPLES))
 
 
-def climb(case: str) -> list[tuple[int, float]]:
+def climb(case: str, parser: str = "center") -> list[tuple[int, float]]:
     """Best-of-SAMPLES parse time at each rung of LADDER; stops above a rung that took over MAX_RATIO times longer."""
     rungs: list[tuple[int, float]] = []
     for size in LADDER:
-        rungs.append((size, _best_seconds(case, size)))
+        rungs.append((size, _best_seconds(case, size, parser)))
         if len(rungs) > 1 and rungs[-1][1] > MAX_RATIO * rungs[-2][1]:
             # A step too steep once may be the machine's doing (another process, the hypervisor):
             # both rungs are measured afresh, and only a step that is steep again counts.
-            rungs[-2:] = [(rung_size, _best_seconds(case, rung_size)) for rung_size, _ in rungs[-2:]]
+            rungs[-2:] = [(rung_size, _best_seconds(case, rung_size, parser)) for rung_size, _ in rungs[-2:]]
             if rungs[-1][1] > MAX_RATIO * rungs[-2][1]:
                 break  # super-linear: the next rungs could take hours
     return rungs
+
+
+REFERENCE_CASE = "quadratic-reference"  # the ladders' key for the deliberately quadratic parser's climb
 
 
 @pytest.fixture(scope="module")
@@ -153,11 +176,20 @@ def ladders() -> dict[str, list[list[float]]]:
     return json.loads(child.stdout)
 
 
+def test_the_ladder_catches_a_quadratic_parser_on_this_machine(ladders: dict[str, list[list[float]]]) -> None:
+    """The line between linear and quadratic, drawn by the test below, separates them here and now."""
+    rungs = ladders[REFERENCE_CASE]
+    shown = ", ".join(f"{size // 1024} KiB: {seconds * 1000:.2f} ms" for size, seconds in rungs)
+    assert len(rungs) < len(LADDER), f"a quadratic parser climbed the whole ladder: {shown}"
+    assert rungs[-1][1] > MAX_RATIO * rungs[-2][1], shown
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_parse_time_is_linear_up_to_the_request_limit(ladders: dict[str, list[list[float]]], case: str) -> None:
     rungs = ladders[case]
     shown = ", ".join(f"{size // 1024} KiB: {seconds * 1000:.2f} ms" for size, seconds in rungs)
-    assert [size for size, _ in rungs] == LADDER, f"parse time more than tripled when the text doubled: {shown}"
+    assert [size for size, _ in rungs] == LADDER, \
+        f"parse time grew over {MAX_RATIO:.0f}x when the text grew {STEP}x: {shown}"
     ratios = [later / earlier for (_, earlier), (_, later) in itertools.pairwise(rungs)]
     assert max(ratios) < MAX_RATIO, shown
 
@@ -389,7 +421,9 @@ def test_non_finite_query_timeout_is_400(client: FlaskClient, text: str) -> None
 
 
 if __name__ == "__main__":  # the child process of `ladders`
-    print(json.dumps({case: climb(case) for case in sys.argv[1:] or CASES}))
+    climbs = {case: climb(case) for case in sys.argv[1:] or CASES}
+    climbs[REFERENCE_CASE] = climb("prose", parser="quadratic-reference")
+    print(json.dumps(climbs))
 
 
 @pytest.mark.docker

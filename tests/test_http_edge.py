@@ -13,6 +13,10 @@ import requests
 from conftest import CenterProcess
 from flask import Flask
 
+from config import Config
+from errors import ServiceUnavailable
+from services import SMALL_BODY_BYTES, BodyBudget
+
 
 def raw_request(url: str, head: bytes, body: bytes = b"") -> tuple[int, bytes, bytes]:
     """Send bytes as they are while reading the answer; returns (status, raw head, body) of the answer.
@@ -112,7 +116,12 @@ def peak_rss_while(pid: int, action: Callable[[], None]) -> float:
     return peak
 
 
-def test_four_concurrent_large_variable_bodies_keep_memory_flat(center: CenterProcess) -> None:
+def test_four_concurrent_large_variable_bodies_keep_memory_flat(
+        center_process: Callable[..., CenterProcess]) -> None:
+    # The budget lets one large body parse at a time and the others wait their turn for up to
+    # queue_wait_seconds; the wait here is long enough for any machine, so that all six are served and
+    # only the memory decides (a body that cannot get its turn in time is a 503, tested below).
+    center = center_process(interpreter_port_range={"start": 1, "end": 1}, queue_wait_seconds=600).start()
     assert center.process is not None
     pid = center.process.pid
     # ~9 MB of empty lists: the shape that costs the most memory per byte once parsed (~16x).
@@ -120,7 +129,7 @@ def test_four_concurrent_large_variable_bodies_keep_memory_flat(center: CenterPr
     answers: list[requests.Response] = []
 
     def post() -> None:
-        answers.append(requests.post(f"{center.url}/runcode", data=body, timeout=120,
+        answers.append(requests.post(f"{center.url}/runcode", data=body, timeout=1200,
                                      headers={"Content-Type": "application/json"}))
 
     def post_four_at_once() -> None:
@@ -140,6 +149,24 @@ def test_four_concurrent_large_variable_bodies_keep_memory_flat(center: CenterPr
     # ~260 MB were never given back.
     assert four < 1.5 * one + 30, f"four at once took {four:.0f} MiB, one alone {one:.0f} MiB"
     assert after < 40, f"{after:.0f} MiB kept after the requests"
+
+
+def test_a_large_body_that_cannot_get_its_turn_in_time_is_a_503_with_retry_after() -> None:
+    """The budget's contract when bodies at the size limit arrive together: each waits its turn for the
+    queue wait, and one that does not get it in time is a 503 that says why and when to come back."""
+    budget = BodyBudget(Config().max_request_bytes + SMALL_BODY_BYTES)
+    first = budget.take(Config().max_request_bytes, timeout=0)
+    assert budget.take(SMALL_BODY_BYTES, timeout=0) == 0, "a small body never waits"
+    with pytest.raises(ServiceUnavailable) as refused:
+        budget.take(Config().max_request_bytes, timeout=0.01)
+    assert refused.value.status == 503 and "busy reading other large requests" in str(refused.value)
+    assert int(refused.value.headers["Retry-After"]) >= 1
+    served: list[int] = []
+    waiter = threading.Thread(target=lambda: served.append(budget.take(Config().max_request_bytes, timeout=600)))
+    waiter.start()
+    budget.give_back(first)  # the first body is parsed: the one waiting takes its turn
+    waiter.join(600)
+    assert served == [Config().max_request_bytes]
 
 
 def test_large_downloads_give_their_memory_back(center: CenterProcess) -> None:
