@@ -123,8 +123,11 @@ def pool(sandboxes: DockerSandboxes, base_config: Config) -> Iterator[SandboxPoo
 
 @pytest.fixture
 def run_in_sandbox(sandboxes: DockerSandboxes) -> Iterator[Callable[..., dict[str, Any]]]:
-    """Factory: start a fresh sandbox on its own, run one job in it, remove it, return the agent's report."""
-    def run(code: str, language: str = "python", variables: dict | None = None, timeout: float = 10,
+    """Factory: start a fresh sandbox on its own, run one job in it, remove it, return the agent's report.
+
+    The default time limit only bounds a hang: the sandbox is always cold, and a first matplotlib figure
+    (fonts, the CJK fallback) takes seconds on a slow, busy runner. Tests of the limit pass their own."""
+    def run(code: str, language: str = "python", variables: dict | None = None, timeout: float = 60,
             **limits: int) -> dict[str, Any]:
         sandbox = sandboxes.launch(9150)
         try:

@@ -226,7 +226,9 @@ def test_body_over_the_limit_is_413_json(make_app: Callable[..., Flask]) -> None
 
 
 def test_pool_exhaustion_is_503_and_the_pool_recovers(live_server: Callable[..., str]) -> None:
-    url = live_server(queue_wait_seconds=0.5)
+    # The long runs hold all three sandboxes for 12 s (under a 60 s limit): time enough, on a slow runner
+    # too, to see the pool busy and have a fourth request refused after its 0.5 s wait before any ends.
+    url = live_server(queue_wait_seconds=0.5, timeout_seconds=60)
     slots = 3
     assert wait_until(lambda: requests.get(f"{url}/readyz", timeout=5).json()["pool"]["ready"] == slots, 60)
     results: list[int] = []
@@ -234,14 +236,14 @@ def test_pool_exhaustion_is_503_and_the_pool_recovers(live_server: Callable[...,
 
     def occupy() -> None:
         started.wait()
-        results.append(requests.post(f"{url}/runcode", json={"code": "import time; time.sleep(4)"}, timeout=60)
+        results.append(requests.post(f"{url}/runcode", json={"code": "import time; time.sleep(12)"}, timeout=120)
                        .status_code)
 
     threads = [threading.Thread(target=occupy) for _ in range(slots)]
     for thread in threads:
         thread.start()
     started.wait()
-    all_busy = wait_until(lambda: requests.get(f"{url}/readyz", timeout=5).json()["pool"]["busy"] == slots, 4)
+    all_busy = wait_until(lambda: requests.get(f"{url}/readyz", timeout=5).json()["pool"]["busy"] == slots, 8)
     assert all_busy, "the three long runs never occupied the pool"
     busy = requests.get(f"{url}/readyz", timeout=5)
     assert busy.status_code == 200, "a center whose every sandbox is busy can still serve: a balancer keeps it"
@@ -321,5 +323,6 @@ def test_images_older_than_the_retention_period_are_deleted(make_app: Callable[.
         session.commit()
     assert client.get(old_url.removeprefix("http://localhost")).status_code == 200
     sweeping = make_app(image_retention_days=7).test_client()  # same data folder: the same SQLite file
-    assert wait_until(lambda: sweeping.get(old_url.removeprefix("http://localhost")).status_code == 404, 10)
+    # The sweep runs once at start, in the background: waited for, with a deadline that only bounds a hang.
+    assert wait_until(lambda: sweeping.get(old_url.removeprefix("http://localhost")).status_code == 404, 60)
     assert sweeping.get(new_url.removeprefix("http://localhost")).status_code == 200

@@ -37,16 +37,25 @@ def run(client: FlaskClient) -> Run:
     return post
 
 
+def wait_for_a_ready_sandbox(client: FlaskClient) -> None:
+    """Wait until the pool holds a ready sandbox, so that what a test times is the run and not a container's
+    start (seconds on a slow runner); the deadline only bounds a pool that never refills."""
+    assert wait_until(lambda: client.get("/readyz").get_json()["pool"]["ready"] > 0, 120), "no sandbox became ready"
+
+
 @pytest.fixture(autouse=True)
 def center_survives(client: FlaskClient, docker_client: docker.DockerClient, base_config: Config) -> Iterator[None]:
-    """After the attack: an ordinary request is answered correctly, and no container is left behind."""
+    """After the attack: the pool refills, an ordinary request is answered correctly and at once, and no
+    container is left behind."""
     yield
+    wait_for_a_ready_sandbox(client)
     started = time.monotonic()
     response = client.post("/runcode", json={"code": "print('still serving')"})
     assert response.status_code == 200 and response.get_json()["output"] == "still serving\n"
     assert time.monotonic() - started < base_config.timeout_seconds + 15
     slots = len(base_config.interpreter_port_range.ports)
-    assert wait_until(lambda: len(containers_of(docker_client, base_config.deployment_label)) <= slots, 30), \
+    # Retired containers are removed in the background (slow-ish Docker work): waited for.
+    assert wait_until(lambda: len(containers_of(docker_client, base_config.deployment_label)) <= slots, 120), \
         "containers were left behind"
 
 
@@ -95,10 +104,12 @@ def test_memory_bomb_in_many_processes_answers_oom(run: Run) -> None:
 
 
 @pytest.mark.parametrize("code", ["while True:\n    pass", "import time\ntime.sleep(3600)"])
-def test_cpu_loop_and_long_sleep_are_stopped_at_the_limit(run: Run, code: str) -> None:
+def test_cpu_loop_and_long_sleep_are_stopped_at_the_limit(run: Run, client: FlaskClient, code: str) -> None:
+    wait_for_a_ready_sandbox(client)
     started = time.monotonic()
     status, body = run(code, timeout=2)
     assert (status, body["status"]) == (504, "timeout")
+    # The limit and then the kill, well before the center's own give-up at the limit plus 15 s.
     assert time.monotonic() - started < 2 + 10
 
 
@@ -224,10 +235,11 @@ def test_host_services_are_unreachable(run: Run) -> None:
     port = listener.getsockname()[1]
     listener.settimeout(0.2)
     accepted: list[object] = []
+    ran = threading.Event()
 
     def accept() -> None:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not accepted:
+        # For as long as the program runs, not a fixed time: on a slow runner it may start late.
+        while not ran.is_set() and not accepted:
             try:
                 accepted.append(listener.accept())
             except OSError:
@@ -238,8 +250,11 @@ def test_host_services_are_unreachable(run: Run) -> None:
     targets = [["127.0.0.1", port], ["127.0.0.1", 5432]]  # the sandbox's own loopback: nothing there
     for address in host_addresses():
         targets += [[address, port], [address, 5432], [address, 5000], [address, 22]]
-    body = run(CONNECT, variables={"targets": targets}, timeout=15)[1]
-    thread.join()
+    try:
+        body = run(CONNECT, variables={"targets": targets}, timeout=15)[1]
+    finally:
+        ran.set()
+        thread.join()
     listener.close()
     assert "CONNECTED" not in body["output"], body
     assert accepted == []
@@ -419,12 +434,17 @@ def test_an_svg_prologue_built_to_be_slow_to_check_is_skipped_at_once(run: Run) 
     "os.chmod('.', 0o100)",
     "[os.remove(n) for n in os.listdir('.')]; os.mkfifo('a.png'); open('b.png', 'w').close(); os.chmod('b.png', 0)",
 ])
-def test_a_program_that_takes_its_folder_away_still_gets_its_output(run: Run, how: str) -> None:
+def test_a_program_that_takes_its_folder_away_still_gets_its_output(run: Run, client: FlaskClient, how: str) -> None:
+    wait_for_a_ready_sandbox(client)
     started = time.monotonic()
     status, body = run(f"import os\nimport matplotlib.pyplot as plt\nplt.plot([1, 2])\nplt.savefig('x.png')\n"
                        f"print('kept')\n{how}\n")
+    elapsed = time.monotonic() - started
     assert status == 200 and body["output"] == "kept\n", body
-    assert time.monotonic() - started < 8, "answered at once, not after the agent's connection dropped"
+    # The program's own run (a first figure: seconds on a slow runner) is the agent's duration_ms; what came
+    # on top of it is collecting and answering, which must not wait for the agent's connection to drop
+    # (the limit plus 15 s).
+    assert elapsed - body["duration_ms"] / 1000 < 8, f"answered {elapsed:.1f} s after the request"
 
 
 def test_a_real_time_signal_is_a_clean_error(run: Run) -> None:
@@ -508,6 +528,8 @@ def test_fuzzed_query_strings_never_get_a_5xx(client: FlaskClient, query: dict[s
 
 def test_request_storm(live_server: Callable[..., str]) -> None:
     url = live_server(queue_wait_seconds=2)
+    # Three sandboxes ready: at least three runs are served at once, however slowly replacements start.
+    assert wait_until(lambda: requests.get(f"{url}/readyz", timeout=5).json()["pool"]["ready"] == 3, 120)
     statuses: list[int] = []
     lock = threading.Lock()
 

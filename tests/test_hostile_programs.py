@@ -181,10 +181,12 @@ def test_names_that_would_break_or_disguise_a_listing_are_skipped(run_in_sandbox
 
 # --- a death the agent did not expect --------------------------------------------------------------
 
-def test_a_program_killed_by_a_real_time_signal_gets_a_clean_report(run_in_sandbox: Run) -> None:
-    started = time.monotonic()
-    report = run_in_sandbox("import os\nprint('bye', flush=True)\nos.kill(os.getpid(), 40)")
-    assert time.monotonic() - started < 8
+def test_a_program_killed_by_a_real_time_signal_gets_a_clean_report(sandbox: Sandbox) -> None:
+    job = {"language": "python", "code": "import os\nprint('bye', flush=True)\nos.kill(os.getpid(), 40)",
+           "variables": {}, "timeout": 30}
+    started = time.monotonic()  # the sandbox is up already: the run alone is timed, not a container's start
+    report = sandbox.run(job)
+    assert time.monotonic() - started < 8, "at once, not at the end of the 30 s limit"
     assert (report["status"], report["exit_code"], report["stdout"]) == ("error", 128 + 40, "bye\n"), report
     assert report["error"] == "the program was killed by signal 40 (SIGRTMIN+6)"
 
@@ -222,8 +224,10 @@ def test_bash_variables_execve_cannot_carry_are_refused_at_once(sandbox: Sandbox
                                                                  message: str) -> None:
     job = {"language": "bash", "code": "echo hi", "variables": variables, "timeout": 10}
     started = time.monotonic()
-    status, body = sandbox.request("POST", "/run", job, timeout=10)
-    assert time.monotonic() - started < 1
+    status, body = sandbox.request("POST", "/run", job, timeout=30)
+    # At once, well under the job's 10 s limit, with room for sending and parsing up to 4 MB of JSON on a
+    # slow runner (milliseconds here).
+    assert time.monotonic() - started < 5
     assert status == 400 and body["error"].startswith(message), body
     if "together" in message:
         assert body["error"].endswith("(the largest is part39)")

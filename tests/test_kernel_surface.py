@@ -354,6 +354,7 @@ while len(held) < 4096:
         break
     held.append(fd)
 started = time.time()
+print("holding", flush=True)
 time.sleep(hold)
 print(json.dumps({"held": len(held), "error": error, "from": started, "to": time.time(), "uid": os.getuid()}))
 """
@@ -376,21 +377,35 @@ def test_a_sandbox_cannot_starve_another_of_per_user_kernel_resources(live_serve
     """inotify instances (fs.inotify.max_user_instances) are counted per uid across the host's kernel."""
     url = live_server()
     answers: dict[str, Any] = {}
+    holding = threading.Event()
 
     def post(name: str, code: str, variables: dict[str, Any] | None = None) -> None:
         response = requests.post(f"{url}/runcode", json={"code": code, "languageType": "python", "timeout": 20,
                                                          "variables": variables or {}}, timeout=60)
         answers[name] = (response.status_code, response.json())
 
-    hoarder = threading.Thread(target=post, args=("a", HOARD_INOTIFY, {"hold": 8}))
+    def hoard() -> None:
+        # Streamed: A's own line says when it holds its instances (it may have waited for a sandbox first).
+        with requests.post(f"{url}/runcode", json={"code": HOARD_INOTIFY, "languageType": "python", "timeout": 20,
+                                                   "variables": {"hold": 8}},
+                           headers={"Accept": "application/x-ndjson"}, stream=True, timeout=60) as streamed:
+            for line in streamed.iter_lines(chunk_size=1):
+                event = json.loads(line) if line else {}
+                if event.get("type") == "stdout" and "holding" in event["text"]:
+                    holding.set()
+                elif event.get("type") == "result":
+                    answers["a"] = (streamed.status_code, event)
+
+    hoarder = threading.Thread(target=hoard)
     hoarder.start()
-    time.sleep(2)
+    assert holding.wait(60), "A never came to hold its instances"
     tries = 0
     while hoarder.is_alive() and tries < 4:  # B, again and again while A holds its instances
         post(f"b{tries}", USE_INOTIFY_AND_PIPE)
         tries += 1
         time.sleep(1.5)
     hoarder.join()
+    assert "a" in answers, "A's streamed run ended without its result"
     for name, (status, body) in answers.items():
         assert status == 200 and body["status"] == "ok", (name, body)
     a = json.loads(answers["a"][1]["output"].strip().splitlines()[-1])

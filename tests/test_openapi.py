@@ -216,12 +216,13 @@ def test_unauthorized_and_busy_answers_conform(live_server: Callable[..., str]) 
     conforms(schema, "/runcode", "POST", denied)
 
     # Another app on the same pool (it waits for slots) keeps all three slots busy sleeping; then this
-    # app, which does not wait, finds no free sandbox.
+    # app, which does not wait, finds no free sandbox. The sleeps last 8 s (under the 10 s limit): the
+    # busy pool is seen and answered long before they end, on a slow runner too.
     patient = live_server()
     pool_state = lambda: requests.get(f"{base}/readyz", timeout=10).json()["pool"]  # noqa: E731
     assert wait_until(lambda: pool_state()["ready"] == 3, 120), "the pool never had its three sandboxes ready"
     sleepers = [threading.Thread(target=requests.post, args=(f"{patient}/runcode",),
-                                 kwargs={"json": {"code": "import time; time.sleep(3)"}, "timeout": 60})
+                                 kwargs={"json": {"code": "import time; time.sleep(8)"}, "timeout": 60})
                 for _ in range(3)]
     for sleeper in sleepers:
         sleeper.start()

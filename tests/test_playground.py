@@ -304,7 +304,8 @@ def test_playground_session_uploads_lists_and_downloads_files(live_server: Calla
     expect(page.locator("#upload-message")).to_have_text(
         f"Uploaded data/sales.csv ({len(SALES_CSV)} B), data/notes.txt (29 B).", timeout=RUN_TIMEOUT_MS)
     links = page.locator("#files-body a.file-link")
-    expect(links).to_have_text(["data/notes.txt", "data/sales.csv"])
+    # The list comes with a request of its own (to the sandbox's agent): as long as any server answer may take.
+    expect(links).to_have_text(["data/notes.txt", "data/sales.csv"], timeout=RUN_TIMEOUT_MS)
     expect(page.locator("#upload-input")).to_have_value("")
 
     run_cell(page, "import pandas as pd\n"
@@ -344,29 +345,36 @@ def test_playground_session_uploads_lists_and_downloads_files(live_server: Calla
 
 def test_playground_session_shows_409_and_410(live_server: Callable[..., str], page: Any,
                                              session_cleanup: Cleanup) -> None:
-    base = live_server()
+    base = live_server(timeout_seconds=60)  # the other client's cell below may run as long as the page takes
     page.goto(f"{base}/")
     session_id = start_session(page, session_cleanup, base)
     run_cell(page, "state = 'kept'")
 
-    # Another client keeps the session busy: the page's cell answers 409 and the session goes on.
+    # Another client keeps the session busy until the test lets its cell go (it waits for a file, uploaded
+    # through the API), however long the page takes on a slow runner: the page's cell answers 409 and the
+    # session goes on.
     started = threading.Event()
     answers: list[requests.Response] = []
+    until_released = "import os, time\nwhile not os.path.exists('release'):\n    time.sleep(0.05)\n'slept'"
 
     def long_cell() -> None:
         started.set()
-        answers.append(requests.post(f"{base}/sessions/{session_id}/runcode", timeout=60,
-                                     json={"code": "import time\ntime.sleep(4)\n'slept'", "languageType": "python"}))
+        answers.append(requests.post(f"{base}/sessions/{session_id}/runcode", timeout=120,
+                                     json={"code": until_released, "languageType": "python"}))
 
     other = threading.Thread(target=long_cell)
     other.start()
     started.wait()
-    assert wait_busy(base, session_id), "the other client's cell never ran"
-    run_cell(page, "state", status="HTTP 409")
-    expect(page.locator("#http-status")).to_have_text(re.compile(r"^409\b"))
-    expect(page.locator("#error")).to_contain_text("already running")
-    expect(page.locator("#error")).to_contain_text("Wait for the running cell to finish")
-    expect(page.locator("#run")).to_have_text("Run cell")
+    try:
+        assert wait_busy(base, session_id), "the other client's cell never ran"
+        run_cell(page, "state", status="HTTP 409")
+        expect(page.locator("#http-status")).to_have_text(re.compile(r"^409\b"))
+        expect(page.locator("#error")).to_contain_text("already running")
+        expect(page.locator("#error")).to_contain_text("Wait for the running cell to finish")
+        expect(page.locator("#run")).to_have_text("Run cell")
+    finally:
+        released = requests.post(f"{base}/sessions/{session_id}/files", files={"file": ("release", b"")}, timeout=60)
+    assert released.status_code == 201, released.text
     other.join()
     assert answers[0].status_code == 200 and answers[0].json()["result"] == "'slept'"
     run_cell(page, "state")

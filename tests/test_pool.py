@@ -297,6 +297,7 @@ def test_failing_launches_back_off_instead_of_spinning(make_pool: PoolFactory) -
     launcher = FakeLauncher(fail_first=10**9)
     began = time.monotonic()
     pool, _ = make_pool(slots=1, launcher=launcher, backoff_initial=0.2, backoff_max=30)
+    assert eventually(lambda: launcher.attempts >= 1)  # the first one, however late the slot's thread runs
     time.sleep(0.5)
     attempts = launcher.attempts
     elapsed = time.monotonic() - began
