@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import _thread
 import argparse
-import json
 import logging
 import signal
 import socket
@@ -22,8 +21,6 @@ from typing import Any
 
 from flask import Flask
 from sqlalchemy.exc import SQLAlchemyError
-from waitress.channel import HTTPChannel
-from waitress.task import ErrorTask
 
 import api.http
 import web
@@ -32,14 +29,12 @@ from config import Config, ConfigError, load_config
 from pool import SandboxPool
 from sandboxes import SandboxStartError
 from services import EXTENSION_KEY, Services, build_services, close_db_session, limit_malloc_arenas
+from spool import DiskFormRequest
+from waitress_server import make_server
 
-__all__ = ["EXTENSION_KEY", "create_app", "main"]
+__all__ = ["EXTENSION_KEY", "create_app", "main", "make_server"]
 
 log = logging.getLogger("center")
-# What waitress itself takes of a request before the app sees it: the request line and headers
-# (a GET's code travels in its URL: ~100 KB of it fits), and a body a little over our own limit so
-# that the app answers 413 as JSON.
-MAX_REQUEST_HEAD_BYTES = 128 * 1024
 SHUTDOWN_GRACE_SECONDS = 5.0  # beyond timeout_seconds, for a draining run to be collected and answered
 
 
@@ -48,6 +43,7 @@ def create_app(config: Config | None = None, *, pool: SandboxPool | None = None,
     """App factory. Without a pool or services it starts its own (and removes its containers on close)."""
     config = config or load_config()
     app = Flask(__name__)
+    app.request_class = DiskFormRequest
     app.config["MAX_CONTENT_LENGTH"] = config.max_request_bytes
     app.json.sort_keys = False
     app.json.ensure_ascii = False
@@ -68,26 +64,6 @@ def create_app(config: Config | None = None, *, pool: SandboxPool | None = None,
     app.register_blueprint(web.blueprint)
     app.teardown_appcontext(close_db_session)
     return app
-
-
-class JSONErrorTask(ErrorTask):
-    """waitress's own refusals (a request head over the limit, a malformed request) as JSON, like ours."""
-
-    def execute(self) -> None:
-        """Answer {"error": ...} with waitress's status; the connection closes after it."""
-        error = self.request.error
-        body = json.dumps({"error": f"{error.reason.lower()}: {error.body}"}).encode()
-        self.status = f"{error.code} {error.reason}"
-        self.response_headers.append(("Content-Type", "application/json"))
-        self.set_close_on_finish()
-        self.content_length = len(body)
-        self.write(body)
-
-
-class JSONErrorChannel(HTTPChannel):
-    """waitress's connection, answering its own errors with JSONErrorTask."""
-
-    error_task_class = JSONErrorTask
 
 
 class Shutdown:
@@ -148,33 +124,6 @@ class Shutdown:
             time.sleep(0.05)
         time.sleep(0.1)  # and leave through waitress's loop, in the main thread
         _thread.interrupt_main(signal.SIGTERM)
-
-
-def largest_body_bytes(config: Config) -> int:
-    """What waitress reads of one body at most: the routes check their own limits (a run's request,
-    an upload's files), so this only has to let the largest of them through, with room to spare."""
-    from api.sessions import MULTIPART_OVERHEAD_BYTES
-
-    return max(config.max_request_bytes * 2 + 8 * 1024 * 1024, config.max_upload_bytes + MULTIPART_OVERHEAD_BYTES)
-
-
-def make_server(app: Flask, config: Config, port: int | None = None) -> Any:
-    """The waitress server for the app, not yet serving (port: the config's unless given; 0 picks a free one)."""
-    from waitress.server import create_server
-
-    server = create_server(app, host=config.host, port=config.scheduler_port if port is None else port,
-                           threads=config.server_threads,
-                           max_request_body_size=largest_body_bytes(config),
-                           max_request_header_size=MAX_REQUEST_HEAD_BYTES, ident="code-interpreter",
-                           # A client that hangs up is noticed while its streamed run is silent: waitress
-                           # then keeps reading the connection and offers waitress.client_disconnected.
-                           channel_request_lookahead=1)
-    server.channel_class = JSONErrorChannel
-    # A streamed event goes out as soon as it is written: waitress otherwise holds a running answer's
-    # writes until 18 KB have gathered. Passing send_bytes is deprecated in waitress 3 (hence set here,
-    # where its channels still read it); tests/test_streaming.py fails if a release stops honouring it.
-    server.adj.send_bytes = 1
-    return server
 
 
 def serve(app: Flask, config: Config, shutdown: Shutdown | None = None) -> None:

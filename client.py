@@ -21,6 +21,7 @@ import base64
 import json
 import math
 import os
+import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,25 +32,29 @@ import requests
 
 __all__ = [
     "BadRequestError", "CenterUnreachableError", "Client", "ClientError", "ConflictError", "ForbiddenError",
-    "GoneError", "InsufficientStorageError", "NotFoundError", "PayloadTooLargeError", "RunResult", "ServerError",
-    "ServiceUnavailableError", "Session", "UnauthorizedError",
+    "GoneError", "InsufficientStorageError", "InvalidArgumentError", "NotFoundError", "PayloadTooLargeError",
+    "RunResult", "ServerError", "ServiceUnavailableError", "Session", "UnauthorizedError",
 ]
 
 CONNECT_TIMEOUT = 10.0  # seconds to open a connection: a center that is up accepts at once
 RUN_MARGIN = 60.0  # added to a run's own time limit for the queue wait and the round trip
 MAX_RUN_WAIT = 86400.0  # a run's time limit beyond a day still waits a day: the center's own limit is far less
 NDJSON = "application/x-ndjson"
+MAX_LISTING_PAGES = 1000  # a listing whose next_cursor never ends is the center's fault: stop rather than loop
+
+# The center's session ids (sandboxes.py: secrets.token_hex(16)); it looks up nothing longer than 64.
+# Anything else could only reach another route: "/sessions/.." resolves to "/" in any HTTP library.
+SESSION_ID = re.compile("[0-9a-f]{1,64}")
+# The center's rule for a workspace path (check_path in sandbox/contract.py), restated: this file stands alone.
+MAX_PATH_BYTES = 4096
+MAX_COMPONENT_BYTES = 255
+UNSAFE_PATH_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+# What a multipart filename does not carry as it is: urllib3 writes '"', CR and LF as %22, %0D and %0A (the
+# WHATWG form encoding), and the center's parser takes a backslash as an escape (a\b.txt arrives as ab.txt)
+# and reads %22 back as '"'. A literal escape sequence is as ambiguous as the character it stands for.
+UNFAITHFUL_IN_MULTIPART = re.compile(r'["\\]|%(?:22|0a|0d)', re.IGNORECASE)
 
 Callback = Callable[[str], object]
-
-
-def workspace_url_path(path: str) -> str:
-    """A workspace path for a URL; ValueError for one that is absolute or has an empty, '.' or '..' part,
-    which HTTP libraries resolve away (a session's "../../metrics" would reach /metrics)."""
-    if path.startswith("/") or any(part in ("", ".", "..") for part in path.split("/")):
-        raise ValueError(f"{path!r} is not a path in the workspace: it must be relative, with no empty, "
-                         "'.' or '..' part")
-    return quote(path, safe="/")
 
 
 # --- errors -------------------------------------------------------------------------------------
@@ -107,6 +112,10 @@ class CenterUnreachableError(ClientError):
     """No answer at all: the center is down, the address is wrong, or the connection broke or timed out."""
 
 
+class InvalidArgumentError(BadRequestError, ValueError):
+    """A session id or workspace path the center could never accept, refused before any request (`status` None)."""
+
+
 ERRORS_BY_STATUS: dict[int, type[ClientError]] = {
     400: BadRequestError, 401: UnauthorizedError, 403: ForbiddenError, 404: NotFoundError, 409: ConflictError,
     410: GoneError, 413: PayloadTooLargeError, 503: ServiceUnavailableError, 507: InsufficientStorageError,
@@ -138,6 +147,58 @@ def _error_from_response(response: requests.Response) -> ClientError:
     else:  # a proxy in front of the center, or not a center at all
         message = (response.text or response.reason or "no message").strip()[:500]
     return error_for(response.status_code, message, _retry_after(response), body)
+
+
+# --- arguments checked before any request -------------------------------------------------------
+
+def _shown(value: object) -> str:
+    """A value for an error message: its repr, cut (a refused path may be kilobytes long)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def session_id_checked(session_id: object) -> str:
+    """The session id when the center could have issued it; InvalidArgumentError otherwise."""
+    if not isinstance(session_id, str) or not SESSION_ID.fullmatch(session_id):
+        raise InvalidArgumentError(f"{_shown(session_id)} is not a session id: the center's are lowercase hex "
+                                   "digits (at most 64), as POST /sessions gave them")
+    return session_id
+
+
+def workspace_path(path: object, upload: bool = False) -> str:
+    """The path when the center would take it as a workspace path (and, for an `upload`, when a multipart
+    filename carries it unchanged); InvalidArgumentError saying why otherwise."""
+    reason = _workspace_path_problem(path, upload)
+    if reason is not None or not isinstance(path, str):
+        raise InvalidArgumentError(f"{_shown(path)} is not a path in the workspace: {reason}")
+    return path
+
+
+def _workspace_path_problem(path: object, upload: bool) -> str | None:
+    """What makes `path` unusable as a workspace path, or None."""
+    if not isinstance(path, str) or not path:
+        return "it must be a non-empty string"
+    try:
+        size = len(path.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "it is not valid Unicode text (a lone surrogate)"
+    if size > MAX_PATH_BYTES:
+        return f"it is over {MAX_PATH_BYTES} bytes"
+    if path.startswith("/") or any(part in ("", ".", "..") for part in path.split("/")):
+        # Also what HTTP libraries resolve away in a URL (a session's "../../metrics" would reach /metrics).
+        return "it must be relative, with no empty, '.' or '..' part"
+    if any(len(part.encode()) > MAX_COMPONENT_BYTES for part in path.split("/")):
+        return f"a part of it is over {MAX_COMPONENT_BYTES} bytes"
+    if UNSAFE_PATH_CHARACTERS.search(path):
+        return "it holds a control character (a newline, NUL, tab...)"
+    if upload and UNFAITHFUL_IN_MULTIPART.search(path):
+        return "an uploaded file's name cannot hold a backslash, '\"', %22, %0A or %0D (the upload would change it)"
+    return None
+
+
+def workspace_url_path(path: object) -> str:
+    """A workspace path for a URL (a downloaded name may hold a backslash or '"': quoted, they arrive as they are)."""
+    return quote(workspace_path(path), safe="/")
 
 
 # --- results ------------------------------------------------------------------------------------
@@ -335,7 +396,8 @@ class Client:
         return Session(self, info["session_id"], info)
 
     def attach(self, session_id: str) -> Session:
-        """A handle on an existing session of this token (no request is made)."""
+        """A handle on an existing session of this token (no request is made); InvalidArgumentError for an id
+        the center could not have issued."""
         return Session(self, session_id)
 
     def healthy(self) -> bool:
@@ -350,8 +412,8 @@ class Session:
     """One session: a persistent interpreter and workspace; ended by `end()` or on leaving a `with` block."""
 
     def __init__(self, client: Client, session_id: str, info: dict[str, Any] | None = None) -> None:
-        """A handle on the session `session_id` of `client`'s token."""
-        self.client, self.id, self.info = client, session_id, info or {}
+        """A handle on the session `session_id` of `client`'s token; InvalidArgumentError for a malformed id."""
+        self.client, self.id, self.info = client, session_id_checked(session_id), info or {}
         self.ended = False
 
     def __enter__(self) -> Session:
@@ -390,12 +452,15 @@ class Session:
     def upload(self, path_or_name: str | os.PathLike[str], data: bytes | str | IO[bytes] | None = None
                ) -> list[dict[str, Any]]:
         """Put a file into the workspace: a local file under its own name, or `data` under the name given
-        (which may hold subfolders, e.g. "data/sales.csv"). Returns the center's [{"path", "size"}]."""
+        (which may hold subfolders, e.g. "data/sales.csv"). Returns the center's [{"path", "size"}].
+        InvalidArgumentError, before any request, for a name the center would refuse or the upload would change."""
         if data is None:
             local = Path(path_or_name)
+            name = workspace_path(local.name, upload=True)
             with local.open("rb") as stream:
-                return self._upload(local.name, stream)
-        return self._upload(os.fspath(path_or_name), data.encode() if isinstance(data, str) else data)
+                return self._upload(name, stream)
+        name = workspace_path(os.fspath(path_or_name), upload=True)
+        return self._upload(name, data.encode() if isinstance(data, str) else data)
 
     def _upload(self, name: str, content: bytes | IO[bytes]) -> list[dict[str, Any]]:
         """POST one multipart `file` part."""
@@ -404,8 +469,25 @@ class Session:
         return response.json()["files"]
 
     def files(self) -> list[dict[str, Any]]:
-        """The workspace's files, recursively: [{"path", "size", "modified"}]."""
-        return self.client.request("GET", f"{self._path}/files").json()["files"]
+        """The workspace's files, recursively: [{"path", "size", "modified"}], every page of the listing."""
+        files: list[dict[str, Any]] = []
+        cursor: str | None = None
+        seen: set[str] = set()
+        for _ in range(MAX_LISTING_PAGES):
+            page = self.client.request("GET", f"{self._path}/files",
+                                       params={"cursor": cursor} if cursor else None).json()
+            files.extend(page["files"])
+            # A center that does not page sends no next_cursor: its one answer is the whole list.
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return files
+            if not isinstance(cursor, str):
+                raise ServerError(f"the center's listing gave a cursor that is not a string: {_shown(cursor)}",
+                                  502, body=page)
+            if cursor in seen:  # the same page again: following it would go round for ever
+                raise ServerError(f"the center's listing gave the cursor {_shown(cursor)} twice", 502, body=page)
+            seen.add(cursor)
+        raise ServerError(f"the center's listing of the workspace did not end after {MAX_LISTING_PAGES} pages", 502)
 
     def download(self, name: str, to: str | os.PathLike[str] | None = None) -> bytes:
         """A workspace file's bytes (also written to the local path `to` when given)."""

@@ -134,6 +134,10 @@ class Config:
     deployment: str = ""
     sandbox_start_timeout: float = 60.0
     server_threads: int = 32
+    # A request's line and headers must arrive within this, however slowly they trickle in; a connection
+    # that neither sends nor takes anything for connection_idle_seconds is closed (a stalled download too).
+    request_head_seconds: float = 30.0
+    connection_idle_seconds: float = 60.0
     data_dir: str = str(DEFAULT_DATA_DIR)
     # Where the other centers of a swarm reach this one ("" on a single host: nothing is forwarded).
     # "{ip}" stands for the address this container's hostname resolves to (its overlay address).
@@ -343,6 +347,8 @@ PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "deployment": _deployment,
     "sandbox_start_timeout": _number(0, exclusive=True),
     "server_threads": _integer(1),
+    "request_head_seconds": _number(0, exclusive=True),
+    "connection_idle_seconds": _number(0, exclusive=True),
     "data_dir": _non_empty(_string),
     "advertise_url": _advertise_url,
     "mode": _choice("docker"),

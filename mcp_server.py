@@ -24,16 +24,18 @@ from typing import Annotated, Literal
 
 import anyio
 from mcp.server import MCPServer
+from mcp.server.transport_security import TransportSecuritySettings
 from mcp.types import CallToolResult, ContentBlock, ImageContent, TextContent, ToolAnnotations
 from pydantic import Field
 
-from client import CenterUnreachableError, Client, ClientError, RunResult
+from client import CenterUnreachableError, Client, ClientError, InvalidArgumentError, RunResult
 
 DEFAULT_URL = "http://127.0.0.1:5000"
 MAX_STREAM_CHARS = 40_000  # per stream in a tool result: a model's context is the scarce thing, not the center's
 MAX_INLINE_IMAGE_BYTES = 5 * 1024 * 1024  # larger images are given as links only
 MAX_READ_BYTES = 1024 * 1024  # read_file hands back at most this much of a file
 INLINE_IMAGE_TYPES = {"image/png", "image/jpeg", "image/gif", "image/webp"}  # what MCP clients render
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")  # one machine's own names: "localhost" is either address
 
 INSTRUCTIONS = """\
 Runs Python or bash code in network-less sandboxes of a code interpreter center.
@@ -149,6 +151,8 @@ class CodeInterpreterTools:
         with self.client() as center:
             try:
                 return work(center)
+            except InvalidArgumentError as e:  # refused here, before any request: the center said nothing
+                return text_result(str(e), True)
             except ClientError as e:
                 return refusal(e, self.url)
             except ValueError as e:
@@ -274,6 +278,36 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def is_every_address(host: str) -> bool:
+    """The host is 0.0.0.0 or :: (bind every address of the machine)."""
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
+
+
+def transport_security(host: str) -> TransportSecuritySettings:
+    """The SDK's Host and Origin checks for --http HOST: only the names of the bound host pass.
+
+    Without them a web page the user opens could rebind its own DNS name to this address and call the tools
+    (DNS rebinding). The SDK turns them on by itself only for 127.0.0.1, localhost and ::1; any other host
+    (127.0.0.2, a specific address) would go unchecked, so they are always set here.
+    """
+    if is_every_address(host):
+        # Bound to every address (only with --allow-remote): any name of the machine or of a proxy may reach it,
+        # so none can be listed; Host and Origin go unchecked, as the SDK leaves them, and the proxy in front
+        # must authenticate.
+        return TransportSecuritySettings(enable_dns_rebinding_protection=False)
+    shown = f"[{host}]" if ":" in host else host
+    names = [shown, *(name for name in LOOPBACK_NAMES if name != shown)] if shown in LOOPBACK_NAMES else [shown]
+    # The bare name is the Host header of port 80; ":*" is the SDK's pattern for "with any port".
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=[form for name in names for form in (name, f"{name}:*")],
+        allowed_origins=[form for name in names for scheme in ("http", "https")
+                         for form in (f"{scheme}://{name}", f"{scheme}://{name}:*")])
+
+
 async def serve_http(server: MCPServer, host: str, port: int) -> None:
     """Serve streamable HTTP at /mcp; the socket is bound first, so port 0 works and the line names the real port."""
     import uvicorn
@@ -282,10 +316,11 @@ async def serve_http(server: MCPServer, host: str, port: int) -> None:
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
+    sock.listen(2048)  # listening before the line below: a client that reads it may connect at once
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if family == socket.AF_INET6 else host
     print(f"mcp_server.py: serving MCP over streamable HTTP at http://{shown}:{bound}/mcp", file=sys.stderr, flush=True)
-    app = server.streamable_http_app(host=host)
+    app = server.streamable_http_app(transport_security=transport_security(host))
     await uvicorn.Server(uvicorn.Config(app, log_level="warning")).serve(sockets=[sock])
 
 

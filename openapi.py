@@ -521,6 +521,8 @@ def _session_schemas() -> dict[str, Any]:
                 "type": "object", "required": ["path", "size", "modified"],
                 "properties": {"path": {"type": "string"}, "size": {"type": "integer"},
                                "modified": {"type": "number", "description": "Unix time."}}}},
+                           "next_cursor": {"type": ["string", "null"], "description": "Where the next page "
+                                           "starts: pass it as `cursor`; null on the last page."},
                            "truncated": {"type": "boolean", "description": "More files than a listing holds."},
                            "left_out": {"type": "integer", "description": "Files and folders whose names no "
                                         "request could name (not UTF-8, or with a control character): not "
@@ -582,8 +584,15 @@ def _session_paths(security: list[dict[str, list[str]]]) -> dict[str, Any]:
         },
         "/sessions/{session_id}/files": {
             "parameters": [session_id],
-            "get": operation("listFiles", "The session's working folder, recursively",
-                             {"200": json_answer("The files.", "FileList")}),
+            "get": operation("listFiles", "The session's working folder, recursively, a page at a time",
+                             {"200": json_answer("One page of the files.", "FileList"),
+                              "400": _ref("responses", "BadRequest")},
+                             parameters=[
+                                 {"name": "limit", "in": "query", "required": False, "description":
+                                  "Files per page (default 1000, at most 10000); a page also stops at 1 MiB.",
+                                  "schema": {"type": "integer", "minimum": 1, "maximum": 10000}},
+                                 {"name": "cursor", "in": "query", "required": False, "description":
+                                  "The `next_cursor` of the page before.", "schema": {"type": "string"}}]),
             "post": operation(
                 "uploadFiles", "Upload files into the working folder (multipart `file` parts; a part's filename "
                 "may hold subfolders)",

@@ -57,6 +57,13 @@ GVISOR_COMPAT_PATH = "/opt/gvisor-compat/bin"  # made by Dockerfile.sandbox: bus
 RUN_GRACE_SECONDS = 15.0  # beyond the program's own limit, for the agent to collect and answer
 EXIT_WAIT_SECONDS = 2.0  # for an agent that answered to exit by itself before its container is removed
 MAX_SOCKET_PATH = 100  # sockaddr_un holds 108 bytes
+# An agent that hears no request for the longest idle time a session may have plus this ends itself
+# (--max-silence): its center is gone. A live center talks to each of its agents every few seconds
+# (the pool's watcher every 2 s, the session sweeper every 5 s), and any use of a session is a request
+# its agent hears, so a silence that long means the session was past its idle timeout anyway (even
+# while the database is down and the sweeper cannot run). The margin is 12 sweeps: clocks, database
+# writes and a slow round never make a session's agent end before its center would end the session.
+SILENCE_MARGIN_SECONDS = 60.0
 
 
 class SandboxStartError(Exception):
@@ -234,7 +241,8 @@ class DockerSandboxes:
         return found
 
     def start_session(self, sandbox: Sandbox) -> None:
-        """Turn a fresh sandbox into a session's: its agent keeps its interpreter and never exits by itself."""
+        """Turn a fresh sandbox into a session's: its agent keeps its interpreter, and ends only at the session's
+        lifetime or after a long silence (agent_arguments) unless the center removes it first."""
         try:
             sandbox.agent.call("POST", "/session/start", {}, timeout=SESSION_START_SECONDS + RUN_GRACE_SECONDS)
         except (AgentRefused, AgentUnreachable) as e:
@@ -244,14 +252,18 @@ class DockerSandboxes:
 
     def agent_arguments(self, program_uid: int) -> list[str]:
         """The agent's command line: its socket, the program's uid, how to warm up, the thread pools'
-        size and, under gVisor, its process limit."""
+        size, when to end itself with no center left to remove it and, under gVisor, its process limit."""
         plan = self.warm_up.plan()
         cpus = self.config.resource_limits.cpus
+        silence = self.config.session_idle_timeout_seconds + SILENCE_MARGIN_SECONDS
         arguments = ["--socket", f"{AGENT_SOCKET_DIR}/{SOCKET_NAME}", "--uid", str(program_uid),
                      "--warm-delay", f"{plan.delay:g}", "--warm-first", ",".join(plan.first),
                      "--warm-rest", f"{plan.rest_delay:g}",
                      # As many threads as the CPU limit lets run at once (none set without a limit).
-                     "--threads", str(math.ceil(float(cpus)) if cpus else 0)]
+                     "--threads", str(math.ceil(float(cpus)) if cpus else 0),
+                     # Every digit (repr, not :g, which rounds 1234567 to 1.23457e+06: an end too early).
+                     "--session-lifetime", repr(float(self.config.session_max_lifetime_seconds)),
+                     "--max-silence", repr(float(silence))]
         if self.config.sandbox_runtime == "runsc":
             # gVisor's own threads count against the container's pids limit, so that limit gets
             # headroom and the program's processes are capped inside instead, by RLIMIT_NPROC

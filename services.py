@@ -28,6 +28,7 @@ from peers import PeerDirectory
 from pool import SandboxPool
 from sandboxes import DockerSandboxes
 from sessions import SessionRegistry
+from spool import SPOOL_BYTES, DiskBudget
 from storage import RetentionSweeper
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,7 @@ class Services:
     owns_pool: bool
     metrics: Metrics
     body_budget: BodyBudget
+    spool_budget: DiskBudget
     registry: SessionRegistry
     peers: PeerDirectory
     retention: RetentionSweeper | None = None
@@ -190,7 +192,8 @@ def build_services(config: Config, pool: SandboxPool | None = None) -> Services:
     database = make_session_factory(engine)
     registry = SessionRegistry(config, sandboxes, pool, database)
     peers = PeerDirectory(config.advertise_url, registry.node, database)
-    return Services(config, engine, database, sandboxes, pool, owns_pool, Metrics(pool), budget, registry, peers)
+    return Services(config, engine, database, sandboxes, pool, owns_pool, Metrics(pool), budget,
+                    DiskBudget(SPOOL_BYTES), registry, peers)
 
 
 def services() -> Services:

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
+from urllib.parse import urlencode
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import SQLAlchemyError
@@ -350,7 +351,11 @@ class SessionRegistry:
     def end(self, db: Session, record: SessionRecord, reason: str) -> None:
         """End the session at its owner's request: the container is removed at once."""
         try:
-            self._end(db, record, reason, dead=False)
+            # Read again in this database session: the record may come from a request's earlier one.
+            current = db.get(SessionRecord, record.id)
+            if current is None or current.ended_at is not None:
+                return
+            self._end(db, current, reason, dead=False)
         except SQLAlchemyError as e:
             db.rollback()
             raise ServiceUnavailable("the session registry is unavailable: the database does not answer",
@@ -375,10 +380,11 @@ class SessionRegistry:
         with self._file_call(record, "take the file") as sandbox:
             return sandbox.agent.upload(path, stream, size, self.config.max_upload_bytes, UPLOAD_SECONDS)
 
-    def list_files(self, record: SessionRecord) -> dict[str, Any]:
-        """The workspace's files, recursively."""
+    def list_files(self, record: SessionRecord, page: dict[str, str] | None = None) -> dict[str, Any]:
+        """The workspace's files, recursively, one page (`limit`, `cursor`: the agent checks them)."""
+        query = f"?{urlencode(page)}" if page else ""
         with self._file_call(record, "list its files") as sandbox:
-            return sandbox.agent.call("GET", "/files", None, FILE_CALL_SECONDS)
+            return sandbox.agent.call("GET", "/files" + query, None, FILE_CALL_SECONDS)
 
     def download(self, record: SessionRecord, path: str) -> tuple[int, Iterator[bytes]]:
         """One file of the workspace: (size, its bytes in chunks)."""

@@ -13,15 +13,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from typing import IO
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import requests
 from flask import Response, g, request
 from sqlalchemy.exc import SQLAlchemyError
 
-from errors import Gone, SandboxFailed, ServiceUnavailable
+from errors import BadRequest, Gone, SandboxFailed, ServiceUnavailable
+from execution import workspace_path
 from models import SessionRecord
-from services import db_session, services
+from services import close_db_session, db_session, services
 
 log = logging.getLogger(__name__)
 
@@ -85,13 +86,37 @@ def forward_if_elsewhere() -> Response | None:
         except ServiceUnavailable:
             pass  # the 410 stands; the registry is told by the next request
         raise Gone(f"the session has ended: {reason}")
+    close_db_session()  # no connection held while the peer answers
+    check_forwarded_path()
     return relay(peer.url)
+
+
+def check_forwarded_path() -> None:
+    """Refuse here what the peer's route would refuse: the path must reach the peer as the same route.
+
+    A file path with a '.' or '..' part ('files/../../../metrics', also '..%2F') would be collapsed on
+    its way (HTTP libraries resolve dot segments) and reach another route of the peer's.
+    """
+    path = (request.view_args or {}).get("path")
+    if path is not None:
+        workspace_path(path)
+    raw = raw_target().split("?", 1)[0]
+    if any(part in (".", "..") for part in unquote(raw).split("/")):
+        raise BadRequest("a path with '.' or '..' parts is not forwarded")
+
+
+def raw_target() -> str:
+    """The request's target (path and query) as the client sent it, byte for byte."""
+    raw = request.environ.get("REQUEST_URI") or request.environ.get("RAW_URI")
+    if raw:
+        return raw
+    query = request.query_string.decode()
+    return quote(request.path, safe="/") + (f"?{query}" if query else "")
 
 
 def relay(base_url: str) -> Response:
     """Send this request to the center at base_url and stream its answer back."""
-    url = base_url + quote(request.path, safe="/") + (f"?{request.query_string.decode()}" if request.query_string
-                                                        else "")
+    url = base_url + raw_target()
     headers = {name: value for name, value in request.headers.items() if name.lower() not in HOP_BY_HOP}
     headers["Host"] = request.host  # the peer builds image links on the host the client used
     headers["X-Request-ID"] = g.get("request_id", "")
@@ -99,8 +124,11 @@ def relay(base_url: str) -> Response:
     length = request.content_length or 0
     body = RequestBody(request.environ["wsgi.input"], length) if length else None
     try:
-        upstream = requests.request(request.method, url, headers=headers, data=body, stream=True,
-                                    allow_redirects=False, timeout=(CONNECT_SECONDS, READ_SECONDS))
+        with requests.Session() as client:
+            prepared = client.prepare_request(requests.Request(request.method, url, headers=headers, data=body))
+            prepared.url = url  # byte for byte: preparing it would resolve dot segments and re-encode
+            upstream = client.send(prepared, stream=True, allow_redirects=False,
+                                   timeout=(CONNECT_SECONDS, READ_SECONDS))
     except (requests.ConnectionError, requests.ConnectTimeout) as e:
         if body is not None and body.remaining < length:
             raise SandboxFailed("the session's center stopped answering while it took the request") from e

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import re
@@ -13,6 +12,7 @@ from typing import Any
 from flask import Blueprint, Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from auth import presented_token, token_accepted
 from config import Config
 from errors import BadRequest, ServiceError, Unauthorized
 from services import services
@@ -53,17 +53,12 @@ def check_token(config: Config) -> str | None:
     """Bearer authentication against auth_tokens, in constant time; the accepted token (None: no tokens configured)."""
     if not config.auth_tokens:
         return None
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = presented_token(request.headers.get("Authorization", ""))
+    if token is None:
         raise Unauthorized("a bearer token is required (Authorization: Bearer <token>)")
-    presented = token.strip().encode("utf-8", "surrogateescape")
-    accepted = False
-    for candidate in config.auth_tokens:  # no early exit: the time taken does not tell which matched
-        accepted |= hmac.compare_digest(presented, candidate.encode())
-    if not accepted:
+    if not token_accepted(config.auth_tokens, token):
         raise Unauthorized("the bearer token is not accepted")
-    return token.strip()
+    return token
 
 
 def require_token() -> None:

@@ -10,9 +10,10 @@ import math
 import mimetypes
 from typing import Any
 
-from flask import Response, g, jsonify, request, stream_with_context
+from flask import Response, g, jsonify, request
 from flask.blueprints import BlueprintSetupState
 from werkzeug.routing import PathConverter
+from werkzeug.wsgi import wrap_file
 
 from api.answers import answer_report
 from api.forwarding import forward_if_elsewhere
@@ -23,7 +24,8 @@ from api.streaming import RunInThread, requested_format, stream_answer
 from errors import BadRequest, PayloadTooLarge
 from execution import workspace_path
 from models import SessionRecord
-from services import db_session, services
+from services import close_db_session, db_session, services
+from spool import spool
 
 blueprint = guarded_blueprint("sessions", __name__)
 blueprint.before_request(forward_if_elsewhere)  # a session held by another center is served there
@@ -70,8 +72,16 @@ def _idle_timeout(body: dict[str, Any]) -> float | None:
 
 
 def owned_session(session_id: str) -> SessionRecord:
-    """The caller's live session of that id (404 when unknown or someone else's, 410 when ended)."""
-    return services().registry.find(db_session(), session_id, g.owner)
+    """The caller's live session of that id (404 when unknown or someone else's, 410 when ended).
+
+    The request's database connection goes back to the pool at once: what follows waits on the
+    sandbox (a cell, a file), and a connection held through that lets a few slow calls take the
+    pool from everyone. The record keeps the values it was read with.
+    """
+    try:
+        return services().registry.find(db_session(), session_id, g.owner)
+    finally:
+        close_db_session()
 
 
 @blueprint.post("/sessions")
@@ -92,7 +102,8 @@ def get_session(session_id: str) -> Response:
 @blueprint.delete("/sessions/<session_id>")
 def delete_session(session_id: str) -> tuple[str, int]:
     """DELETE /sessions/<id>: end it now; its container is removed at once."""
-    services().registry.end(db_session(), owned_session(session_id), "it was deleted by its owner")
+    record = owned_session(session_id)
+    services().registry.end(db_session(), record, "it was deleted by its owner")
     return "", 204
 
 
@@ -117,37 +128,48 @@ def upload_files(session_id: str) -> tuple[Response, int]:
     svc = services()
     record = owned_session(session_id)
     request.max_content_length = svc.config.max_upload_bytes + MULTIPART_OVERHEAD_BYTES
-    parts = request.files.getlist("file")
-    if not parts:
-        raise BadRequest("send the files as multipart/form-data parts named 'file'")
-    uploaded = []
-    for part in parts:
-        path = workspace_path(part.filename, "a file part's filename")
-        stream = part.stream
-        stream.seek(0, 2)
-        size = stream.tell()
-        stream.seek(0)
-        if size > svc.config.max_upload_bytes:
-            raise PayloadTooLarge(f"{path} has {size} bytes, over the upload limit of {svc.config.max_upload_bytes}")
-        answer = svc.registry.upload(record, path, stream, size)
-        uploaded.append({"path": answer.get("path", path), "size": answer.get("size", size)})
+    # The parts go to temporary files (DiskFormRequest), as many bytes at once as the disk budget allows.
+    with svc.spool_budget.reserve(request.content_length or 0, svc.config.queue_wait_seconds):
+        parts = request.files.getlist("file")
+        if not parts:
+            raise BadRequest("send the files as multipart/form-data parts named 'file'")
+        # Every name is checked before any file is written.
+        paths = [workspace_path(part.filename, "a file part's filename") for part in parts]
+        uploaded = []
+        for path, part in zip(paths, parts, strict=True):
+            stream = part.stream
+            stream.seek(0, 2)
+            size = stream.tell()
+            stream.seek(0)
+            if size > svc.config.max_upload_bytes:
+                raise PayloadTooLarge(f"{path} has {size} bytes, over the upload limit of "
+                                      f"{svc.config.max_upload_bytes}")
+            answer = svc.registry.upload(record, path, stream, size)
+            uploaded.append({"path": answer.get("path", path), "size": answer.get("size", size)})
+        for part in parts:
+            part.close()
     return jsonify(files=uploaded), 201
 
 
 @blueprint.get("/sessions/<session_id>/files")
 def list_files(session_id: str) -> Response:
-    """GET /sessions/<id>/files: the workspace, recursively."""
-    return jsonify(services().registry.list_files(owned_session(session_id)))
+    """GET /sessions/<id>/files[?limit=N&cursor=C]: the workspace, recursively, a page at a time."""
+    page = {key: request.args[key] for key in ("limit", "cursor") if key in request.args}
+    return jsonify(services().registry.list_files(owned_session(session_id), page))
 
 
 @blueprint.get("/sessions/<session_id>/files/<workspace_path:path>", merge_slashes=False)
 def download_file(session_id: str, path: str) -> Response:
     """GET /sessions/<id>/files/<path>: the bytes as a download, with their type."""
+    svc = services()
     path = workspace_path(path)
-    size, chunks = services().registry.download(owned_session(session_id), path)
+    size, chunks = svc.registry.download(owned_session(session_id), path)
+    # Spooled, then handed to the server as a file: this thread is free at once, however slowly the
+    # client reads (a client that never reads is let go after the server's idle limit).
+    answer = spool(chunks, size, svc.spool_budget, svc.config.queue_wait_seconds)
     name = path.rsplit("/", 1)[-1]
     mime_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
-    response = Response(stream_with_context(chunks), mimetype=mime_type)
+    response = Response(wrap_file(request.environ, answer), mimetype=mime_type, direct_passthrough=True)
     response.headers["Content-Length"] = str(size)
     response.headers["Content-Disposition"] = attachment(name)
     response.headers["X-Content-Type-Options"] = "nosniff"

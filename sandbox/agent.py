@@ -53,6 +53,7 @@ from contract import (  # noqa: E402
     MAX_ERROR_SUMMARY_BYTES,
     OUTPUT_CUT_NOTICE,
     PRELOADED_LIBRARIES,
+    SESSION_END_GRACE_SECONDS,
     STREAM_TYPE,
     USERS_DIR,
     WARM_DELAY_SECONDS,
@@ -98,6 +99,7 @@ ERROR_TAIL_BYTES = 4096  # of stderr repeated as `error` (JSON-encoded): the who
 MAX_ARG_STRLEN = 32 * 4096  # Linux: one environment string, its NUL included
 MAX_EXEC_SIZE = 6 * 1024 * 1024  # Linux: argument and environment strings with their pointers, at most
 COLD_START_SECONDS = 10.0
+MAX_WATCH_WAIT = 3600.0  # the life watch looks again at least this often (any bound, however large, works)
 STATUS_MESSAGES = {
     "timeout": "execution exceeded the time limit of {timeout:g} s and was killed",
     "output_limit": ("output (stdout and stderr together) exceeded {max_output_bytes} bytes and was cut; "
@@ -117,6 +119,8 @@ class AgentOptions(NamedTuple):
     warm_rest: float  # idle seconds after them before the other groups
     threads: int  # the numeric libraries' thread pools (worker_environment); 0: their own choice
     path_first: str = ""  # a folder put first on the program's PATH; "": none
+    session_lifetime: float = 0.0  # a session's agent ends this long after the session started; 0: never
+    max_silence: float = 0.0  # the agent ends after this long without any request; 0: never
 
 
 def worker_environment(options: AgentOptions) -> dict[str, str]:
@@ -994,6 +998,82 @@ def input_files(files: Any) -> list[tuple[str, bytes]]:
     return checked
 
 
+class LifeWatch:
+    """Ends the agent, and with it the container, once no center is left to end it.
+
+    A center removes its containers: a one-shot one after its run, a session's at its end, a fresh
+    one when it closes. A center that crashed, or came back under another deployment label, removes
+    none of them, and a session's container would run (and hold its memory) for good. So the agent
+    ends itself past the session's lifetime (`session_lifetime` after the session started, plus
+    SESSION_END_GRACE_SECONDS: the center, which counts from a moment later, ends it first when it
+    can), and after `max_silence` seconds with no request at all (the center passes a bound past
+    any idle time it allows a session, and asks every agent for its health every few seconds). A
+    request counts from its accept to its answer's end, so a cell that runs is never silence; nor
+    does the agent end past its lifetime while a request is still being answered.
+    """
+
+    def __init__(self, session_lifetime: float, max_silence: float) -> None:
+        self.session_lifetime, self.max_silence = session_lifetime, max_silence
+        self.changed = threading.Condition()  # a request began or ended, a session started
+        self.in_flight = 0
+        self.last = time.monotonic()  # the last moment a request began or ended
+        self.session_ends: float | None = None  # once a session's: when the agent ends itself
+
+    def begin(self) -> None:
+        """A connection was accepted."""
+        with self.changed:
+            self.in_flight += 1
+            self.last = time.monotonic()
+
+    def end(self) -> None:
+        """A connection is done."""
+        with self.changed:
+            self.in_flight -= 1
+            self.last = time.monotonic()
+            self.changed.notify_all()
+
+    def session_started(self) -> None:
+        """The agent became a session's: its lifetime runs from now."""
+        if self.session_lifetime:
+            with self.changed:
+                self.session_ends = time.monotonic() + self.session_lifetime + SESSION_END_GRACE_SECONDS
+                self.changed.notify_all()
+
+    def reason_to_end(self, now: float) -> tuple[str | None, float | None]:
+        """(Why the agent ends now, or None; when to look again, None: when a request ends). Lock held."""
+        wake = []
+        if self.session_ends is not None:
+            if now < self.session_ends:
+                wake.append(self.session_ends)
+            elif not self.in_flight:
+                return f"the session reached its lifetime ({self.session_lifetime:g} s)", None
+        if self.max_silence and not self.in_flight:
+            if now - self.last >= self.max_silence:
+                return f"no request came for {self.max_silence:g} s: no center is left to end this sandbox", None
+            wake.append(self.last + self.max_silence)
+        return None, min(wake) if wake else None
+
+    def watch(self) -> NoReturn:
+        """The watch's thread: wait until a bound is passed, then end the agent."""
+        with self.changed:
+            while True:
+                now = time.monotonic()
+                reason, wake = self.reason_to_end(now)
+                if reason is not None:
+                    break
+                # No wake-up while nothing can be due: an idle sandbox takes no CPU.
+                self.changed.wait(MAX_WATCH_WAIT if wake is None else min(wake - now, MAX_WATCH_WAIT))
+            # Still holding the lock: no request is begun meanwhile (one accepted now meets a closed socket).
+            print(f"agent: ending: {reason}", file=sys.stderr, flush=True)
+            kill_sandbox_processes()
+            os._exit(0)
+
+    def start(self) -> None:
+        """Watch in a thread of its own, when there is a bound to watch."""
+        if self.session_lifetime or self.max_silence:
+            threading.Thread(target=self.watch, name="life-watch", daemon=True).start()
+
+
 class Agent:
     """Holds this container's one worker and runs the one job it is given (or, in session mode, its cells)."""
 
@@ -1004,6 +1084,7 @@ class Agent:
         self.used = False
         self.mode = "fresh"  # then "oneshot" (POST /run) or "session" (POST /session/start), for good
         self.session: Any = None  # session.Session once in session mode
+        self.life = LifeWatch(options.session_lifetime, options.max_silence)
         timer = threading.Timer(options.warm_delay, self.warm_up)
         timer.daemon = True
         timer.start()
@@ -1197,17 +1278,20 @@ def route(agent: Agent, request: Request) -> tuple[int, dict[str, Any] | RawResp
 
 
 USAGE = ("usage: agent.py [--socket PATH] [--max-processes N] [--uid N] [--warm-delay SECONDS] "
-         "[--warm-first GROUP,...] [--warm-rest SECONDS] [--threads N] [--path-first DIR]")
+         "[--warm-first GROUP,...] [--warm-rest SECONDS] [--threads N] [--path-first DIR] "
+         "[--session-lifetime SECONDS] [--max-silence SECONDS]")
 
 
 def parse_arguments(argv: list[str]) -> AgentOptions:
     """The options from --socket PATH (default /agent/sock/agent.sock), --max-processes N (default 0),
     --uid N (default: the `sandbox` user's), --warm-delay SECONDS (default 0.5), --warm-first GROUPS
-    (default: all), --warm-rest SECONDS (default 2), --threads N (default 0) and --path-first DIR
-    (default: none); SystemExit if wrong."""
+    (default: all), --warm-rest SECONDS (default 2), --threads N (default 0), --path-first DIR
+    (default: none), --session-lifetime SECONDS and --max-silence SECONDS (default 0: no bound; see
+    LifeWatch); SystemExit if wrong."""
     options = {"--socket": "/agent/sock/agent.sock", "--max-processes": "0", "--uid": "",
                "--warm-delay": str(WARM_DELAY_SECONDS), "--warm-first": ",".join(WARM_UP_GROUP_NAMES),
-               "--warm-rest": str(WARM_REST_SECONDS), "--threads": "0", "--path-first": ""}
+               "--warm-rest": str(WARM_REST_SECONDS), "--threads": "0", "--path-first": "",
+               "--session-lifetime": "0", "--max-silence": "0"}
     if len(argv) % 2 or any(name not in options for name in argv[::2]):
         raise SystemExit(f"{USAGE}; got {argv}")
     options.update(zip(argv[::2], argv[1::2], strict=True))
@@ -1215,11 +1299,15 @@ def parse_arguments(argv: list[str]) -> AgentOptions:
         max_processes, threads = int(options["--max-processes"]), int(options["--threads"])
         uid = int(options["--uid"]) if options["--uid"] else pwd.getpwnam(SANDBOX_USER).pw_uid
         warm_delay, warm_rest = float(options["--warm-delay"]), float(options["--warm-rest"])
+        lifetime, silence = float(options["--session-lifetime"]), float(options["--max-silence"])
     except ValueError:
         raise SystemExit(f"{USAGE}: N is a whole number, SECONDS a number; got {argv}") from None
     for name, seconds in (("--warm-delay", warm_delay), ("--warm-rest", warm_rest)):
         if not 0 <= seconds < 3600:
             raise SystemExit(f"{name} must be between 0 and 3600 seconds; got {seconds}")
+    for name, seconds in (("--session-lifetime", lifetime), ("--max-silence", silence)):
+        if not 0 <= seconds < math.inf:  # NaN fails too; any finite length works (LifeWatch waits in steps)
+            raise SystemExit(f"{name} must be a finite number of seconds, 0 or more (0: none); got {seconds}")
     warm_first = tuple(options["--warm-first"].split(",")) if options["--warm-first"] else ()
     if unknown := [name for name in warm_first if name not in WARM_UP_GROUP_NAMES]:
         raise SystemExit(f"--warm-first takes groups among {','.join(WARM_UP_GROUP_NAMES)}; got {','.join(unknown)}")
@@ -1232,7 +1320,7 @@ def parse_arguments(argv: list[str]) -> AgentOptions:
     if path_first and (not path_first.startswith("/") or ":" in path_first):
         raise SystemExit(f"--path-first must be an absolute folder without ':'; got {path_first}")
     return AgentOptions(options["--socket"], max_processes, uid, warm_delay, warm_first, warm_rest, threads,
-                        path_first)
+                        path_first, lifetime, silence)
 
 
 def name_program_user(uid: int) -> None:
@@ -1263,7 +1351,8 @@ def main(argv: list[str] | None = None) -> None:
     # container's RLIMIT_FSIZE, the agent's too) fails with EFBIG, answered 507, and does not kill the
     # agent. The worker inherits it: a program over the limit gets EFBIG too.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    serve_unix_socket(options.socket, lambda request: route(agent, request))
+    agent.life.start()
+    serve_unix_socket(options.socket, lambda request: route(agent, request), agent.life)
 
 
 if __name__ == "__main__":

@@ -79,8 +79,13 @@ UPLOAD_LIMIT_HEADER = "X-Max-Bytes"
 # {"type": "stdout"|"stderr", "text"} as the program writes, then {"type": "report", "report"}
 # (or {"type": "error", "error"} when the agent itself failed).
 STREAM_TYPE = "application/x-ndjson"
-# GET /files lists at most this many files (then "truncated": true).
+# GET /files?limit=N&cursor=C answers a page of the workspace's files, sorted by path: at most `limit`
+# files (DEFAULT_LIST_LIMIT unless given, at most MAX_LISTED_FILES) and at most LIST_PAGE_BYTES of JSON
+# (counted with non-ASCII text escaped, the larger of the two ways to encode it), and the opaque cursor
+# of the next page ("next_cursor", null after the last page).
+DEFAULT_LIST_LIMIT = 1000
 MAX_LISTED_FILES = 10000
+LIST_PAGE_BYTES = 1024 * 1024
 # A run's or cell's `result` (the repr of its last expression) is cut to this many characters.
 MAX_RESULT_CHARS = 64 * 1024
 # The last line of the client's `output` when output was cut at the cap (for clients that read only `output`).
@@ -95,6 +100,10 @@ INTERRUPT_GRACE_SECONDS = 2.0
 # a warm-up under way has finished (numpy, pandas, matplotlib and seaborn take seconds on a busy host).
 # The center waits this long and a little more.
 SESSION_START_SECONDS = 70.0
+# A session's agent ends itself (and so its container) this long after the session's lifetime, which
+# the center passes it (--session-lifetime): the center ends the session at that moment by its own
+# clock, and this end is for when no center is left to do it (crashed, or back under another label).
+SESSION_END_GRACE_SECONDS = 5.0
 
 # Paths in the workspace: one rule for the center (which refuses with a 400 before anything starts)
 # and the agent (which must not trust the center either).

@@ -18,11 +18,15 @@ import os
 import socket
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
-from contract import MAX_JOB_BYTES
+from contract import MAX_JOB_BYTES, MAX_PATH_BYTES
 
 MAX_HEADER_LINE = 8192
+# The request line names a workspace path percent-encoded, 3 bytes for each of its up to MAX_PATH_BYTES
+# (all of them when the text is not ASCII), plus the method, the route (/files/), a query (a listing's
+# limit and cursor) and the version: the 8 KiB of a header line left a path of 4 KB unreachable.
+MAX_REQUEST_LINE = 3 * MAX_PATH_BYTES + MAX_HEADER_LINE
 MAX_HEADERS = 64
 MAX_BODY = MAX_JOB_BYTES
 REQUEST_SECONDS = 60.0  # for a request to arrive whole; a stalled client does not hold a thread forever
@@ -110,9 +114,21 @@ class RawResponse:
 Route = Callable[[Request], tuple[int, "dict[str, Any] | RawResponse", bool]]
 
 
+class Activity(Protocol):
+    """Told of each connection as it is accepted and once it is done (see serve_unix_socket)."""
+
+    def begin(self) -> None:
+        """A connection was accepted."""
+
+    def end(self) -> None:
+        """The connection is answered (or given up)."""
+
+
 def read_request(stream: Any) -> Request:
     """One request's line and headers; HTTPError when it is not one we take. The body is left to the route."""
-    request_line = stream.readline(MAX_HEADER_LINE + 1)
+    request_line = stream.readline(MAX_REQUEST_LINE + 1)
+    if not request_line.endswith(b"\n"):
+        raise HTTPError(400, f"malformed request line (or over {MAX_REQUEST_LINE} bytes)")
     parts = request_line.decode("latin-1").split()
     if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
         raise HTTPError(400, "malformed request line")
@@ -208,12 +224,21 @@ def handle_connection(sock: socket.socket, route: Route) -> None:
         os._exit(0)
 
 
-def serve_unix_socket(path: str, route: Route) -> None:
+def handle_counted(sock: socket.socket, route: Route, activity: Activity) -> None:
+    """handle_connection, then tell `activity` the connection is done (its begin() was the accept loop's)."""
+    try:
+        handle_connection(sock, route)
+    finally:
+        activity.end()
+
+
+def serve_unix_socket(path: str, route: Route, activity: Activity | None = None) -> None:
     """Listen on a Unix socket at `path` and answer each connection in its own thread, forever.
 
     The center may run as another user, so the socket is made connectable by all (umask 0 at
     bind time; a chmod afterwards is refused under gVisor): /agent, root's only, keeps the
     program away from it and the host folder's private parents keep other host users away.
+    `activity`, when given, hears of each connection from its accept to its end (a cell's whole run).
     """
     if os.path.exists(path):
         os.unlink(path)
@@ -226,4 +251,13 @@ def serve_unix_socket(path: str, route: Route) -> None:
     listener.listen(16)
     while True:
         connection, _ = listener.accept()
-        threading.Thread(target=handle_connection, args=(connection, route), daemon=True).start()
+        if activity is None:
+            threading.Thread(target=handle_connection, args=(connection, route), daemon=True).start()
+            continue
+        activity.begin()  # here, not in the thread: no moment between the accept and the count
+        try:
+            threading.Thread(target=handle_counted, args=(connection, route, activity), daemon=True).start()
+        except BaseException:
+            activity.end()
+            connection.close()
+            raise

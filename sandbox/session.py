@@ -1,10 +1,12 @@
 """Session mode: the agent keeps its worker as one long-lived interpreter and runs cell after cell.
 
-POST /session/start (on a fresh agent only) hands the worker over: from then on the agent never
-exits by itself (the center removes its container). POST /session/cell takes /run's job and
-answers /run's report, minus "files", plus "execution_count", "result", "alive" and, once the
-session cannot go on, "dead_reason"; a dead session answers 410, a busy one 409. Files of the
-workspace: PUT /files/<path> (raw body), GET /files (listing), GET /files/<path> (raw bytes).
+POST /session/start (on a fresh agent only) hands the worker over: from then on the agent does not
+exit after a cell (the center removes its container; with no center left, see agent.LifeWatch).
+POST /session/cell takes /run's job and answers /run's report, minus "files", plus
+"execution_count", "result", "alive" and, once the session cannot go on, "dead_reason"; a dead
+session answers 410, a busy one 409. Files of the workspace: PUT /files/<path> (raw body),
+GET /files?limit=N&cursor=C (a page of the listing, see workspace.task_list), GET /files/<path>
+(raw bytes).
 
 How a cell runs: the cell goes to the worker as a JSON line on its command pipe; the worker runs
 it, flushes the output pipes, then writes a record line on its status pipe (see
@@ -46,8 +48,10 @@ from agent import (
     workspace_snapshot,
 )
 from contract import (
+    DEFAULT_LIST_LIMIT,
     DEFAULT_MAX_UPLOAD_BYTES,
     INTERRUPT_GRACE_SECONDS,
+    MAX_LISTED_FILES,
     OUTPUT_CUT_NOTICE,
     SESSION_START_SECONDS,
     UPLOAD_LIMIT_HEADER,
@@ -460,7 +464,8 @@ class CellRun:
 # --- routes -----------------------------------------------------------------------------------------
 
 def route(agent: Agent, request: Request) -> tuple[int, dict[str, Any] | RawResponse, bool]:
-    """/session/start, /session/cell and /files[/<path>]: (status, answer, False); a session never exits."""
+    """/session/start, /session/cell and /files[/<path>]: (status, answer, False); a session's agent does not
+    exit after answering (see agent.LifeWatch for when it ends itself)."""
     method, path = request.method, request.path
     if path == "/session/start":
         allow(method, path, "POST")
@@ -477,7 +482,11 @@ def route(agent: Agent, request: Request) -> tuple[int, dict[str, Any] | RawResp
         return (*session.cell(job, stream=wants_stream(request)), False)
     if path == "/files":
         allow(method, path, "GET")
-        return (*workspace_call(lambda: (200, workspace.list_files(agent.options.uid))), False)
+        try:
+            limit, after = listing_query(request.target.partition("?")[2])
+        except ValueError as e:
+            return 400, {"error": str(e)}, False
+        return (*workspace_call(lambda: (200, workspace.list_files(agent.options.uid, limit, after))), False)
     allow(method, path, "GET", "PUT")
     try:
         file_path = workspace.check_path(decode_path(path[len("/files/"):]))
@@ -505,7 +514,25 @@ def start(agent: Agent) -> tuple[int, dict[str, Any]]:
         session.start()
     except RuntimeError as e:
         return 500, {"error": str(e)}
+    finally:
+        # From when the center hears of it: it counts the session's lifetime from a moment later still.
+        agent.life.session_started()
     return 200, {"ok": True}
+
+
+def listing_query(query: str) -> tuple[int, str | None]:
+    """GET /files's (limit, path the page starts after) from `limit` and `cursor`; ValueError saying which
+    is bad. Other parameters are ignored."""
+    from urllib.parse import parse_qsl
+
+    fields = dict(parse_qsl(query, keep_blank_values=True, max_num_fields=16))
+    limit_text = fields.get("limit", str(DEFAULT_LIST_LIMIT))
+    # Digits only, and few of them: int() takes "+5", " 5", "5_0", and refuses 5000 digits only after a while.
+    if not (limit_text.isascii() and limit_text.isdigit() and len(limit_text) <= 6
+            and 1 <= int(limit_text) <= MAX_LISTED_FILES):
+        raise ValueError(f"limit must be a whole number from 1 to {MAX_LISTED_FILES}")
+    cursor = fields.get("cursor", "")
+    return int(limit_text), workspace.cursor_path(cursor) if cursor else None
 
 
 def workspace_call(call: Any) -> tuple[int, Any]:

@@ -13,9 +13,12 @@ files pay nothing for it.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import errno
 import json
 import os
+import re
 import signal
 import socket
 import stat
@@ -23,8 +26,9 @@ import threading
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+from agent import file_kind
 from contract import (  # noqa: F401 - check_path: used by importers
-    MAX_LISTED_FILES,
+    LIST_PAGE_BYTES,
     MAX_PATH_BYTES,
     UNSAFE_PATH_CHARACTERS,
     check_path,
@@ -32,9 +36,13 @@ from contract import (  # noqa: F401 - check_path: used by importers
 
 WORKDIR = "/workspace"
 HELPER_SECONDS = 30.0  # for a helper to answer; it is killed after
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # a listing of MAX_LISTED_FILES paths of up to MAX_PATH_BYTES each fits
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # any helper's answer (a listing's page is LIST_PAGE_BYTES at most)
 MAX_LIST_DEPTH = 128  # folders open at once while listing (each holds a descriptor; the limit is 256)
-MAX_LIST_VISITS = 200_000  # entries looked at by one listing, folders included
+MAX_LIST_VISITS = 200_000  # entries looked at by one page of a listing, folders included
+# Of a page's LIST_PAGE_BYTES, what the keys around its files may take: "next_cursor" holds a path of
+# up to MAX_PATH_BYTES in base64, "left_out" a count, "truncated" a flag.
+PAGE_ENVELOPE_BYTES = 8 * 1024
+CURSOR = re.compile(r"[A-Za-z0-9_-]{1,8192}")  # base64url, unpadded
 # Characters a path must not have (as for image names in agent.py): they would break a line, a
 # log or a page showing it, or reorder the text around it.
 O_DIRECTORY_PATH = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -193,6 +201,8 @@ def explain(error: OSError, dir_fd: int, name: str, where: str) -> WorkspaceErro
         return WorkspaceError(400, f"{where} is a symbolic link: paths never go through one")
     if error.errno in (errno.ENOTDIR, errno.ELOOP) and not stat.S_ISDIR(info.st_mode):
         return WorkspaceError(409, f"{where} is a file, not a folder")
+    if error.errno == errno.ENXIO:  # a socket (or a FIFO opened to write with no reader), put there meanwhile
+        return not_regular(where, info.st_mode)
     return os_error(error, where)
 
 
@@ -319,19 +329,36 @@ def task_upload(sock: socket.socket, path: str) -> None:
     answer(sock, {"ok": True})
 
 
+def not_regular(path: str, mode: int) -> WorkspaceError:
+    """The 400 of a download of something that is not a regular file: a folder, a socket, a FIFO, a device."""
+    kind = "a folder" if stat.S_ISDIR(mode) else file_kind(mode)
+    return WorkspaceError(400, f"not a regular file: {path} is {kind}")
+
+
 def task_open(sock: socket.socket, path: str) -> None:
-    """Open a regular file for reading and hand it to the agent."""
+    """Open a regular file for reading and hand it to the agent; anything else is refused with a 400.
+
+    What is there is looked at first: opening a socket fails (ENXIO), and opening a FIFO or a device
+    does things of its own. The open that follows is checked again (it may have been swapped meanwhile).
+    """
     dir_fd, name = open_parent(path, create=False)
     try:
         try:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+            info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            if stat.S_ISREG(info.st_mode):
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
         except OSError as e:
             raise explain(e, dir_fd, name, path) from None
+        if stat.S_ISLNK(info.st_mode):
+            raise WorkspaceError(400, f"{path} is a symbolic link: paths never go through one")
+        if not stat.S_ISREG(info.st_mode):
+            raise not_regular(path, info.st_mode)
     finally:
         os.close(dir_fd)
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):
-        raise WorkspaceError(404, f"not a regular file: {path}")
+        os.close(fd)
+        raise not_regular(path, info.st_mode)
     answer(sock, {"ok": True, "size": info.st_size}, (fd,))
 
 
@@ -344,73 +371,140 @@ def nameable(name: str) -> bool:
     return not UNSAFE_PATH_CHARACTERS.search(name)
 
 
-def task_list(sock: socket.socket) -> None:
-    """Every regular file under the workspace, sorted by path; at most MAX_LISTED_FILES (then truncated).
+def cursor_of(path: str) -> str:
+    """The opaque cursor of the page that starts after `path`: the path's UTF-8 in base64url, unpadded."""
+    return base64.urlsafe_b64encode(path.encode()).decode().rstrip("=")
 
-    Folders are walked depth first, each one's entries sorted with a folder's name read as
-    "name/": that visits the files in the order of their whole paths, so the listing can stop
-    at the cap. Names no request could name (not UTF-8, or holding a control character, which
-    check_path refuses) are left out, and counted: a folder so named counts once, with all it holds.
+
+def cursor_path(cursor: str) -> str:
+    """The path a cursor (cursor_of) names; ValueError when it is not one a listing gives."""
+    if not CURSOR.fullmatch(cursor):
+        raise ValueError("the cursor is not one a listing gave (base64url text)")
+    try:
+        return check_path(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode())
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise ValueError("the cursor is not one a listing gave (not a workspace path)") from None
+
+
+class Listed:
+    """One entry of a folder being listed: a file, a folder, or a name left out (no request could name it)."""
+
+    FILE, FOLDER, LEFT_OUT = range(3)
+    __slots__ = ("key", "name", "kind", "entry")
+
+    def __init__(self, key: str, name: str, kind: int, entry: os.DirEntry[str]) -> None:
+        self.key, self.name, self.kind, self.entry = key, name, kind, entry
+
+
+def task_list(sock: socket.socket, limit: int, after: str | None) -> None:
+    """One page of the workspace's regular files, sorted by path: those after the path `after` (all when
+    None), at most `limit` of them and at most LIST_PAGE_BYTES of JSON.
+
+    Folders are walked depth first, each one's entries sorted with a folder's name read as "name/":
+    that visits the files in the order of their whole paths (code points, as Python sorts text), so
+    a page ends anywhere and the next starts after its last path, going down only the folders that
+    hold later paths; what changed meanwhile is seen or not, never listed twice nor out of order.
+    Names no request could name (not UTF-8, or holding a control character, which check_path
+    refuses) are left out, and counted in the page that passes them: a folder so named counts once,
+    with all it holds. "truncated": something was not looked at (over MAX_LIST_DEPTH folders deep, or
+    a page's MAX_LIST_VISITS entries gone before its first file).
     """
     files: list[dict[str, Any]] = []
+    budget = LIST_PAGE_BYTES - PAGE_ENVELOPE_BYTES
     visits = 0
-    left_out = 0
-    truncated = False
+    left_out = passed_over = 0  # counted in this page / passed since its last file (the next page's if it ends)
+    truncated = full = False
 
-    def entries(fd: int) -> list[tuple[str, str, bool, os.stat_result | None]]:
-        """(sort key, name, is a folder, stat of a file) of a folder's entries, last first (popped from the end)."""
-        nonlocal visits, truncated, left_out
+    def later(path: str) -> bool:
+        """Whether a path (a folder's with its "/") comes after `after`, or holds paths that do."""
+        return after is None or path > after or (path.endswith("/") and after.startswith(path))
+
+    def entries(fd: int, prefix: str) -> list[Listed] | None:
+        """A folder's entries that hold paths after `after`, last first (popped from the end); None when the
+        page has looked at MAX_LIST_VISITS entries (a folder half read cannot be put in order)."""
+        nonlocal visits
         found = []
+        on_the_way = after is not None and after.startswith(prefix)  # else every entry is after it
         with os.scandir(fd) as listing:
             for entry in listing:
                 visits += 1
                 if visits > MAX_LIST_VISITS:
-                    truncated = True
-                    break
+                    return None
                 try:
-                    if not nameable(entry.name):
-                        left_out += entry.is_dir(follow_symlinks=False) or entry.is_file(follow_symlinks=False)
-                    elif entry.is_dir(follow_symlinks=False):
-                        found.append((entry.name + "/", entry.name, True, None))
-                    elif entry.is_file(follow_symlinks=False):
-                        found.append((entry.name, entry.name, False, entry.stat(follow_symlinks=False)))
+                    folder = entry.is_dir(follow_symlinks=False)
+                    if not (folder or entry.is_file(follow_symlinks=False)):
+                        continue
                 except OSError:
                     continue
-        found.sort(reverse=True)
+                key = entry.name + "/" if folder else entry.name
+                if on_the_way and not later(prefix + key):
+                    continue
+                kind = Listed.FOLDER if folder else Listed.FILE
+                found.append(Listed(key, entry.name, kind if nameable(entry.name) else Listed.LEFT_OUT, entry))
+        found.sort(key=lambda listed: listed.key, reverse=True)
         return found
 
     root = os.open(WORKDIR, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    stack = [(root, "", entries(root))]
+    stack: list[tuple[int, str, list[Listed]]] = []
     try:
+        listed = entries(root, "")
+        if listed is None:
+            os.close(root)
+            truncated = True
+        else:
+            stack.append((root, "", listed))
         while stack:
             fd, prefix, pending = stack[-1]
             if not pending:
                 os.close(fd)
                 stack.pop()
                 continue
-            _, name, is_folder, info = pending.pop()
-            if not is_folder:
-                if len(files) >= MAX_LISTED_FILES:
-                    truncated = True
+            item = pending.pop()
+            if item.kind == Listed.LEFT_OUT:
+                passed_over += 1
+                continue
+            path = prefix + item.name
+            if item.kind == Listed.FILE:
+                if len(files) >= limit:
+                    full = True
                     break
-                assert info is not None
-                files.append({"path": prefix + name, "size": info.st_size, "modified": info.st_mtime})
+                try:
+                    info = item.entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue  # gone meanwhile
+                file = {"path": path, "size": info.st_size, "modified": info.st_mtime}
+                size = len(json.dumps(file)) + 2  # as ASCII-escaped JSON, with its ", "
+                if size > budget:
+                    full = True
+                    break
+                budget -= size
+                files.append(file)
+                left_out, passed_over = left_out + passed_over, 0
                 continue
             if len(stack) >= MAX_LIST_DEPTH:
                 truncated = True
                 continue
             try:
-                sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                sub = os.open(item.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
             except OSError:
                 continue  # made unreadable, or replaced meanwhile
             try:
-                stack.append((sub, prefix + name + "/", entries(sub)))
+                listed = entries(sub, path + "/")
             except OSError:
                 os.close(sub)
+                continue
+            if listed is None:  # this page has looked at enough: the next one goes on after its last file
+                os.close(sub)
+                full = bool(files)
+                truncated = not files  # a page that cannot reach even one file: no page after it could
+                break
+            stack.append((sub, path + "/", listed))
     finally:
         for fd, _, _ in stack:
             os.close(fd)
-    result: dict[str, Any] = {"files": files}
+    if not full:
+        left_out += passed_over  # no page comes after this one
+    result: dict[str, Any] = {"files": files, "next_cursor": cursor_of(files[-1]["path"]) if full else None}
     if truncated:
         result["truncated"] = True
     if left_out:
@@ -429,9 +523,10 @@ def write_files(uid: int, files: list[tuple[str, bytes]]) -> None:
         helper.close()
 
 
-def list_files(uid: int) -> dict[str, Any]:
-    """{"files": [{"path", "size", "modified"}], "truncated"?: true}: the workspace's regular files."""
-    helper = Helper(uid, task_list)
+def list_files(uid: int, limit: int, after: str | None) -> dict[str, Any]:
+    """A page of the workspace's regular files after the path `after` (see task_list): {"files": [{"path",
+    "size", "modified"}], "next_cursor": str | None, "truncated"?: true, "left_out"?: n}."""
+    helper = Helper(uid, task_list, limit, after)
     try:
         return helper.receive()[0]
     finally:

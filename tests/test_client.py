@@ -19,6 +19,7 @@ from client import (
     ForbiddenError,
     GoneError,
     InsufficientStorageError,
+    InvalidArgumentError,
     NotFoundError,
     PayloadTooLargeError,
     RunResult,
@@ -27,7 +28,9 @@ from client import (
     Session,
     UnauthorizedError,
     error_for,
+    workspace_path,
 )
+from sandbox.contract import check_path
 
 TOKEN, OTHER_TOKEN = "client-token", "other-token"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -145,8 +148,11 @@ def test_400_bad_request(center: Client, session: Session) -> None:
     with pytest.raises(BadRequestError) as bad:
         center.run("print(1)", language="cobol")
     assert bad.value.status == 400 and "cobol" in bad.value.error
-    with pytest.raises(BadRequestError):
-        session.upload("../escape.txt", b"x")
+    # A path only the center can judge (the client refuses "../escape.txt" itself: see the tests below).
+    session.run("import os\nos.symlink('/tmp', 'out')")
+    with pytest.raises(BadRequestError) as through_link:
+        session.upload("out/escape.txt", b"x")
+    assert through_link.value.status == 400
     assert isinstance(bad.value, ClientError)
 
 
@@ -258,6 +264,80 @@ def test_every_status_has_its_error_class() -> None:
         error = error_for(status, "why")
         assert type(error) is kind and error.status == status and error.error == "why"
     assert type(error_for(418, "teapot")) is ClientError
+
+
+# --- arguments refused before any request (issue 33) ---------------------------------------------
+
+NOT_SESSION_IDS = ["..", ".", "", "../runcode", "a/b", "%2e%2e", "0" * 65, "ABCDEF", "abc\n", "abc ", "g" * 32,
+                   "0" * 31 + "\u0660"]
+UNSAFE_UPLOAD_NAMES = ["a\\b.txt", "line\nbreak.txt", "cr\r.txt", "nul\0.txt", "tab\t.txt", "del\x7f.txt",
+                       "\u202eevil.txt", 'q"uote.txt', "pct%22.txt", "pct%0a.txt", "pct%0D.txt", "../escape.txt",
+                       "/etc/passwd", "a//b.txt", "a/./b.txt", "a/", "", "x" * 256, "a/" * 2048 + "b", "\udc80.txt"]
+
+
+def refused_before_any_request(call: Callable[[], object]) -> InvalidArgumentError:
+    """The InvalidArgumentError `call` raises (on a client of a port where nothing listens: a request would
+    have raised CenterUnreachableError instead)."""
+    with pytest.raises(InvalidArgumentError) as refused:
+        call()
+    error = refused.value
+    assert error.status is None and isinstance(error, ValueError) and isinstance(error, BadRequestError)
+    return error
+
+
+def test_a_session_id_the_center_never_issued_is_refused_before_any_request(center: Client) -> None:
+    # Red team: "/sessions/.." resolves to "/", so this ran a one-shot program, and describe() read the home page.
+    with pytest.raises(InvalidArgumentError, match="not a session id"):
+        center.attach("..").run("print('ran')")
+    with pytest.raises(InvalidArgumentError):
+        center.attach("..").describe()
+    with Client(f"http://127.0.0.1:{free_port()}") as nowhere:
+        for session_id in NOT_SESSION_IDS:
+            error = refused_before_any_request(lambda s=session_id: nowhere.attach(s))
+            assert "not a session id" in error.error, session_id
+        refused_before_any_request(lambda: Session(nowhere, 42))  # type: ignore[arg-type]
+        handle = nowhere.attach("0123456789abcdef" * 2)  # the center's own form: a request is made, and fails
+        with pytest.raises(CenterUnreachableError):
+            handle.describe()
+
+
+def test_a_file_name_an_upload_would_change_is_refused_before_any_request(session: Session, tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgumentError, match="not a path in the workspace"):
+        session.upload("a\\b.txt", b"x")  # it arrived as ab.txt
+    with pytest.raises(InvalidArgumentError):
+        session.upload("line\nbreak.txt", b"x")  # it arrived as line%0Abreak.txt
+    local = tmp_path / "local\\name.txt"
+    local.write_bytes(b"x")
+    with pytest.raises(InvalidArgumentError):
+        session.upload(local)
+    odd = ["sp ace é.txt", "100%.txt", "pct%41.txt", "a'b;c=d.txt", "semi;colon/x+y.txt", "emoji😀.txt"]
+    for name in odd:  # names a multipart filename does carry as they are
+        assert session.upload(name, name) == [{"path": name, "size": len(name.encode())}]
+    listed = {entry["path"] for entry in session.files()}
+    assert listed >= set(odd) and not listed & {"ab.txt", "line%0Abreak.txt", "localname.txt"}, listed
+    # A program may make the names an upload cannot: they still download, quoted in the URL.
+    session.run("open('a\\\\b.txt', 'w').write('back')\nopen('q\"uote.txt', 'w').write('quote')")
+    assert session.download("a\\b.txt") == b"back" and session.download('q"uote.txt') == b"quote"
+    with Client(f"http://127.0.0.1:{free_port()}") as nowhere:
+        handle = nowhere.attach(session.id)
+        for name in UNSAFE_UPLOAD_NAMES:
+            error = refused_before_any_request(lambda n=name: handle.upload(n, b"x"))
+            assert "not a path in the workspace" in error.error, name
+            if "\\" not in name and '"' not in name and "%" not in name:
+                refused_before_any_request(lambda n=name: handle.download(n))
+
+
+def test_the_client_refuses_every_path_the_center_refuses() -> None:
+    samples = [*UNSAFE_UPLOAD_NAMES, "ok.txt", "data/ok.csv", "\u2028", "\x85", "\u2066x", "x" * 255, "a/" * 2047 + "b",
+               "é" * 128, "é" * 127 + "a", 7, None, b"bytes.txt"]
+    for sample in samples:
+        try:
+            check_path(sample)
+        except ValueError:
+            with pytest.raises(InvalidArgumentError):
+                workspace_path(sample)
+        else:
+            assert workspace_path(sample) == sample, sample
 
 
 # --- streaming ------------------------------------------------------------------------------------

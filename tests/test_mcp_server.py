@@ -10,18 +10,20 @@ import subprocess
 import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+import requests
 from conftest import free_port
 from mcp import ClientSession, StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.types import CallToolResult, ImageContent, TextContent
 
 from config import PROJECT_DIR
+from mcp_server import transport_security
 
 TOKEN = "mcp-token"
 SERVER = str(PROJECT_DIR / "mcp_server.py")
@@ -57,12 +59,11 @@ async def over_stdio(args: list[str], log: Path, env: dict[str, str] | None = No
             yield session
 
 
-@pytest.fixture
-def http_server(center_url: str, tmp_path: Path) -> Iterator[str]:
-    """`mcp_server.py --http 127.0.0.1:0` as a process; yields the /mcp URL it prints once it listens."""
-    process = subprocess.Popen([sys.executable, SERVER, "--url", center_url, "--token", TOKEN, "--http", "127.0.0.1:0"],
-                               cwd=PROJECT_DIR, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
+@contextmanager
+def serving_http(args: list[str]) -> Iterator[str]:
+    """`mcp_server.py ARGS` (with --http) as a process; yields the /mcp URL it prints once it listens."""
+    process = subprocess.Popen([sys.executable, SERVER, *args], cwd=PROJECT_DIR, stdin=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     lines: queue.Queue[str] = queue.Queue()
     # A thread drains stderr, so the server never blocks on a full pipe and the test can wait with a timeout.
     threading.Thread(target=lambda: [lines.put(line) for line in process.stderr], daemon=True).start()
@@ -84,6 +85,13 @@ def http_server(center_url: str, tmp_path: Path) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.fixture
+def http_server(center_url: str) -> Iterator[str]:
+    """`mcp_server.py --http 127.0.0.1:0` in front of the center; yields its /mcp URL."""
+    with serving_http(["--url", center_url, "--token", TOKEN, "--http", "127.0.0.1:0"]) as url:
+        yield url
 
 
 @asynccontextmanager
@@ -203,3 +211,68 @@ def test_http_on_a_public_address_is_refused_without_allow_remote() -> None:
     answer = subprocess.run([sys.executable, SERVER, "--url", "http://127.0.0.1:1", "--http", "0.0.0.0:0"],
                             cwd=PROJECT_DIR, capture_output=True, text=True, timeout=60)
     assert answer.returncode == 2 and "--allow-remote" in answer.stderr
+
+
+# --- arguments and hosts the server must refuse (issue 33) ----------------------------------------
+
+def test_a_session_id_or_path_the_center_could_not_take_is_a_clean_tool_error(center_url: str, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with over_stdio(["--url", center_url, "--token", TOKEN], tmp_path / "mcp.log") as session:
+            # "/sessions/.." resolves to "/": this ran a one-shot program instead of refusing.
+            ran = await session.call_tool("run_code", {"code": "print('ran')", "session_id": ".."})
+            assert ran.is_error and "not a session id" in text_of(ran) and "ran" not in text_of(ran), text_of(ran)
+            for tool, arguments in (("list_files", {}), ("read_file", {"path": "a.txt"}), ("end_session", {}),
+                                    ("upload_file", {"path": "a.txt", "content_base64": "eA=="})):
+                for session_id in ("..", "../runcode", "a/b", ""):
+                    answer = await session.call_tool(tool, {"session_id": session_id, **arguments})
+                    assert answer.is_error and "not a session id" in text_of(answer), (tool, text_of(answer))
+            created = await session.call_tool("create_session", {})
+            session_id = re.search(r"session_id: (\S+)", text_of(created)).group(1)
+            for path in ("a\\b.txt", "line\nbreak.txt", 'q"uote.txt', "nul\0.txt"):  # a\b.txt arrived as ab.txt
+                uploaded = await session.call_tool("upload_file", {"session_id": session_id, "path": path,
+                                                                   "content_base64": "eA=="})
+                assert uploaded.is_error and "not a path in the workspace" in text_of(uploaded), text_of(uploaded)
+            for path in ("line\nbreak.txt", "tab\t.txt", "\u202eevil.txt"):  # the center's 400, said before asking
+                read = await session.call_tool("read_file", {"session_id": session_id, "path": path})
+                assert read.is_error and "not a path in the workspace" in text_of(read), text_of(read)
+            listing = await session.call_tool("list_files", {"session_id": session_id})
+            assert not listing.is_error and "ab.txt" not in text_of(listing) and "%0A" not in text_of(listing)
+            await session.call_tool("end_session", {"session_id": session_id})
+    run(scenario)
+
+
+INITIALIZE = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+    "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+
+
+@pytest.mark.parametrize("host", ["127.0.0.2", "localhost"])
+def test_http_on_any_loopback_address_refuses_a_foreign_host_or_origin(host: str) -> None:
+    # The SDK checks Host and Origin by itself only on 127.0.0.1, localhost and ::1: a page that rebinds its
+    # DNS name to 127.0.0.2 reached the tools (initialize with Host: attacker.example answered 200).
+    with serving_http(["--url", "http://127.0.0.1:1", "--http", f"{host}:0"]) as url:
+        assert url.startswith(f"http://{host}:")
+        rebound = requests.post(url, json=INITIALIZE, headers={**MCP_HEADERS, "Host": "attacker.example"}, timeout=30)
+        assert rebound.status_code == 421, rebound.text
+        foreign = requests.post(url, json=INITIALIZE, headers={**MCP_HEADERS, "Origin": "http://attacker.example"},
+                                timeout=30)
+        assert foreign.status_code == 403, foreign.text
+        own = requests.post(url, json=INITIALIZE, headers={**MCP_HEADERS, "Origin": url.removesuffix("/mcp")},
+                            timeout=30)
+        assert own.status_code == 200 and "serverInfo" in own.text, own.text
+
+        async def scenario() -> set[str]:
+            async with over_http(url) as session:
+                return {tool.name for tool in (await session.list_tools()).tools}
+        assert run(scenario) == TOOLS
+
+
+def test_host_checks_name_the_bound_host_and_are_off_only_on_every_address() -> None:
+    other = transport_security("127.0.0.2")
+    assert other.enable_dns_rebinding_protection and other.allowed_hosts == ["127.0.0.2", "127.0.0.2:*"]
+    assert "http://127.0.0.2:*" in other.allowed_origins and not any("localhost" in o for o in other.allowed_origins)
+    assert set(transport_security("::1").allowed_hosts) >= {"[::1]:*", "127.0.0.1:*", "localhost:*"}
+    assert transport_security("10.1.2.3").allowed_hosts == ["10.1.2.3", "10.1.2.3:*"]
+    # Every address (only with --allow-remote): no name can be listed; the proxy in front must check.
+    for everywhere in ("0.0.0.0", "::"):
+        assert not transport_security(everywhere).enable_dns_rebinding_protection
