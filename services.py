@@ -10,7 +10,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,14 +20,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from config import Config
-from errors import ServiceUnavailable, StorageFailed
+from errors import StorageFailed
 from metrics import Metrics
 from models import create_tables, make_engine, make_session_factory
 from peers import PeerDirectory
 from pool import SandboxPool
 from sandboxes import DockerSandboxes
 from sessions import SessionRegistry
-from spool import SPOOL_BYTES, DiskBudget
+from spool import SPOOL_BYTES, ByteBudget
 from storage import RetentionSweeper
 
 log = logging.getLogger(__name__)
@@ -65,7 +64,7 @@ def limit_malloc_arenas() -> None:
         pass
 
 
-class BodyBudget:
+class BodyBudget(ByteBudget):
     """Bounds the request bytes being parsed at once, across all threads.
 
     A JSON body costs many times its size in memory while it is parsed and checked; without a
@@ -74,27 +73,11 @@ class BodyBudget:
     """
 
     def __init__(self, total_bytes: int) -> None:
-        self.total = total_bytes
-        self.available = total_bytes
-        self._condition = threading.Condition()
+        super().__init__(total_bytes, "the center is busy reading other large requests; try again shortly", 1)
 
     def take(self, size: int, timeout: float) -> int:
-        """Reserve `size` bytes (at most the whole budget); ServiceUnavailable if they do not free up in time."""
-        if size <= SMALL_BODY_BYTES:
-            return 0
-        size = min(size, self.total)
-        with self._condition:
-            if not self._condition.wait_for(lambda: self.available >= size, timeout):
-                raise ServiceUnavailable("the center is busy reading other large requests; try again shortly")
-            self.available -= size
-        return size
-
-    def give_back(self, size: int) -> None:
-        """Return what take() reserved."""
-        if size:
-            with self._condition:
-                self.available += size
-                self._condition.notify_all()
+        """Reserve `size` bytes unless the body is small; ServiceUnavailable if they do not free up in time."""
+        return 0 if size <= SMALL_BODY_BYTES else super().take(size, timeout)
 
     @contextmanager
     def reserve(self, size: int, timeout: float) -> Iterator[None]:
@@ -125,7 +108,7 @@ class Services:
     owns_pool: bool
     metrics: Metrics
     body_budget: BodyBudget
-    spool_budget: DiskBudget
+    spool_budget: ByteBudget
     registry: SessionRegistry
     peers: PeerDirectory
     retention: RetentionSweeper | None = None
@@ -193,7 +176,7 @@ def build_services(config: Config, pool: SandboxPool | None = None) -> Services:
     registry = SessionRegistry(config, sandboxes, pool, database)
     peers = PeerDirectory(config.advertise_url, registry.node, database)
     return Services(config, engine, database, sandboxes, pool, owns_pool, Metrics(pool), budget,
-                    DiskBudget(SPOOL_BYTES), registry, peers)
+                    ByteBudget(SPOOL_BYTES), registry, peers)
 
 
 def services() -> Services:

@@ -22,12 +22,14 @@ from errors import ServiceUnavailable
 SPOOL_BYTES = 2 * 1024 ** 3  # downloads and uploads spooled at once, on the disk of the temporary folder
 
 
-class DiskBudget:
-    """Bytes of temporary files in use at once, across all threads; a request waits for room, then 503."""
+class ByteBudget:
+    """Bytes in use at once, across all threads; a request waits for room, then ServiceUnavailable."""
 
-    def __init__(self, total_bytes: int) -> None:
+    def __init__(self, total_bytes: int, busy: str = "the center is busy passing other large files; try again "
+                 "shortly", retry_after: int = 5) -> None:
         self.total = total_bytes
         self.available = total_bytes
+        self.busy, self.retry_after = busy, retry_after
         self._condition = threading.Condition()
 
     def take(self, size: int, timeout: float) -> int:
@@ -35,8 +37,7 @@ class DiskBudget:
         size = min(max(size, 0), self.total)
         with self._condition:
             if not self._condition.wait_for(lambda: self.available >= size, timeout):
-                raise ServiceUnavailable("the center is busy passing other large files; try again shortly",
-                                         retry_after=5)
+                raise ServiceUnavailable(self.busy, retry_after=self.retry_after)
             self.available -= size
         return size
 
@@ -49,7 +50,7 @@ class DiskBudget:
 
     @contextmanager
     def reserve(self, size: int, timeout: float) -> Iterator[None]:
-        """`with budget.reserve(n, wait):` use up to n bytes of disk inside."""
+        """`with budget.reserve(n, wait):` use up to n bytes inside."""
         reserved = self.take(size, timeout)
         try:
             yield
@@ -60,7 +61,7 @@ class DiskBudget:
 class SpooledFile:
     """A temporary file holding an answer, read by the server; closing it gives its bytes back to the budget."""
 
-    def __init__(self, file: IO[bytes], budget: DiskBudget, reserved: int) -> None:
+    def __init__(self, file: IO[bytes], budget: ByteBudget, reserved: int) -> None:
         self._file, self._budget, self._reserved = file, budget, reserved
 
     def read(self, size: int = -1) -> bytes:
@@ -87,7 +88,7 @@ class SpooledFile:
             self._reserved = 0
 
 
-def spool(chunks: Iterable[bytes], size: int, budget: DiskBudget, timeout: float) -> SpooledFile:
+def spool(chunks: Iterable[bytes], size: int, budget: ByteBudget, timeout: float) -> SpooledFile:
     """Write `chunks` (announced as `size` bytes) into a temporary file within the budget, ready to be read."""
     reserved = budget.take(size, timeout)
     file: IO[bytes] = tempfile.TemporaryFile()

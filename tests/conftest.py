@@ -63,6 +63,15 @@ def wait_until(predicate: Callable[[], object], timeout: float, interval: float 
     return bool(predicate())
 
 
+def rss_mib(pid: int) -> float:
+    """A process's resident memory in MiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
 def containers_of(client: docker.DockerClient, deployment: str) -> list[dict]:
     """Every container (running or not) labelled with this deployment, as the engine's list entries.
 

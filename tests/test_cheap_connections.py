@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import CenterProcess, wait_until
+from conftest import CenterProcess, rss_mib, wait_until
 from flask import Flask
 from sqlalchemy import event
 
@@ -223,14 +223,14 @@ def test_uploads_of_many_small_parts_go_to_disk(center_process: Callable[..., Ce
                       f"Content-Type: application/octet-stream\r\n\r\n".encode() + part + b"\r\n")
     body = b"".join(pieces) + f"--{boundary}--\r\n".encode()
     headers = {**OWNER, "Content-Type": f"multipart/form-data; boundary={boundary}"}
-    before = _rss_mib(center.process.pid)
+    before = rss_mib(center.process.pid)
     peak = before
     done = threading.Event()
 
     def sample() -> None:
         nonlocal peak
         while not done.wait(0.02):
-            peak = max(peak, _rss_mib(center.process.pid))
+            peak = max(peak, rss_mib(center.process.pid))
 
     sampler = threading.Thread(target=sample)
     sampler.start()
@@ -247,14 +247,6 @@ def test_uploads_of_many_small_parts_go_to_disk(center_process: Callable[..., Ce
     assert peak - before < 250, f"the center grew by {peak - before:.0f} MiB while the uploads were read"
     listing = requests.get(f"{center.url}/sessions/{session}/files", headers=OWNER, timeout=ANSWER_SECONDS)
     assert listing.json()["files"] == [], "nothing of a refused upload is written"
-
-
-def _rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError(f"no VmRSS for {pid}")
 
 
 def test_a_request_holds_one_database_connection_and_none_while_its_sandbox_works(

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import pytest
 import requests
-from conftest import CenterProcess
+from conftest import CenterProcess, rss_mib
 from flask import Flask
 
 from config import Config
@@ -86,15 +86,6 @@ def test_absurd_request_heads_get_a_json_4xx_and_the_center_keeps_serving(center
     status, _, body = raw_request(center.url, b"GET /" + b"p" * 300_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
     assert 400 <= status < 500 and "error" in json.loads(body)
     assert requests.get(f"{center.url}/healthz", timeout=10).status_code == 200
-
-
-def rss_mib(pid: int) -> float:
-    """A process's resident memory in MiB."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError(f"no VmRSS for {pid}")
 
 
 def peak_rss_while(pid: int, action: Callable[[], None]) -> float:
