@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: run test test-crun test-gvisor test-swarm swarm-up swarm-down build lint bench clean
+.PHONY: run test test-crun test-gvisor test-swarm swarm-up swarm-down build lint bench docs clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,7 @@ run: build
 
 test: build $(VENV)/.installed-dev
 	$(PY) -m ruff check .
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 SANDBOX_SUITES := tests/test_attacks.py tests/test_agent.py tests/test_isolation.py tests/test_hostile_programs.py \
@@ -48,9 +49,10 @@ swarm-up: $(INSTALLED)
 swarm-down: $(INSTALLED)
 	$(PY) deploy/swarm/swarm.py down
 
-# The swarm suite: the stack through make swarm-up/down, a rolling update, a second engine as a second node.
+# The swarm suite: the stack through make swarm-up/down, its front door, a rolling update, a second engine as a
+# second node. PYTEST_ARGS=-rP also prints the figures the suite notes (timings, outcome counts).
 test-swarm: build $(VENV)/.installed-dev
-	TEST_SWARM=1 $(PY) -m pytest tests/test_swarm.py
+	TEST_SWARM=1 $(PY) -m pytest tests/test_swarm.py $(PYTEST_ARGS)
 
 # Against `docker run --rm` (runc): the center under runc (the default), then under crun if Docker has it.
 bench: build
@@ -59,6 +61,11 @@ bench: build
 	$(PY) bench/sessions.py
 	$(PY) bench/streaming.py
 	$(PY) bench/cpu_per_request.py
+
+# The documentation site: docs/ built with mkdocs (mkdocs-material, from requirements-dev.txt) into site/,
+# offline; --strict fails the build on a broken link between pages.
+docs: $(VENV)/.installed-dev
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
 
 clean:
 	rm -rf $(VENV) .build .pytest_cache

@@ -19,9 +19,8 @@ from pathlib import Path
 import docker
 import docker.errors
 
-import swarm_images
-from config import PROJECT_DIR, ConfigError, load_config
-from sandbox_image import AGENT_DIR, BASE_PACKAGES, DOCKERFILE, INPUTS_LABEL, inputs_hash, requirements_text
+from server.config import PROJECT_DIR, ConfigError, load_config
+from server.containers.image import AGENT_DIR, BASE_PACKAGES, DOCKERFILE, INPUTS_LABEL, inputs_hash, requirements_text
 
 BUILD_DIR = PROJECT_DIR / ".build"
 PULLED_BASE = "debian:bookworm-slim"
@@ -149,69 +148,14 @@ def build(config_path: str | None = None, force: bool = False) -> str:
     return tag
 
 
-def prepare_center_context() -> Path:
-    """Lay out .build/center/: the center's Dockerfile, its sources under app/, and the wheels it needs."""
-    context = BUILD_DIR / "center"
-    shutil.rmtree(context / "app", ignore_errors=True)
-    (context / "wheels").mkdir(parents=True, exist_ok=True)
-    shutil.copy(swarm_images.CENTER_DOCKERFILE, context / "Dockerfile.center")
-    for relative in swarm_images.center_sources():
-        target = context / "app" / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(PROJECT_DIR / relative, target)
-    shutil.copy(PROJECT_DIR / "requirements.txt", context / "requirements.txt")
-    step(f"downloading the center's wheels for Python {TARGET_PYTHON}")
-    download_wheels(context / "requirements.txt", context / "wheels")
-    return context
-
-
-def prepare_postgres_context() -> Path:
-    """Lay out .build/postgres/: PostgreSQL's Dockerfile and entrypoint."""
-    context = BUILD_DIR / "postgres"
-    context.mkdir(parents=True, exist_ok=True)
-    shutil.copy(swarm_images.POSTGRES_DOCKERFILE, context / "Dockerfile.postgres")
-    shutil.copy(swarm_images.POSTGRES_ENTRYPOINT, context / "postgres-entrypoint.sh")
-    return context
-
-
-def build_swarm(center_tag: str = swarm_images.DEFAULT_CENTER_IMAGE,
-                postgres_tag: str = swarm_images.DEFAULT_POSTGRES_IMAGE, force: bool = False) -> tuple[str, str]:
-    """Build (or confirm) the center's and PostgreSQL's images for deploy/swarm/stack.yml."""
-    try:
-        client = docker.from_env()
-        client.ping()
-    except docker.errors.DockerException as e:
-        raise BuildError(f"cannot reach the Docker engine: {e}") from e
-    base = choose_base(client)
-    for tag, wanted_hash, prepare, dockerfile in (
-        (center_tag, swarm_images.center_inputs_hash(base), prepare_center_context, "Dockerfile.center"),
-        (postgres_tag, swarm_images.postgres_inputs_hash(base), prepare_postgres_context, "Dockerfile.postgres"),
-    ):
-        if not force and image_is_current(client, tag, wanted_hash):
-            step(f"{tag} is up to date (inputs {wanted_hash[:12]})")
-            continue
-        started = time.monotonic()
-        step(f"building {tag} on {base} (inputs {wanted_hash[:12]})")
-        docker_build(client, prepare(), tag, base, wanted_hash, dockerfile)
-        step(f"built {tag} in {time.monotonic() - started:.0f} s")
-    return center_tag, postgres_tag
-
-
 def main() -> int:
-    """Command line: python3 build.py [--config FILE] [--force] [--swarm] [--center-image T] [--postgres-image T]."""
+    """Command line: python3 build.py [--config FILE] [--force]."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="config file (default: config.yaml)")
     parser.add_argument("--force", action="store_true", help="rebuild even when the image is current")
-    parser.add_argument("--swarm", action="store_true",
-                        help="also build the center's and PostgreSQL's images for deploy/swarm/stack.yml")
-    parser.add_argument("--center-image", default=swarm_images.DEFAULT_CENTER_IMAGE, help="the center's image tag")
-    parser.add_argument("--postgres-image", default=swarm_images.DEFAULT_POSTGRES_IMAGE,
-                        help="PostgreSQL's image tag")
     args = parser.parse_args()
     try:
         build(args.config, force=args.force)
-        if args.swarm:
-            build_swarm(args.center_image, args.postgres_image, force=args.force)
     except (BuildError, ConfigError) as e:
         print(f"build.py: {e}", file=sys.stderr)
         return 1

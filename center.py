@@ -3,7 +3,7 @@
 `python3 center.py [--config FILE]` serves it with waitress (a threaded production WSGI server:
 the pool lives in this one process). Tests build it with `create_app(config)`.
 
-The routes live in api/ (one blueprint per resource), what they share in services.py; this
+The routes live in server/api/ (one blueprint per resource), what they share in server/services.py; this
 module wires them into an app, serves it, and handles the command line and stop signals.
 """
 
@@ -22,15 +22,13 @@ from typing import Any
 from flask import Flask
 from sqlalchemy.exc import SQLAlchemyError
 
-import api.http
-import web
-from api import ops, outputs, runs, sessions
-from config import Config, ConfigError, load_config
-from pool import SandboxPool
-from sandboxes import SandboxStartError
-from services import EXTENSION_KEY, Services, build_services, close_db_session, limit_malloc_arenas
-from spool import DiskFormRequest
-from waitress_server import make_server
+from server.api import http, ops, outputs, pages, runs, sessions
+from server.config import Config, ConfigError, load_config
+from server.containers.docker_sandboxes import SandboxStartError
+from server.containers.pool import SandboxPool
+from server.services import EXTENSION_KEY, Services, build_services, close_db_session, limit_malloc_arenas
+from server.spool import DiskFormRequest
+from server.waitress_server import make_server
 
 __all__ = ["EXTENSION_KEY", "create_app", "main", "make_server"]
 
@@ -56,12 +54,12 @@ def create_app(config: Config | None = None, *, pool: SandboxPool | None = None,
             raise
     app.extensions[EXTENSION_KEY] = services
 
-    api.http.install(app)
+    http.install(app)
     app.register_blueprint(runs.blueprint)
     app.register_blueprint(outputs.blueprint)
     app.register_blueprint(sessions.blueprint)
     app.register_blueprint(ops.blueprint)
-    app.register_blueprint(web.blueprint)
+    app.register_blueprint(pages.blueprint)
     app.teardown_appcontext(close_db_session)
     return app
 

@@ -42,8 +42,9 @@ MAX_RUN_WAIT = 86400.0  # a run's time limit beyond a day still waits a day: the
 NDJSON = "application/x-ndjson"
 MAX_LISTING_PAGES = 1000  # a listing whose next_cursor never ends is the center's fault: stop rather than loop
 
-# The center's session ids (sandboxes.py: secrets.token_hex(16)); it looks up nothing longer than 64.
-# Anything else could only reach another route: "/sessions/.." resolves to "/" in any HTTP library.
+# The center's session ids (server/containers/docker_sandboxes.py: secrets.token_hex(16)); it looks up
+# nothing longer than 64. Anything else could only reach another route: "/sessions/.." resolves to "/"
+# in any HTTP library.
 SESSION_ID = re.compile("[0-9a-f]{1,64}")
 # The center's rule for a workspace path (check_path in sandbox/contract.py), restated: this file stands alone.
 MAX_PATH_BYTES = 4096

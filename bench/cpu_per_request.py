@@ -36,8 +36,8 @@ sys.path[:0] = [str(PROJECT_DIR), str(Path(__file__).resolve().parent)]
 from common import start_center, wait_ready  # noqa: E402
 from latency import BASELINE_CODE, WARM_UP_SETTLE_SECONDS, center_call, center_plan, docker_run, steady_throughput  # noqa: E402
 
-from config import load_config  # noqa: E402
 from sandbox.contract import WARM_REST_SECONDS  # noqa: E402
+from server.config import load_config  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 ENGINE = ("dockerd", "containerd")

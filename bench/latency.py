@@ -43,8 +43,8 @@ sys.path[:0] = [str(PROJECT_DIR), str(Path(__file__).resolve().parent)]
 from common import start_center, wait_ready  # noqa: E402
 
 from concurrent_test import PRESETS, Plan, percentile, run_all, run_one  # noqa: E402
-from config import load_config  # noqa: E402
-from sandboxes import DEPLOYMENT_LABEL  # noqa: E402
+from server.config import load_config  # noqa: E402
+from server.containers.docker_sandboxes import DEPLOYMENT_LABEL  # noqa: E402
 
 KINDS = ("print", "plot", "savefig", "pandas")
 BACK_TO_BACK_KINDS = ("plot", "savefig")

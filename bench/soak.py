@@ -30,7 +30,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).
 
 from common import start_center, wait_ready  # noqa: E402
 
-from sandboxes import DEPLOYMENT_LABEL  # noqa: E402
+from server.containers.docker_sandboxes import DEPLOYMENT_LABEL  # noqa: E402
 
 PROGRAMS = {
     "print": ({"code": "print('soak')"}, 200, "ok"),

@@ -4,7 +4,8 @@ Starts as root for three things only: the group of the mounted Docker socket (it
 to node), the secrets under /run/secrets (tokens, database password), and the host path of the
 sandbox socket volume (Docker binds sandbox folders by host path: a link at that path inside this
 container leads to the same volume). Then it drops to the unprivileged user with the socket's group
-and executes the center.
+and runs the center as its child, staying first in the container to answer the front door's agent
+checks and to announce a stop to the front doors before passing it on (front_door_agent.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import docker
+from front_door_agent import supervise  # deploy/, next to this file
 
 APP_DIR = Path("/opt/cia")
 DOCKER_SOCKET = Path("/var/run/docker.sock")
@@ -71,7 +73,7 @@ def secret(path_variable: str) -> str | None:
 
 
 def main() -> None:
-    """Prepare the environment, drop privileges, exec the center."""
+    """Prepare the environment, drop privileges, run the center."""
     if not DOCKER_SOCKET.exists():
         fail(f"{DOCKER_SOCKET} is not mounted: the center drives this node's Docker engine through it")
     environment = os.environ
@@ -92,7 +94,9 @@ def main() -> None:
     os.setgid(account.pw_gid)
     os.setuid(account.pw_uid)
     environment["HOME"] = str(APP_DIR)
-    os.execv(sys.executable, [sys.executable, str(APP_DIR / "center.py")])
+    # The node's id, which the front doors send with their agent checks to find their own node's center.
+    node_id = environment.pop("SWARM_NODE_ID", "")
+    sys.exit(supervise([sys.executable, str(APP_DIR / "center.py")], node_id))
 
 
 if __name__ == "__main__":

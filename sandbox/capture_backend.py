@@ -17,7 +17,7 @@ Images are files in the working folder, where the agent collects them. This back
 - a savefig into a subfolder of the working folder that does not exist yet makes it first (LLM-written
   code often saves into output/ without making it);
 - saves into subfolders are listed in SAVED_LIST at the end of each run and cell: the agent looks at
-  the top of the working folder only.
+  the top of the working folder only otherwise.
 
 "Unchanged" is matplotlib's own `stale` flag: a change to any artist marks its figure stale (that is
 how interactive backends know to redraw); the figure is marked fresh once rendered.
@@ -28,8 +28,10 @@ it also installs the font fallbacks (capture_fonts.py). It must stay cheap: it i
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+from types import ModuleType
 from typing import Any
 
 import capture_fonts
@@ -40,11 +42,28 @@ from matplotlib.backend_bases import FigureManagerBase
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+
+def _agent_contract() -> ModuleType:
+    """contract.py, where the agent names the paths it shares with this backend.
+
+    A Python the program starts itself (python3 plot.py) has only this backend and its fonts on its
+    path (links in /opt/matplotlib-backend, see Dockerfile.sandbox), not the agent's folder: the file is
+    read from beside this one's real path, under a name of its own, so a program's contract.py neither
+    stands in for it nor is displaced by it.
+    """
+    path = os.path.join(os.path.dirname(os.path.realpath(__file__)), "contract.py")
+    spec = importlib.util.spec_from_file_location("sandbox_contract", path)
+    contract = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(contract)
+    return contract
+
+
+_contract = _agent_contract()
 # Figures go to the working folder, where the agent collects images, wherever the program chdir'ed.
-OUTPUT_DIR = "/workspace"
+OUTPUT_DIR: str = _contract.WORKSPACE
 # Paths (relative to OUTPUT_DIR) of files the program saved figures to below the top of the working
 # folder, in the last run or cell: a JSON list, rewritten at each end (see save_open_figures).
-SAVED_LIST = "/tmp/.saved-figures.json"
+SAVED_LIST: str = _contract.SAVED_FIGURES
 BACKEND = "module://capture_backend"
 
 _captured = 0  # N of the last figure_N.png

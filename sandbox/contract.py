@@ -2,7 +2,9 @@
 
 The agent cannot import the center's modules, so this one small module is shared instead: the
 image carries it beside the agent (/opt/sandbox/contract.py), and the center imports it as
-`sandbox.contract`. Standard library only; nothing runs at import but constants (and one pure check).
+`sandbox.contract`. The capture backend, which runs in the program's own Python, reads it too (the
+working folder, the list of saved figures). Standard library only; nothing runs at import but
+constants (and one pure check).
 """
 
 from __future__ import annotations
@@ -46,6 +48,22 @@ WARM_DELAY_SECONDS = 0.5
 # idle before it warms the others too (--warm-rest): under load it is taken before, and spends no CPU
 # on libraries recent programs did not use; between an LLM's tool calls it has all of them ready.
 WARM_REST_SECONDS = 2.0
+
+# The program's working folder: a tmpfs the center mounts, the program's home, where the agent writes
+# input files and collects what the program made.
+WORKSPACE = "/workspace"
+# Where the agent listens, inside the container: a folder the center bind-mounts from the host (/agent is
+# root's only, see Dockerfile.sandbox), and the socket's name in it.
+AGENT_SOCKET_DIR = "/agent/sock"
+AGENT_SOCKET_NAME = "agent.sock"
+# Files the program saved figures to below the top of the working folder in its last run or cell: a JSON
+# list of paths relative to it, written by capture_backend in the program's own process (so as untrusted
+# as the folder itself) and read by the agent, which looks at the top of the folder only otherwise.
+SAVED_FIGURES = "/tmp/.saved-figures.json"
+
+# Linux's limit on one argument or environment string of execve, its NUL included (32 pages): bash
+# variables reach the program as environment strings, checked by the center and again by the agent.
+MAX_ARG_STRLEN = 32 * 4096
 
 # The program's uid (its sandbox's own) is named here: the center mounts a root-owned tmpfs at this
 # folder, the agent writes passwd and group files into it, and the image's NSS reads them after

@@ -49,6 +49,12 @@ class HTTPError(Exception):
         self.status = status
 
 
+def allow(method: str, path: str, *methods: str) -> None:
+    """HTTPError 405 unless the method is one of these."""
+    if method not in methods:
+        raise HTTPError(405, f"{method} is not allowed on {path}")
+
+
 class ClientGone(Exception):
     """The client went away or stalled while sending its body: nobody is left to answer."""
 

@@ -1,4 +1,4 @@
-"""Notebook habits of programs written for IPython, for the worker (worker.py): imported only when needed.
+"""Notebook habits of programs written for IPython, for the worker: imported only when a program needs one.
 
 - translate(): IPython's magics made Python, line by line (line numbers kept): `%matplotlib inline`
   and other setup magics do nothing, `%time`/`%timeit` run their statement once and print its time,
@@ -20,7 +20,8 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-from worker import MagicFailed, display, flush_output, is_program_file, run_bash_cell
+from bash_runner import run_bash_cell
+from program_io import MagicFailed, display, flush_output, is_program_file
 
 # Line magics that set up a notebook's display or extensions: nothing to do here (figures are captured anyway).
 QUIET_MAGICS = frozenset({"matplotlib", "config", "load_ext", "reload_ext", "unload_ext", "autoreload", "aimport",

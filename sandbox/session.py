@@ -1,12 +1,7 @@
-"""Session mode: the agent keeps its worker as one long-lived interpreter and runs cell after cell.
+"""A session: the agent's worker kept as one long-lived interpreter that runs cell after cell.
 
-POST /session/start (on a fresh agent only) hands the worker over: from then on the agent does not
-exit after a cell (the center removes its container; with no center left, see agent.LifeWatch).
-POST /session/cell takes /run's job and answers /run's report, minus "files", plus
-"execution_count", "result", "alive" and, once the session cannot go on, "dead_reason"; a dead
-session answers 410, a busy one 409. Files of the workspace: PUT /files/<path> (raw body),
-GET /files?limit=N&cursor=C (a page of the listing, see workspace.task_list), GET /files/<path>
-(raw bytes).
+A cell's report is /run's, minus "files", plus "execution_count", "result", "alive" and, once the
+session cannot go on, "dead_reason" (the routes are session_routes.py's).
 
 How a cell runs: the cell goes to the worker as a JSON line on its command pipe; the worker runs
 it, flushes the output pipes, then writes a record line on its status pipe (see
@@ -21,10 +16,8 @@ Imported only when a session (or a file route) is asked for.
 
 from __future__ import annotations
 
-import codecs
 import json
 import os
-import re
 import select
 import signal
 import threading
@@ -32,38 +25,26 @@ import time
 from typing import Any
 
 import workspace
-from agent import (
-    COLD_START_SECONDS,
-    Agent,
-    EventStream,
-    Job,
-    OutputBudget,
-    collect_outputs,
-    kill_sandbox_processes,
+from contract import INTERRUPT_GRACE_SECONDS, SESSION_START_SECONDS
+from http_server import RawResponse
+from job_request import Job
+from output_files import workspace_snapshot
+from output_pipes import EventStream, KeptOutput, OutputBudget, streamed
+from run_report import (
+    complete_report,
+    describe_error,
+    exit_code_of,
     oom_kill_count,
     record_result,
     signal_description,
-    streamed,
-    wants_stream,
-    workspace_snapshot,
 )
-from contract import (
-    DEFAULT_LIST_LIMIT,
-    DEFAULT_MAX_UPLOAD_BYTES,
-    INTERRUPT_GRACE_SECONDS,
-    MAX_LISTED_FILES,
-    OUTPUT_CUT_NOTICE,
-    SESSION_START_SECONDS,
-    UPLOAD_LIMIT_HEADER,
-)
-from http_server import HTTPError, RawResponse, Request
+from worker_process import COLD_START_SECONDS, MAX_RECORD_BYTES, Worker, kill_sandbox_processes
 
 DRAIN_SECONDS = 0.5  # after a cell's record, for output still in the pipes (bounded: a thread may write on)
 START_SECONDS = 30.0  # for the worker to take a cell (a 64 MiB one is parsed in well under a second)
 SWEEP_SECONDS = 2.0  # for the processes a cell left behind to be gone
 MAX_POLL_MS = 60_000
-CHUNK = 1024 * 1024  # of an upload or a download, in memory at once
-MAX_RECORD_BYTES = 2 * 1024 * 1024
+CHUNK = 1024 * 1024  # read at once: output between cells, an upload or a download
 IGNORED_INTERRUPT = "the cell ignored the interrupt and was killed"
 NOT_STARTED = "the session's interpreter did not take the cell and was killed"
 OUT_OF_MEMORY = "the cell ran out of memory and the session's processes were killed"
@@ -73,8 +54,8 @@ LEFTOVERS = "the cell left processes behind that could not be stopped; the sessi
 class Session:
     """The session's interpreter (the agent's worker) and its state: alive or why not, cells run, busy."""
 
-    def __init__(self, agent: Agent) -> None:
-        self.agent, self.worker = agent, agent.worker
+    def __init__(self, worker: Worker, uid: int) -> None:
+        self.worker, self.uid = worker, uid  # uid: the program's, which writes the cells' input files
         self.busy = threading.Lock()  # one cell at a time
         self.alive = True
         self.dead_reason = ""
@@ -132,7 +113,7 @@ class Session:
                 return 410, {"error": self.dead_reason}
             if job.files:
                 try:
-                    workspace.write_files(self.agent.options.uid, job.files)
+                    workspace.write_files(self.uid, job.files)
                 except workspace.WorkspaceError as e:
                     return e.status, {"error": f"{e.message}; the cell did not run"}
                 job.files = []
@@ -201,17 +182,9 @@ class Session:
         }
         if not self.alive:
             report["dead_reason"] = self.dead_reason
-        try:
-            outputs = collect_outputs(job, before, with_files=False)
-            report.update(images=outputs.images, skipped=outputs.skipped.report())
-        except Exception as e:  # noqa: BLE001 - the cell's output is reported whatever its folder holds
-            report["skipped"] = [{"name": ".", "reason": f"images could not be collected: {type(e).__name__}: {e}"}]
-        if status == "output_limit":
-            report["output_notice"] = OUTPUT_CUT_NOTICE.format(max_output_bytes=job.max_output_bytes)
-        if status != "ok":
-            report["error"] = self.describe_error(status, job, report["stderr"], exit_code,
-                                                  (cell.record or {}).get("error"))
-        return report
+        return complete_report(report, job, before, with_files=False,
+                               describe=lambda: self.describe_error(status, job, report["stderr"], exit_code,
+                                                                    (cell.record or {}).get("error")))
 
     def signal_worker(self, signum: int) -> None:
         """Send the interpreter a signal (SIGSTOP, SIGCONT, SIGINT); nothing if it is gone."""
@@ -239,7 +212,7 @@ class Session:
         elif not self.alive:
             return self.dead_reason
         else:
-            return Agent.describe_error(status, exit_code, stderr, job, summary)
+            return describe_error(status, exit_code, stderr, job, summary)
         if self.alive:
             return f"{what}; the cell was interrupted (KeyboardInterrupt) and the session keeps its state"
         return f"{what}; {self.dead_reason}, and the session has ended"
@@ -282,6 +255,16 @@ class Session:
                 time.sleep(0.005)  # killed processes take a moment to become zombies
 
 
+def read_now(fd: int) -> bytes | None:
+    """What a non-blocking pipe holds now: b"" once it has ended (or failed), None while nothing more has come."""
+    try:
+        return os.read(fd, 65536)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return b""
+
+
 def is_dead(pid: str) -> bool:
     """Whether a listed process is a zombie (or gone): nothing to kill."""
     try:
@@ -297,7 +280,6 @@ class CellRun:
 
     def __init__(self, session: Session, job: Job, count: int, events: EventStream | None = None) -> None:
         self.session, self.job, self.count = session, job, count
-        self.on_text = [events.output(index) for index in (0, 1)] if events else None
         # The center's connection: readable only once it closes (it sends nothing after the cell).
         self.hangup_fd = events.sock.fileno() if events else -1
         worker = session.worker
@@ -305,8 +287,7 @@ class CellRun:
         self.outputs = (worker.stdout.fileno(), worker.stderr.fileno())
         self.overflow = threading.Event()
         self.budget = OutputBudget(int(job.max_output_bytes), self.overflow)
-        self.decoders = [codecs.getincrementaldecoder("utf-8")("replace") for _ in self.outputs]
-        self.chunks: list[list[str]] = [[], []]
+        self.kept = [KeptOutput(self.budget, events.output(index) if events else None) for index in (0, 1)]
         self.record: dict[str, Any] | None = None
         self.started_at: float | None = None  # when the worker said the cell runs: its clock starts
         self.exited = False  # the worker exited before its record
@@ -378,31 +359,17 @@ class CellRun:
 
     def read_output(self, fd: int) -> bool:
         """Take what one output pipe holds now; False once it has ended."""
-        try:
-            chunk = os.read(fd, 65536)
-        except BlockingIOError:
+        chunk = read_now(fd)
+        if chunk is None:
             return True
-        except OSError:
-            chunk = b""
-        self.take_output(self.outputs.index(fd), chunk)
+        self.kept[self.outputs.index(fd)].take(chunk)
         return bool(chunk)
-
-    def take_output(self, index: int, chunk: bytes) -> None:
-        """Keep what the budget allows of a chunk of stdout (0) or stderr (1); stream it when streamed."""
-        text = self.decoders[index].decode(chunk, final=not chunk)
-        if text and (kept := self.budget.take(text)):
-            self.chunks[index].append(kept)
-            if self.on_text is not None:
-                self.on_text[index](kept)
 
     def read_status(self) -> bool:
         """Take what the status pipe holds now; False once it has ended (the program may close it)."""
-        try:
-            chunk = os.read(self.session.status_fd, 65536)
-        except BlockingIOError:
+        chunk = read_now(self.session.status_fd)
+        if chunk is None:
             return True
-        except OSError:
-            chunk = b""
         self.session.status_buffer += chunk
         self.take_status()
         return bool(chunk)
@@ -439,13 +406,13 @@ class CellRun:
                     continue
                 except OSError:
                     break
-                self.take_output(self.outputs.index(fd), chunk)
+                self.kept[self.outputs.index(fd)].take(chunk)
                 if not chunk:
                     break
 
     def text(self, index: int) -> str:
         """What was kept of stdout (0) or stderr (1)."""
-        return "".join(self.chunks[index])
+        return self.kept[index].text()
 
     def exit_code(self) -> int:
         """The cell's exit status: the record's, or how the worker ended."""
@@ -453,158 +420,8 @@ class CellRun:
             return int(self.record["exit"]) & 0xFF
         if self.killed:
             return 128 + signal.SIGKILL
-        returncode = self.session.worker.wait()
-        return returncode if returncode >= 0 else 128 - returncode
+        return exit_code_of(self.session.worker.wait())
 
     def result(self) -> str | None:
         """The repr of the cell's last expression, when it had one."""
         return record_result(self.record)
-
-
-# --- routes -----------------------------------------------------------------------------------------
-
-def route(agent: Agent, request: Request) -> tuple[int, dict[str, Any] | RawResponse, bool]:
-    """/session/start, /session/cell and /files[/<path>]: (status, answer, False); a session's agent does not
-    exit after answering (see agent.LifeWatch for when it ends itself)."""
-    method, path = request.method, request.path
-    if path == "/session/start":
-        allow(method, path, "POST")
-        return (*start(agent), False)
-    session: Session | None = agent.session
-    if session is None:
-        return 409, {"error": "this sandbox is not in session mode: POST /session/start first"}, False
-    if path == "/session/cell":
-        allow(method, path, "POST")
-        try:
-            job = Job.from_json(request.json(), agent.options)
-        except ValueError as e:
-            return 400, {"error": str(e)}, False
-        return (*session.cell(job, stream=wants_stream(request)), False)
-    if path == "/files":
-        allow(method, path, "GET")
-        try:
-            limit, after = listing_query(request.target.partition("?")[2])
-        except ValueError as e:
-            return 400, {"error": str(e)}, False
-        return (*workspace_call(lambda: (200, workspace.list_files(agent.options.uid, limit, after))), False)
-    allow(method, path, "GET", "PUT")
-    try:
-        file_path = workspace.check_path(decode_path(path[len("/files/"):]))
-    except ValueError as e:
-        return 400, {"error": str(e)}, False
-    if method == "PUT":
-        return (*workspace_call(lambda: put_file(agent, request, file_path)), False)
-    return (*workspace_call(lambda: get_file(agent, file_path)), False)
-
-
-def allow(method: str, path: str, *methods: str) -> None:
-    """HTTPError 405 unless the method is one of these."""
-    if method not in methods:
-        raise HTTPError(405, f"{method} is not allowed on {path}")
-
-
-def start(agent: Agent) -> tuple[int, dict[str, Any]]:
-    """POST /session/start: a fresh agent becomes a session's."""
-    refusal = agent.take("session")
-    if refusal is not None:
-        return 409, {"error": refusal}
-    session = Session(agent)
-    agent.session = session
-    try:
-        session.start()
-    except RuntimeError as e:
-        return 500, {"error": str(e)}
-    finally:
-        # From when the center hears of it: it counts the session's lifetime from a moment later still.
-        agent.life.session_started()
-    return 200, {"ok": True}
-
-
-def listing_query(query: str) -> tuple[int, str | None]:
-    """GET /files's (limit, path the page starts after) from `limit` and `cursor`; ValueError saying which
-    is bad. Other parameters are ignored."""
-    from urllib.parse import parse_qsl
-
-    fields = dict(parse_qsl(query, keep_blank_values=True, max_num_fields=16))
-    limit_text = fields.get("limit", str(DEFAULT_LIST_LIMIT))
-    # Digits only, and few of them: int() takes "+5", " 5", "5_0", and refuses 5000 digits only after a while.
-    if not (limit_text.isascii() and limit_text.isdigit() and len(limit_text) <= 6
-            and 1 <= int(limit_text) <= MAX_LISTED_FILES):
-        raise ValueError(f"limit must be a whole number from 1 to {MAX_LISTED_FILES}")
-    cursor = fields.get("cursor", "")
-    return int(limit_text), workspace.cursor_path(cursor) if cursor else None
-
-
-def workspace_call(call: Any) -> tuple[int, Any]:
-    """Run a file operation; a WorkspaceError becomes its JSON error answer."""
-    try:
-        return call()
-    except workspace.WorkspaceError as e:
-        return e.status, {"error": e.message}
-
-
-def decode_path(text: str) -> str:
-    """A request path's percent-encoded UTF-8 as text; ValueError when it is not UTF-8."""
-    raw = text.encode("latin-1")  # the request line was read as latin-1: these are its bytes
-    raw = re.sub(rb"%([0-9A-Fa-f]{2})", lambda match: bytes([int(match[1], 16)]), raw)
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ValueError("the path is not valid UTF-8") from None
-
-
-def put_file(agent: Agent, request: Request, path: str) -> tuple[int, dict[str, Any]]:
-    """PUT /files/<path>: the body, streamed into the file (through a temporary one), folders made as needed."""
-    limit_text = request.headers.get(UPLOAD_LIMIT_HEADER.lower())
-    try:
-        limit = int(limit_text) if limit_text is not None else DEFAULT_MAX_UPLOAD_BYTES
-    except ValueError:
-        limit = -1
-    if limit < 0:
-        return 400, {"error": f"{UPLOAD_LIMIT_HEADER} must be a whole number of bytes"}
-    if request.length is None:
-        raise HTTPError(411, "send the file with a Content-Length")
-    if request.length > limit:  # the body is dropped unread (see http_server.Request.discard_body)
-        return 413, {"error": f"the file is {request.length} bytes, over the limit of {limit} bytes"}
-    upload = workspace.Upload(agent.options.uid, path)
-    try:
-        left, failure = request.length, None
-        while left:
-            chunk = request.read(min(CHUNK, left))  # ClientGone when the client stalls or leaves
-            if not chunk:
-                raise HTTPError(400, "the body ended early")
-            left -= len(chunk)
-            if failure is None:
-                try:
-                    upload.write(chunk)
-                except OSError as e:
-                    failure = e  # the rest of the body is still read, so that the client gets the answer
-        upload.finish(commit=failure is None)
-        if failure is not None:
-            raise workspace.os_error(failure, path)
-    except BaseException:
-        if upload.fd >= 0:  # not finished: the partial file goes
-            try:
-                upload.finish(commit=False)
-            except workspace.WorkspaceError:
-                pass
-        raise
-    finally:
-        upload.close()
-    return 201, {"path": path, "size": request.length}
-
-
-def get_file(agent: Agent, path: str) -> tuple[int, RawResponse]:
-    """GET /files/<path>: the file's bytes, streamed."""
-    fd, size = workspace.open_file(agent.options.uid, path)
-
-    def send(sock: Any) -> None:
-        left = size
-        while left:
-            chunk = os.read(fd, min(CHUNK, left))
-            if not chunk:  # the program shortened it meanwhile: the client sees a short body
-                raise OSError("the file shrank while it was sent")
-            sock.sendall(chunk)
-            left -= len(chunk)
-
-    return 200, RawResponse(size, send, close=lambda: os.close(fd))

@@ -1,4 +1,4 @@
-"""The program's working folder from outside the program: path rules, and a helper that acts as the program's user.
+"""The working folder from outside the program: file operations done by helpers that act as the program's user.
 
 The agent is root without CAP_DAC_OVERRIDE: it cannot write into /workspace (the program's uid owns
 it), nor read what the program made private. So each file operation forks a short-lived helper
@@ -26,15 +26,9 @@ import threading
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from agent import file_kind
-from contract import (  # noqa: F401 - check_path: used by importers
-    LIST_PAGE_BYTES,
-    MAX_PATH_BYTES,
-    UNSAFE_PATH_CHARACTERS,
-    check_path,
-)
+from contract import LIST_PAGE_BYTES, UNSAFE_PATH_CHARACTERS, WORKSPACE, check_path
+from workspace_folders import file_kind, open_folder, open_workspace, pass_folder
 
-WORKDIR = "/workspace"
 HELPER_SECONDS = 30.0  # for a helper to answer; it is killed after
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # any helper's answer (a listing's page is LIST_PAGE_BYTES at most)
 MAX_LIST_DEPTH = 128  # folders open at once while listing (each holds a descriptor; the limit is 256)
@@ -43,9 +37,6 @@ MAX_LIST_VISITS = 200_000  # entries looked at by one page of a listing, folders
 # up to MAX_PATH_BYTES in base64, "left_out" a count, "truncated" a flag.
 PAGE_ENVELOPE_BYTES = 8 * 1024
 CURSOR = re.compile(r"[A-Za-z0-9_-]{1,8192}")  # base64url, unpadded
-# Characters a path must not have (as for image names in agent.py): they would break a line, a
-# log or a page showing it, or reorder the text around it.
-O_DIRECTORY_PATH = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 # The helpers alive now, by pid: a session's sweep of leftover processes must spare them. Forks
 # happen under the lock, so a sweep (which holds it too) never meets a helper it does not know.
@@ -210,13 +201,13 @@ def open_parent(path: str, create: bool) -> tuple[int, str]:
     """(O_PATH descriptor of the folder holding the path's last component, that component); folders made
     (0755) when `create`. Never through a symbolic link."""
     parts = path.split("/")
-    fd = os.open(WORKDIR, O_DIRECTORY_PATH)
+    fd = pass_folder(WORKSPACE)
     try:
         for index, part in enumerate(parts[:-1]):
             where = "/".join(parts[:index + 1])
             try:
                 try:
-                    next_fd = os.open(part, O_DIRECTORY_PATH, dir_fd=fd)
+                    next_fd = pass_folder(part, fd)
                 except FileNotFoundError:
                     if not create:
                         raise
@@ -224,7 +215,7 @@ def open_parent(path: str, create: bool) -> tuple[int, str]:
                         os.mkdir(part, 0o755, dir_fd=fd)
                     except FileExistsError:
                         pass  # made meanwhile (by the program): opened below like any other
-                    next_fd = os.open(part, O_DIRECTORY_PATH, dir_fd=fd)
+                    next_fd = pass_folder(part, fd)
             except OSError as e:
                 raise explain(e, fd, part, where) from None
             os.close(fd)
@@ -444,7 +435,7 @@ def task_list(sock: socket.socket, limit: int, after: str | None) -> None:
         found.sort(key=lambda listed: listed.key, reverse=True)
         return found
 
-    root = os.open(WORKDIR, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    root = open_workspace()
     stack: list[tuple[int, str, list[Listed]]] = []
     try:
         listed = entries(root, "")
@@ -485,7 +476,7 @@ def task_list(sock: socket.socket, limit: int, after: str | None) -> None:
                 truncated = True
                 continue
             try:
-                sub = os.open(item.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                sub = open_folder(item.name, fd)
             except OSError:
                 continue  # made unreadable, or replaced meanwhile
             try:

@@ -30,9 +30,9 @@ from werkzeug.serving import make_server
 import build
 from center import EXTENSION_KEY, create_app
 from center import make_server as make_waitress_server
-from config import PROJECT_DIR, Config, PortRange
-from pool import SandboxPool
-from sandboxes import DEPLOYMENT_LABEL, DockerSandboxes, Sandbox
+from server.config import PROJECT_DIR, Config, PortRange
+from server.containers.docker_sandboxes import DEPLOYMENT_LABEL, DockerSandboxes, Sandbox
+from server.containers.pool import SandboxPool
 
 CI = os.environ.get("CI", "").lower() == "true"
 RUNTIME = os.environ.get("TEST_SANDBOX_RUNTIME", "runc")

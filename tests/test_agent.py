@@ -16,9 +16,9 @@ from typing import Any
 import docker
 import pytest
 
-from agent_client import Listener
-from sandboxes import AgentUnreachable, DockerSandboxes, Sandbox
-from warm_up import WarmUpPlan
+from server.containers.agent_client import Listener
+from server.containers.docker_sandboxes import AgentUnreachable, DockerSandboxes, Sandbox
+from server.containers.warm_up import WarmUpPlan
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from agent_client import SOCKET_NAME, AgentClient, AgentRefused, AgentUnreachable
+from sandbox.contract import AGENT_SOCKET_NAME
+from server.containers.agent_client import AgentClient, AgentRefused, AgentUnreachable
 
 Answer = Callable[[socket.socket], None]
 
@@ -23,7 +24,7 @@ def fake_agent(tmp_path: Path) -> Iterator[Callable[[Answer], AgentClient]]:
 
     def start(answer: Answer) -> AgentClient:
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(str(tmp_path / SOCKET_NAME))
+        listener.bind(str(tmp_path / AGENT_SOCKET_NAME))
         listener.listen(4)
         listeners.append(listener)
 

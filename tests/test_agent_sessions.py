@@ -22,10 +22,10 @@ import docker
 import pytest
 from conftest import RUNTIME, wait_until
 
-import sandboxes as sandboxes_module
-from agent_client import UnixHTTPConnection
+import server.containers.docker_sandboxes as sandboxes_module
 from sandbox.contract import INTERRUPT_GRACE_SECONDS, SESSION_START_SECONDS
-from sandboxes import AgentUnreachable, DockerSandboxes, Sandbox
+from server.containers.agent_client import UnixHTTPConnection
+from server.containers.docker_sandboxes import AgentUnreachable, DockerSandboxes, Sandbox
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 Run = Callable[..., dict[str, Any]]

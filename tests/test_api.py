@@ -317,10 +317,10 @@ def test_images_older_than_the_retention_period_are_deleted(make_app: Callable[.
     client = keeper.test_client()
     old_url, new_url = (next(iter(run(client, code=PLOT).get_json()["images"].values())) for _ in range(2))
     old_name = old_url.rsplit("/", 1)[1]
-    with keeper.extensions[EXTENSION_KEY].sessions() as session:
-        session.execute(update(Image).where(Image.filename == old_name)
-                        .values(created_at=datetime.now(timezone.utc) - timedelta(days=10)))
-        session.commit()
+    with keeper.extensions[EXTENSION_KEY].database() as db:
+        db.execute(update(Image).where(Image.filename == old_name)
+                   .values(created_at=datetime.now(timezone.utc) - timedelta(days=10)))
+        db.commit()
     assert client.get(old_url.removeprefix("http://localhost")).status_code == 200
     sweeping = make_app(image_retention_days=7).test_client()  # same data folder: the same SQLite file
     # The sweep runs once at start, in the background: waited for, with a deadline that only bounds a hang.

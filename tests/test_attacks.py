@@ -22,8 +22,8 @@ from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from config import Config
 from sandbox.contract import MAX_RESULT_CHARS
+from server.config import Config
 
 Run = Callable[..., tuple[int, dict[str, Any]]]
 

@@ -15,7 +15,7 @@ import pytest
 import requests
 from conftest import CenterProcess, containers_of, wait_until
 
-from config import PROJECT_DIR
+from server.config import PROJECT_DIR
 
 PLOT = "import matplotlib.pyplot as plt\nplt.plot([3, 1, 2])"
 

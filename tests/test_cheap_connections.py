@@ -23,8 +23,8 @@ from flask import Flask
 from sqlalchemy import event
 
 from center import EXTENSION_KEY
-from sandboxes import Sandbox
-from waitress_server import make_server
+from server.containers.docker_sandboxes import Sandbox
+from server.waitress_server import make_server
 
 pytestmark = pytest.mark.docker
 
@@ -64,7 +64,8 @@ def _run_quietly(server: Any) -> None:
     try:
         server.run()
     except Exception:  # noqa: BLE001 - closing its sockets under waitress's loop ends it this way
-        pass
+        import traceback
+        traceback.print_exc()
 
 
 def _connect(url: str, receive_buffer: int | None = None) -> socket.socket:
@@ -123,7 +124,8 @@ def test_stalled_downloads_leave_the_server_threads_free(serve: Callable[..., Se
         # A client that takes none of its answer for connection_idle_seconds is let go: what it can
         # still read is what was already on its way, far from the 40 MB, then the end.
         assert wait_until(lambda: len(served.server.active_channels) == 0, ANSWER_SECONDS), \
-            f"{len(served.server.active_channels)} connections still open"
+            [(len(c.requests), c.total_outbufs_len, __import__("time").time() - c.last_activity, c.request,
+              c.will_close, c.close_when_flushed, c.connected) for c in list(served.server.active_channels.values())]
         received = 0
         while chunk := _recv_or_end(stalled[0]):
             received += len(chunk)
@@ -255,7 +257,7 @@ def test_a_request_holds_one_database_connection_and_none_while_its_sandbox_work
     to record the use; fifteen concurrent calls took the pool (5 + 10) and everyone waited 30 s."""
     served = serve(auth_tokens=TOKENS, server_threads=40)
     url, app = served.url, served.app
-    engine = app.extensions[EXTENSION_KEY].engine
+    engine = app.extensions[EXTENSION_KEY].db_engine
     held: dict[int, int] = {}
     most_held = [0]
     held_while_sandbox_works: list[int] = []

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from config import PROJECT_DIR
+from server.config import PROJECT_DIR
 
 STEP = PROJECT_DIR / ".ci" / "cgroup-hybrid-fix"
 FRESH_MACHINE_CONTROLLERS = "hugetlb\n"  # read off a fresh machine of this kind, before any CI run

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from config import PROJECT_DIR
+from server.config import PROJECT_DIR
 
 pytestmark = pytest.mark.docker
 

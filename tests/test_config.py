@@ -11,7 +11,7 @@ import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
-from config import (
+from server.config import (
     DEFAULT_DEPENDENCIES,
     PROJECT_DIR,
     Config,

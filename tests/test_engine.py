@@ -24,11 +24,11 @@ import yaml
 from conftest import free_port, wait_until
 
 from center import create_app
-from config import PROJECT_DIR, Config
-from engine import Engine
-from errors import EngineError, EngineUnavailable
-from pool import SandboxPool
-from sandboxes import DockerSandboxes, SandboxStartError
+from server.config import PROJECT_DIR, Config
+from server.containers.docker_sandboxes import DockerSandboxes, SandboxStartError
+from server.containers.engine import Engine
+from server.containers.pool import SandboxPool
+from server.errors import EngineError, EngineUnavailable
 
 
 def dead_engine(tmp_path: Path) -> Engine:
@@ -134,7 +134,7 @@ class FlakyRemovalEngine(Engine):
 
 
 def test_failed_removals_are_remembered_and_retried(base_config: Config, tmp_path: Path) -> None:
-    from sandboxes import Sandbox
+    from server.containers.docker_sandboxes import Sandbox
 
     engine = FlakyRemovalEngine()
     sandboxes = DockerSandboxes(replace(base_config, sandbox_socket_dir=str(tmp_path)), engine)

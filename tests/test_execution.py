@@ -1,4 +1,4 @@
-"""Pure-logic tests of execution.py: fence unwrapping, /runcode field validation and the result body."""
+"""Pure-logic tests of server/fences.py and server/run_requests.py: fences, /runcode fields, the result body."""
 
 from __future__ import annotations
 
@@ -12,21 +12,18 @@ from typing import Any
 
 import pytest
 
-from config import Config
-from errors import BadRequest
-from execution import (
+from server.config import Config
+from server.errors import BadRequest
+from server.fences import (
     BLOCK_BOUNDARY,
     FENCE_LANGUAGES,
     FENCE_OPENING,
-    STATUSES,
     _consecutive_fences,
     _unclosed_fence,
     is_valid_python,
-    nesting_depth,
-    parse_run_request,
-    result_body,
     unwrap_fence,
 )
+from server.run_requests import STATUSES, nesting_depth, parse_run_request, result_body
 
 CONFIG = replace(Config(), timeout_seconds=30.0)
 

@@ -21,11 +21,11 @@ from conftest import free_port, wait_until
 from flask import Flask
 from sqlalchemy import update
 
-from api.forwarding import FORWARDED_HEADER
 from center import EXTENSION_KEY
 from center import make_server as make_waitress_server
 from models import CenterRecord
-from services import Services
+from server.api.forwarding import FORWARDED_HEADER
+from server.services import Services
 
 TOKEN = "forwarding-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -140,7 +140,7 @@ def test_a_center_that_does_not_answer_is_a_503_then_gone_is_a_410(two_centers: 
     refused = requests.get(f"{b.url}/sessions/{session_id}", headers=AUTH, timeout=30)
     assert refused.status_code == 503 and refused.headers["Retry-After"], refused.text
     long_ago = datetime.now(timezone.utc) - timedelta(minutes=5)
-    with b.services.sessions() as db:
+    with b.services.database() as db:
         db.execute(update(CenterRecord).where(CenterRecord.node == a.services.registry.node)
                    .values(heartbeat_at=long_ago))
         db.commit()

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from sandboxes import Sandbox
+from server.containers.docker_sandboxes import Sandbox
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(16)
 Run = Callable[..., dict[str, Any]]

@@ -31,9 +31,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import requests
 
-from config import Config
-from errors import BadRequest
-from execution import (
+from server.config import Config
+from server.errors import BadRequest
+from server.run_requests import (
     MAX_ENVIRONMENT_BYTES,
     MAX_ENVIRONMENT_STRING_BYTES,
     MAX_VARIABLE_DEPTH,
@@ -208,8 +208,7 @@ def _post_seconds(url: str, body: bytes, timeout: float) -> tuple[requests.Respo
 
 def test_bad_timeout_is_reported_after_the_code_is_unwrapped(monkeypatch: pytest.MonkeyPatch) -> None:
     # The center test below relies on it: a bad timeout makes the whole parse happen, then a 400, no sandbox.
-    import execution
-
+    import server.run_requests as execution
     seen: list[str] = []
     original = execution.unwrap_fence
     monkeypatch.setattr(execution, "unwrap_fence", lambda code, language=None: (seen.append(code), original(code))[1])

@@ -21,8 +21,8 @@ import requests
 from conftest import RUNTIME
 from flask.testing import FlaskClient
 
-import sandbox_security
-from config import PROJECT_DIR, Config
+import server.containers.security as sandbox_security
+from server.config import PROJECT_DIR, Config
 
 PROFILE = PROJECT_DIR / "seccomp" / "sandbox.json"
 _spec = importlib.util.spec_from_file_location("seccomp_derive", PROJECT_DIR / "seccomp" / "derive.py")

@@ -16,7 +16,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CJK_FONT_FILE = "wqy-microhei.ttc"
 # The agent collects the top of the working folder; figures saved deeper need it to read the list the
 # backend writes (capture_backend.SAVED_LIST).
-AGENT_READS_SAVED_LIST = "saved-figures" in (Path(__file__).parent.parent / "sandbox" / "agent.py").read_text()
+AGENT_READS_SAVED_LIST = "saved-figures" in (Path(__file__).parent.parent / "sandbox" / "contract.py").read_text()
 
 SALES = (
     "import pandas as pd\n"
@@ -97,7 +97,7 @@ def test_a_figure_saved_into_a_subfolder_is_not_duplicated(client: FlaskClient) 
 
 
 def test_a_figure_saved_into_a_folder_never_made_comes_back(client: FlaskClient) -> None:
-    """The README's own example saves into output/ without making it: a FileNotFoundError lost the chart."""
+    """docs/api.md's own example saves into output/ without making it: a FileNotFoundError lost the chart."""
     code = "import matplotlib.pyplot as plt\nplt.plot([1, 3, 2])\nplt.savefig('output/charts/sales.png')\n"
     body = run(client, code)
     assert list(body["images"]) == ["output/charts/sales.png"], body

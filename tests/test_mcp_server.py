@@ -22,8 +22,8 @@ from mcp import ClientSession, StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.types import CallToolResult, ImageContent, TextContent
 
-from config import PROJECT_DIR
 from mcp_server import transport_security
+from server.config import PROJECT_DIR
 
 TOKEN = "mcp-token"
 SERVER = str(PROJECT_DIR / "mcp_server.py")

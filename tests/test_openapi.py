@@ -294,9 +294,9 @@ if schemathesis is not None:
 @pytest.mark.parametrize("path", ["a", "data.csv", "d/e/f.txt", "..a", "a..", ".hidden", "a b/ü.csv", "/etc/passwd",
                                   "..", ".", "a/../b", "a/./b", "a//b", "a/", "x\x00y", "../x", "a\x1bb", "a\u202eb"])
 def test_the_documented_file_path_rule_is_the_servers(path: str) -> None:
-    from errors import BadRequest
-    from execution import workspace_path
-    from openapi import WORKSPACE_PATH_PATTERN
+    from server.api.openapi import WORKSPACE_PATH_PATTERN
+    from server.errors import BadRequest
+    from server.run_requests import workspace_path
 
     try:
         workspace_path(path)

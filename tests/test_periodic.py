@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from periodic import Periodic
+from server.periodic import Periodic
 
 
 def test_rounds_repeat_and_outlive_a_failing_one() -> None:

@@ -1,4 +1,4 @@
-"""Pure-logic tests of pool.py's SandboxPool bookkeeping, driven by a fake launcher (no Docker)."""
+"""Pure-logic tests of server/containers/pool.py's SandboxPool bookkeeping, driven by a fake launcher (no Docker)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from errors import EngineUnavailable, PoolExhausted
-from pool import SandboxPool, SlotState
+from server.containers.pool import SandboxPool, SlotState
+from server.errors import EngineUnavailable, PoolExhausted
 
 FIRST_PORT = 9001
 WAIT = 10.0  # generous deadline for anything that happens in background threads

@@ -19,7 +19,7 @@ from mcp import ClientSession, StdioServerParameters, stdio_client
 from test_mcp_server import TOKEN, center_url, http_server, over_http, text_of  # noqa: F401 - fixtures
 
 from client import Client
-from config import PROJECT_DIR
+from server.config import PROJECT_DIR
 
 EXAMPLES = PROJECT_DIR / "examples"
 README = (PROJECT_DIR / "README.md").read_text()

@@ -7,8 +7,8 @@ from dataclasses import replace
 import docker
 import pytest
 
-from config import Config
-from sandboxes import DockerSandboxes, SandboxStartError
+from server.config import Config
+from server.containers.docker_sandboxes import DockerSandboxes, SandboxStartError
 
 
 def test_socket_folder_too_deep_is_refused(base_config: Config, tmp_path) -> None:

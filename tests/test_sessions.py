@@ -18,10 +18,10 @@ from conftest import CenterProcess, containers_of, wait_until
 from flask import Flask
 from flask.testing import FlaskClient
 
-import sessions
+import server.session_registry as sessions
 from center import EXTENSION_KEY
-from errors import Gone
-from sessions import SWEEP_SECONDS, owner_of
+from server.errors import Gone
+from server.session_registry import SWEEP_SECONDS, owner_of
 
 TOKEN = {"Authorization": "Bearer owner-token"}
 OTHER = {"Authorization": "Bearer other-token"}

@@ -200,7 +200,7 @@ def test_the_first_line_arrives_while_the_program_still_runs(center: str) -> Non
 
 
 def test_a_silent_program_gets_keepalives(center: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("api.streaming.KEEPALIVE_SECONDS", 0.5)
+    monkeypatch.setattr("server.api.streaming.KEEPALIVE_SECONDS", 0.5)
     events = streamed(center, {"code": "import time\ntime.sleep(3)\nprint('done')"})
     kinds = [event["type"] for event in events]
     assert kinds.count("keepalive") >= 2 and kinds[-2:] == ["stdout", "result"]

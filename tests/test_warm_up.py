@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from sandbox.contract import WARM_DELAY_SECONDS, WARM_UP_GROUP_NAMES
-from warm_up import MIN_SEEN, WINDOW, WarmUpPolicy
+from server.containers.warm_up import MIN_SEEN, WINDOW, WarmUpPolicy
 
 PLOT = "import matplotlib.pyplot as plt\nplt.plot([1, 2])"
 PRINT = "print('hello')"

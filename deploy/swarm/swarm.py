@@ -1,17 +1,20 @@
 """`make swarm-up` / `make swarm-down`: the center as a Docker Swarm stack on the current node.
 
-up:   a one-node swarm when the engine is in none, the three images (build.py --swarm), the secrets
-      (the token from CIA_TOKEN, else the one made by an earlier up, else a new one, printed), the
-      stack deployed, then a wait until /readyz answers 200 through the published port (CIA_PORT).
+up:   a one-node swarm when the engine is in none, the four images (deploy/swarm/images.py: the
+      sandbox's, the center's, PostgreSQL's, the front door's), the secrets (the token from
+      CIA_TOKEN, else the one made by an earlier up, else a new one, printed), the stack deployed,
+      then a wait until /readyz answers 200 through the front door's port (CIA_PORT).
 down: the stack removed (its centers drain), then every sandbox container its centers started on
       this node (by their deployment label, which starts with the stack's center service name),
       its socket volume and token secrets; with --purge also the database volume and password.
       A swarm that `up` initialised is left again when nothing else runs on it.
 
 Settings (environment): CIA_TOKEN, CIA_PORT (5000), SWARM_STACK (cia), SWARM_CENTER_IMAGE,
-SWARM_POSTGRES_IMAGE, CIA_INTERPRETER_IMAGE (the sandbox image), SWARM_POOL_END,
+SWARM_POSTGRES_IMAGE, SWARM_FRONT_DOOR_IMAGE, CIA_INTERPRETER_IMAGE (the sandbox image), SWARM_POOL_END,
 SWARM_SANDBOX_RUNTIME, SWARM_TIMEOUT_SECONDS, SWARM_QUEUE_WAIT_SECONDS, SWARM_MAX_SESSIONS, SWARM_STOP_GRACE,
-SWARM_DB_CONSTRAINT, SWARM_PURGE=1 (down --purge).
+SWARM_DB_CONSTRAINT, SWARM_PURGE=1 (down --purge); the front door's SWARM_HOLD_SECONDS (60),
+SWARM_SERVER_TIMEOUT (from the run's timeout and queue wait), SWARM_CLIENT_CONNECTIONS (100),
+SWARM_CLIENT_REQUESTS_PER_10S (1000), SWARM_HEADER_TIMEOUT (5s).
 """
 
 from __future__ import annotations
@@ -32,13 +35,20 @@ import requests
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(PROJECT_DIR))
 
-from sandboxes import DEPLOYMENT_LABEL  # noqa: E402 - the project's modules, after the path is set
-from swarm_images import DEFAULT_CENTER_IMAGE, DEFAULT_POSTGRES_IMAGE  # noqa: E402
+from deploy.swarm.images import (  # noqa: E402 - the project's modules, after the path is set
+    DEFAULT_CENTER_IMAGE,
+    DEFAULT_FRONT_DOOR_IMAGE,
+    DEFAULT_POSTGRES_IMAGE,
+)
+from server.containers.docker_sandboxes import DEPLOYMENT_LABEL  # noqa: E402
 
 STACK_FILE = PROJECT_DIR / "deploy" / "swarm" / "stack.yml"
 STATE_DIR = PROJECT_DIR / ".build" / "swarm"
 READY_SECONDS = 300.0
 GONE_SECONDS = 180.0
+# The front door's server timeout beyond a run's own bounds (timeout_seconds and the queue wait): the
+# center's grace for answering a run that hit its limit, with room to spare.
+SERVER_TIMEOUT_MARGIN_SECONDS = 60
 
 
 class SwarmError(RuntimeError):
@@ -76,6 +86,7 @@ class Stack:
         self.port = int(environ.get("CIA_PORT", "5000"))
         self.center_image = environ.get("SWARM_CENTER_IMAGE", DEFAULT_CENTER_IMAGE)
         self.postgres_image = environ.get("SWARM_POSTGRES_IMAGE", DEFAULT_POSTGRES_IMAGE)
+        self.front_door_image = environ.get("SWARM_FRONT_DOOR_IMAGE", DEFAULT_FRONT_DOOR_IMAGE)
         self.sandbox_image = environ.get("CIA_INTERPRETER_IMAGE", "")
         self.state = STATE_DIR / self.name
         self.environ = environ
@@ -97,11 +108,20 @@ class Stack:
         (STATE_DIR / "initialised-swarm").write_text(docker("info", "--format", "{{.Swarm.NodeID}}"))
 
     def build(self) -> None:
-        """The sandbox, center and PostgreSQL images (a no-op when current)."""
-        command = [sys.executable, str(PROJECT_DIR / "build.py"), "--swarm", "--center-image", self.center_image,
-                   "--postgres-image", self.postgres_image]
+        """The sandbox, center, PostgreSQL and front door images (a no-op when current)."""
+        command = [sys.executable, str(PROJECT_DIR / "deploy" / "swarm" / "images.py"), "--center-image",
+                   self.center_image, "--postgres-image", self.postgres_image, "--front-door-image",
+                   self.front_door_image]
         if subprocess.run(command, cwd=PROJECT_DIR).returncode != 0:
             raise SwarmError("building the images failed (see above)")
+
+    def server_timeout(self) -> str:
+        """How long the front door lets a center stay silent within an answer: longer than any run's."""
+        if self.environ.get("SWARM_SERVER_TIMEOUT"):
+            return self.environ["SWARM_SERVER_TIMEOUT"]
+        run = float(self.environ.get("SWARM_TIMEOUT_SECONDS") or 30) + float(
+            self.environ.get("SWARM_QUEUE_WAIT_SECONDS") or 10)
+        return f"{max(120, round(run) + SERVER_TIMEOUT_MARGIN_SECONDS)}s"
 
     def token(self) -> str:
         """CIA_TOKEN, else the token of an earlier up of this stack, else a new one (kept for the next up)."""
@@ -131,7 +151,8 @@ class Stack:
     def deploy(self, secret_names: dict[str, str]) -> None:
         """docker stack deploy with this stack's settings (no registry: images are used as they are)."""
         environ = {**self.environ, **secret_names, "CIA_PORT": str(self.port),
-                   "SWARM_CENTER_IMAGE": self.center_image, "SWARM_POSTGRES_IMAGE": self.postgres_image}
+                   "SWARM_CENTER_IMAGE": self.center_image, "SWARM_POSTGRES_IMAGE": self.postgres_image,
+                   "SWARM_FRONT_DOOR_IMAGE": self.front_door_image, "SWARM_SERVER_TIMEOUT": self.server_timeout()}
         if self.sandbox_image:
             environ["SWARM_SANDBOX_IMAGE"] = self.sandbox_image
         say(f"deploying stack {self.name} (port {self.port})")
@@ -148,7 +169,7 @@ class Stack:
                 docker("secret", "rm", name, check=False)
 
     def wait_ready(self, token: str) -> None:
-        """Until /readyz answers 200 through the published port."""
+        """Until /readyz answers 200 through the front door's port (a center is up behind it)."""
         url = f"http://127.0.0.1:{self.port}/readyz"
 
         def ready() -> bool:

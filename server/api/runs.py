@@ -1,0 +1,79 @@
+"""POST/GET /runcode: validate, run in a fresh sandbox, store the images, answer (504 on timeout), or stream."""
+
+from __future__ import annotations
+
+import json
+from contextlib import ExitStack
+from typing import Any, NamedTuple
+
+from flask import Response, g, request
+from werkzeug.exceptions import MethodNotAllowed
+
+from sandbox.contract import MAX_JOB_BYTES
+from server.api.answers import answer_report
+from server.api.http import guarded_blueprint, json_body
+from server.api.streaming import RunInThread, requested_format, stream_answer
+from server.containers.agent_client import Listener
+from server.errors import BadRequest, PayloadTooLarge
+from server.run_requests import parse_run_request
+from server.services import Services, services
+
+blueprint = guarded_blueprint("runs", __name__)
+
+
+class EncodedRun(NamedTuple):
+    """What a run needs once its request is read: the agent's job as JSON bytes, and two facts about it."""
+
+    language: str
+    timeout: float
+    job: bytes
+
+
+def _parse_body(svc: Services) -> EncodedRun:
+    """The validated request, encoded at once: nothing parsed outlives this call."""
+    fields: Any = json_body() if request.method == "POST" else request.args.to_dict()
+    run = parse_run_request(fields, svc.config)
+    svc.sandboxes.warm_up.note(run.language, run.code)
+    try:
+        text = json.dumps(run.job(svc.config), ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        raise BadRequest("variables hold NaN or Infinity, which JSON does not allow") from None
+    try:
+        job = text.encode()
+    except UnicodeEncodeError:
+        raise BadRequest("the request holds a lone UTF-16 surrogate (\\ud800-\\udfff), which is not text") from None
+    return EncodedRun(run.language, run.timeout, job)
+
+
+def read_run_request(svc: Services) -> EncodedRun:
+    """Parse and validate the request within the body budget, so that concurrent large bodies
+    cannot together take the center's memory; the parsed form is let go before the run."""
+    with svc.body_budget.reserve(request.content_length or 0, svc.config.queue_wait_seconds):
+        run = _parse_body(svc)
+    if len(run.job) > MAX_JOB_BYTES:
+        raise PayloadTooLarge(f"the program and its variables take {len(run.job)} bytes once encoded, "
+                              f"over the sandbox's limit of {MAX_JOB_BYTES}")
+    return run
+
+
+@blueprint.route("/runcode", methods=["GET", "POST"])
+def run_code() -> tuple[Response, int]:
+    """POST/GET /runcode: validate, run in a fresh sandbox, store images and files, answer (504 on timeout)."""
+    svc = services()
+    if request.method == "HEAD":  # Flask adds HEAD to GET routes; a HEAD must never run a program
+        raise MethodNotAllowed(valid_methods=["GET", "POST"])
+    run = read_run_request(svc)
+    fmt = requested_format()
+    with ExitStack() as held:
+        sandbox = held.enter_context(svc.pool.sandbox(svc.config.queue_wait_seconds))
+        g.slot = sandbox.slot
+        if fmt is None:
+            report = svc.sandboxes.run(sandbox, run.job, run.timeout)
+            return answer_report(svc, report, run.language)
+        slot = held.pop_all()  # the streamed run's thread gives the sandbox back when it ends
+
+        def run_streamed(listener: Listener) -> dict[str, Any]:
+            with slot:
+                return svc.sandboxes.run(sandbox, run.job, run.timeout, listener)
+
+        return stream_answer(svc, fmt, run.language, RunInThread(run_streamed))
