@@ -38,6 +38,16 @@ def step(message: str) -> None:
     print(f"==> {message}", flush=True)
 
 
+def engine_client() -> docker.DockerClient:
+    """The local Docker engine, answering; BuildError when it cannot be reached."""
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as e:
+        raise BuildError(f"cannot reach the Docker engine: {e}") from e
+    return client
+
+
 def image_is_current(client: docker.DockerClient, tag: str, wanted_hash: str) -> bool:
     """True when an image with this tag exists and was built from the same inputs."""
     try:
@@ -129,11 +139,7 @@ def build(config_path: str | None = None, force: bool = False) -> str:
     config = load_config(config_path)
     tag = config.interpreter_image
     wanted_hash = inputs_hash(config.dependencies)
-    try:
-        client = docker.from_env()
-        client.ping()
-    except docker.errors.DockerException as e:
-        raise BuildError(f"cannot reach the Docker engine: {e}") from e
+    client = engine_client()
     if not force and image_is_current(client, tag, wanted_hash):
         step(f"{tag} is up to date (inputs {wanted_hash[:12]})")
         return tag

@@ -119,15 +119,19 @@ class SessionRegistry:
         with self._lock:
             return set(self.live) | set(self._orphans)
 
+    def _live_records(self, db: DbSession) -> list[SessionRecord]:
+        """This center's sessions that have not ended, the longest idle first."""
+        return list(db.scalars(select(SessionRecord).where(
+            SessionRecord.node == self.node, SessionRecord.ended_at.is_(None))
+            .order_by(SessionRecord.last_active_at)).all())
+
     def adopt(self) -> None:
         """Match the sandboxes found at start with the registry: live records get them back, the rest end."""
         if not self._orphans:
             return
         try:
             with self.database() as db:
-                records = db.scalars(select(SessionRecord).where(
-                    SessionRecord.node == self.node, SessionRecord.ended_at.is_(None))
-                    .order_by(SessionRecord.last_active_at)).all()  # the longest idle first
+                records = self._live_records(db)
                 for record in records:
                     sandbox = self._orphans.pop(record.id, None)
                     if sandbox is None:
@@ -447,9 +451,7 @@ class SessionRegistry:
             self.adopt()
         try:
             with self.database() as db:
-                records = db.scalars(select(SessionRecord).where(
-                    SessionRecord.node == self.node, SessionRecord.ended_at.is_(None))
-                    .order_by(SessionRecord.last_active_at)).all()  # the longest idle first
+                records = self._live_records(db)
                 for record in records:
                     live = self.live.get(record.id)
                     if live is None:

@@ -16,9 +16,6 @@ import sys
 import time
 from pathlib import Path
 
-import docker
-import docker.errors
-
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 if str(PROJECT_DIR) not in sys.path:  # run as a script: the project's modules by their names
     sys.path.insert(0, str(PROJECT_DIR))
@@ -84,11 +81,7 @@ def front_door_inputs_hash(base: str) -> str:
 def build_front_door(tag: str = DEFAULT_FRONT_DOOR_IMAGE, force: bool = False) -> str:
     """Build (or confirm) the front door's image the way build.py builds the others: on the same Debian base,
     offline but for Debian's archive, labelled with its inputs' hash. Raises build.BuildError."""
-    try:
-        client = docker.from_env()
-        client.ping()
-    except docker.errors.DockerException as e:
-        raise build.BuildError(f"cannot reach the Docker engine: {e}") from e
+    client = build.engine_client()
     base = build.choose_base(client)
     wanted_hash = front_door_inputs_hash(base)
     if not force and build.image_is_current(client, tag, wanted_hash):
@@ -131,11 +124,7 @@ def prepare_postgres_context() -> Path:
 def build_swarm(center_tag: str = DEFAULT_CENTER_IMAGE,
                 postgres_tag: str = DEFAULT_POSTGRES_IMAGE, force: bool = False) -> tuple[str, str]:
     """Build (or confirm) the center's and PostgreSQL's images for deploy/swarm/stack.yml."""
-    try:
-        client = docker.from_env()
-        client.ping()
-    except docker.errors.DockerException as e:
-        raise build.BuildError(f"cannot reach the Docker engine: {e}") from e
+    client = build.engine_client()
     base = build.choose_base(client)
     for tag, wanted_hash, prepare, dockerfile in (
         (center_tag, center_inputs_hash(base), prepare_center_context, "Dockerfile.center"),
