@@ -28,7 +28,8 @@ test: build $(VENV)/.installed-dev
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 SANDBOX_SUITES := tests/test_attacks.py tests/test_agent.py tests/test_isolation.py tests/test_hostile_programs.py \
-                  tests/test_kernel_surface.py tests/test_sessions.py tests/test_agent_sessions.py tests/test_streaming.py
+                  tests/test_kernel_surface.py tests/test_sessions.py tests/test_agent_sessions.py tests/test_streaming.py \
+                  tests/test_rich_results.py
 
 # The attack suite again with sandboxes under crun, the faster OCI runtime (registered with Docker as crun).
 test-crun: build $(VENV)/.installed-dev
@@ -61,6 +62,7 @@ bench: build
 	$(PY) bench/sessions.py
 	$(PY) bench/streaming.py
 	$(PY) bench/cpu_per_request.py
+	$(PY) bench/rich_results.py
 
 # The documentation site: docs/ built with mkdocs (mkdocs-material, from requirements-dev.txt) into site/,
 # offline; --strict fails the build on a broken link between pages.

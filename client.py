@@ -56,6 +56,8 @@ UNSAFE_PATH_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202
 UNFAITHFUL_IN_MULTIPART = re.compile(r'["\\]|%(?:22|0a|0d)', re.IGNORECASE)
 
 Callback = Callable[[str], object]
+Bundle = dict[str, Any]  # one display: {"data": {MIME type: value}, "is_main_result": bool, "chart"?: {...}}
+BundleCallback = Callable[[Bundle], object]
 
 
 # --- errors -------------------------------------------------------------------------------------
@@ -206,7 +208,7 @@ def workspace_url_path(path: object) -> str:
 
 @dataclass
 class RunResult:
-    """What a run or a session's cell gave: its output, status, value, images and files (URLs by name)."""
+    """What a run or a session's cell gave: its output, status, value, displays (MIME bundles), images and files."""
 
     stdout: str
     stderr: str
@@ -214,6 +216,7 @@ class RunResult:
     status: str
     duration_ms: float | None = None
     result: str | None = None
+    results: list[Bundle] = field(default_factory=list)
     images: dict[str, str] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
     skipped: list[dict[str, Any]] = field(default_factory=list)
@@ -228,6 +231,7 @@ class RunResult:
         return cls(
             stdout=body.get("output", ""), stderr=body.get("stderr", ""), exit_code=body.get("exit_code"),
             status=body.get("status", ""), duration_ms=body.get("duration_ms"), result=body.get("result"),
+            results=[dict(bundle) for bundle in body.get("results") or [] if isinstance(bundle, Mapping)],
             images=dict(body.get("images") or {}), files=dict(body.get("files") or {}),
             skipped=list(body.get("skipped") or []), error=body.get("error"),
             execution_count=body.get("execution_count"), http_status=http_status, raw=dict(body),
@@ -237,6 +241,16 @@ class RunResult:
     def ok(self) -> bool:
         """The program ran to the end with exit code 0."""
         return self.status == "ok"
+
+    @property
+    def main_result(self) -> Bundle | None:
+        """The bundle of the last expression's value (`is_main_result`), or None."""
+        return next((bundle for bundle in self.results if bundle.get("is_main_result")), None)
+
+    def formats(self, mime_type: str) -> list[Any]:
+        """The values of one MIME type (e.g. "text/html") across the displays, in the order they were made."""
+        return [bundle["data"][mime_type] for bundle in self.results
+                if isinstance(bundle.get("data"), Mapping) and mime_type in bundle["data"]]
 
     def __getitem__(self, key: str) -> Any:
         """The result body's field by its wire name (`result["output"]`), as a dict would give it."""
@@ -299,10 +313,11 @@ class Client:
         return max(self.timeout, min(timeout or 0, MAX_RUN_WAIT) + RUN_MARGIN)
 
     def _run(self, path: str, body: dict[str, Any], timeout: float | None, on_stdout: Callback | None,
-             on_stderr: Callback | None, on_event: Callable[[dict[str, Any]], object] | None) -> RunResult:
-        """POST a run body; streamed when a callback wants the output as it comes."""
-        if on_stdout or on_stderr or on_event:
-            return self._stream(path, body, timeout, on_stdout, on_stderr, on_event)
+             on_stderr: Callback | None, on_event: Callable[[dict[str, Any]], object] | None,
+             on_display: BundleCallback | None = None) -> RunResult:
+        """POST a run body; streamed when a callback wants the output (or the displays) as they come."""
+        if on_stdout or on_stderr or on_event or on_display:
+            return self._stream(path, body, timeout, on_stdout, on_stderr, on_event, on_display)
         # 504 is a run past its time limit: the same result body, status "timeout".
         response = self.request("POST", path, json=body, expect=(200, 504), timeout=self._run_timeout(timeout))
         try:
@@ -315,7 +330,8 @@ class Client:
         return RunResult.from_body(answer, response.status_code)
 
     def _stream(self, path: str, body: dict[str, Any], timeout: float | None, on_stdout: Callback | None,
-                on_stderr: Callback | None, on_event: Callable[[dict[str, Any]], object] | None) -> RunResult:
+                on_stderr: Callback | None, on_event: Callable[[dict[str, Any]], object] | None,
+                on_display: BundleCallback | None = None) -> RunResult:
         """POST with `Accept: application/x-ndjson` and hand each event to its callback as it arrives."""
         response = self.request("POST", path, json=body, expect=(200, 504), stream=True,
                                 headers={"Accept": NDJSON}, timeout=self._run_timeout(timeout))
@@ -326,6 +342,8 @@ class Client:
                 for callback, text in ((on_stdout, result.stdout), (on_stderr, result.stderr)):
                     if callback and text:
                         callback(text)
+                for bundle in result.results if on_display else ():
+                    on_display(bundle)
                 if on_event:
                     on_event({"type": "result", **result.raw})
                 return result
@@ -339,6 +357,8 @@ class Client:
                         on_stdout(event.get("text", ""))
                     elif kind == "stderr" and on_stderr:
                         on_stderr(event.get("text", ""))
+                    elif kind == "display" and on_display:
+                        on_display({k: v for k, v in event.items() if k != "type"})
                     elif kind == "error":
                         failure = event  # the center failed midway; its result (the output so far) follows
                     elif kind == "result":
@@ -357,21 +377,19 @@ class Client:
     def run(self, code: str, language: str = "python", files: Mapping[str, bytes | str] | None = None,
             variables: Mapping[str, Any] | None = None, timeout: float | None = None,
             on_stdout: Callback | None = None, on_stderr: Callback | None = None,
-            on_event: Callable[[dict[str, Any]], object] | None = None) -> RunResult:
+            on_event: Callable[[dict[str, Any]], object] | None = None, on_display: BundleCallback | None = None,
+            inline: bool = False) -> RunResult:
         """Run a program in a fresh sandbox. `files` ({path: bytes or text}) are written in its folder first.
 
-        With `on_stdout`/`on_stderr` (or `on_event`, every streamed event) the output is streamed as it is
-        printed; the returned result is the same either way.
+        With `on_stdout`/`on_stderr`/`on_display` (or `on_event`, every streamed event) the output and the
+        displays are streamed as they are made; the returned result is the same either way. With `inline`
+        the PNG and JPEG images of `results` come as base64 instead of URLs.
         """
-        body: dict[str, Any] = {"code": code, "languageType": language}
-        if variables:
-            body["variables"] = dict(variables)
-        if timeout is not None:
-            body["timeout"] = timeout
+        body = _run_body(code, language, variables, timeout, inline)
         if files:
             body["files"] = [{"path": path, "content_base64": base64.b64encode(
                 content.encode() if isinstance(content, str) else content).decode()} for path, content in files.items()]
-        return self._run("/runcode", body, timeout, on_stdout, on_stderr, on_event)
+        return self._run("/runcode", body, timeout, on_stdout, on_stderr, on_event, on_display)
 
     def fetch(self, url: str) -> bytes:
         """The bytes behind an image or file URL of a result (these need no token)."""
@@ -436,14 +454,11 @@ class Session:
 
     def run(self, code: str, language: str = "python", variables: Mapping[str, Any] | None = None,
             timeout: float | None = None, on_stdout: Callback | None = None, on_stderr: Callback | None = None,
-            on_event: Callable[[dict[str, Any]], object] | None = None) -> RunResult:
+            on_event: Callable[[dict[str, Any]], object] | None = None, on_display: BundleCallback | None = None,
+            inline: bool = False) -> RunResult:
         """Run one cell in the session's interpreter (its globals, imports and files carry over)."""
-        body: dict[str, Any] = {"code": code, "languageType": language}
-        if variables:
-            body["variables"] = dict(variables)
-        if timeout is not None:
-            body["timeout"] = timeout
-        return self.client._run(f"{self._path}/runcode", body, timeout, on_stdout, on_stderr, on_event)
+        body = _run_body(code, language, variables, timeout, inline)
+        return self.client._run(f"{self._path}/runcode", body, timeout, on_stdout, on_stderr, on_event, on_display)
 
     def describe(self) -> dict[str, Any]:
         """The session's state now: status (idle, busy), created_at, last_active_at, expires_at..."""
@@ -506,6 +521,19 @@ class Session:
         except GoneError:
             pass  # it ended by itself (idle, lifetime, dead): nothing left to do
         self.ended = True
+
+
+def _run_body(code: str, language: str, variables: Mapping[str, Any] | None, timeout: float | None,
+              inline: bool) -> dict[str, Any]:
+    """The JSON body of a run or a cell (fields left out when they are the center's defaults)."""
+    body: dict[str, Any] = {"code": code, "languageType": language}
+    if variables:
+        body["variables"] = dict(variables)
+    if timeout is not None:
+        body["timeout"] = timeout
+    if inline:
+        body["inline"] = True
+    return body
 
 
 def _stream_failure(event: dict[str, Any], body: dict[str, Any] | None) -> ClientError:

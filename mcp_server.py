@@ -15,12 +15,13 @@ import argparse
 import base64
 import binascii
 import ipaddress
+import json
 import mimetypes
 import os
 import socket
 import sys
-from collections.abc import Callable
-from typing import Annotated, Literal
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, Literal
 
 import anyio
 from mcp.server import MCPServer
@@ -35,6 +36,10 @@ MAX_STREAM_CHARS = 40_000  # per stream in a tool result: a model's context is t
 MAX_INLINE_IMAGE_BYTES = 5 * 1024 * 1024  # larger images are given as links only
 MAX_READ_BYTES = 1024 * 1024  # read_file hands back at most this much of a file
 INLINE_IMAGE_TYPES = {"image/png", "image/jpeg", "image/gif", "image/webp"}  # what MCP clients render
+MAX_CHART_JSON_CHARS = 4096  # a chart's data larger than this is described (type, title, size), not given whole
+# What a display is given as, richest for a model first (images apart: they become image content).
+DISPLAY_TEXT_TYPES = (("text/markdown", "Markdown"), ("text/html", "HTML"), ("text/latex", "LaTeX"),
+                      ("application/json", "JSON"))
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")  # one machine's own names: "localhost" is either address
 
 INSTRUCTIONS = """\
@@ -43,12 +48,15 @@ Use run_code without session_id for a self-contained program. For work in steps 
 plot, fix, plot again) call create_session once, then run_code with its session_id: variables, imports
 and files persist between calls. Put input files in with upload_file, see them with list_files, read
 results with read_file, and call end_session when done. Print what you want to see; the value of the
-last expression is shown too. Figures come back as images."""
+last expression is shown too. Figures come back as images, and what IPython.display shows (tables as
+HTML, Markdown, LaTeX, JSON, images) comes back too."""
 
 RUN_CODE_DESCRIPTION = """\
 Run a Python or bash program in a sandbox with no network and return its stdout, stderr, status, the \
 value of its last expression (as a notebook shows it) and the images (returned as images) and files it \
-made. Without session_id every call starts a fresh sandbox and nothing carries over; with a session_id \
+made. What a notebook would display (display(), IPython.display's HTML/Markdown/Latex/JSON/Image, a \
+DataFrame as an HTML table, a figure's chart data) comes back as more content. Without session_id every \
+call starts a fresh sandbox and nothing carries over; with a session_id \
 from create_session the code runs in that session's persistent interpreter, where variables, imports and \
 files carry over. Installed: numpy, pandas, scipy, matplotlib, seaborn, scikit-learn, sympy, pillow, \
 statsmodels, openpyxl. No pip install, no downloads. Matplotlib figures are captured without savefig. \
@@ -113,6 +121,17 @@ def describe_run(result: RunResult, session_id: str | None) -> str:
     return "\n".join(parts)
 
 
+def fetched_image(center: Client, name: str, url: str) -> tuple[bytes | None, str | None]:
+    """An image's bytes from its URL (None when too large or unreachable), or a note on why it is left as a link."""
+    try:
+        data = center.fetch(url)
+    except ClientError as e:
+        return None, f"{name} could not be fetched ({e.error}): see its link"
+    if len(data) > MAX_INLINE_IMAGE_BYTES:
+        return None, f"{name} has {len(data)} bytes, too many to inline: see its link"
+    return data, None
+
+
 def image_blocks(center: Client, images: dict[str, str]) -> tuple[list[ContentBlock], list[str]]:
     """Each image the run made as MCP image content (fetched from its URL); notes on any left as a link."""
     blocks: list[ContentBlock] = []
@@ -122,15 +141,92 @@ def image_blocks(center: Client, images: dict[str, str]) -> tuple[list[ContentBl
         if mime_type not in INLINE_IMAGE_TYPES:
             notes.append(f"{name} is {mime_type}: see its link")
             continue
-        try:
-            data = center.fetch(url)
-        except ClientError as e:
-            notes.append(f"{name} could not be fetched ({e.error}): see its link")
-            continue
-        if len(data) > MAX_INLINE_IMAGE_BYTES:
-            notes.append(f"{name} has {len(data)} bytes, too many to inline: see its link")
+        data, note = fetched_image(center, name, url)
+        if data is None:
+            notes.append(note or f"{name}: see its link")
             continue
         blocks.append(ImageContent(type="image", data=base64.b64encode(data).decode(), mime_type=mime_type))
+    return blocks, notes
+
+
+def bundle_image(center: Client, name: str, value: str, mime_type: str) -> tuple[ContentBlock | None, str | None]:
+    """A display's PNG or JPEG (a URL, or base64 when the run asked for inline images) as image content."""
+    if value.startswith(("http://", "https://", "/")):
+        data, note = fetched_image(center, name, value)
+        if data is None:
+            return None, f"{note} ({value})"
+        encoded = base64.b64encode(data).decode()
+    else:
+        encoded = value
+        size = len(value) * 3 // 4
+        if size > MAX_INLINE_IMAGE_BYTES:
+            return None, f"{name} has about {size} bytes, too many to inline"
+    return ImageContent(type="image", data=encoded, mime_type=mime_type), None
+
+
+def describe_chart(chart: Mapping[str, Any], title: str) -> str:
+    """A figure's chart data as JSON when it is small, else what it is (type, title, axes, element count)."""
+    data = json.dumps(chart, ensure_ascii=False, separators=(",", ":"), default=str)
+    if len(data) < MAX_CHART_JSON_CHARS:
+        return f"--- {title}: chart data (JSON, enough to redraw it) ---\n{data}"
+    elements = chart.get("elements")
+    count = len(elements) if isinstance(elements, list) else 0
+    return (f"--- {title}: chart ---\na {chart.get('type', 'unknown')} chart titled {chart.get('title')!r} "
+            f"(x: {chart.get('x_label')!r}, y: {chart.get('y_label')!r}) with {count} elements; its data "
+            f"({len(data)} characters of JSON) is too large to give here")
+
+
+def display_text(data: Mapping[str, Any]) -> tuple[str, str] | None:
+    """A display's richest text form for a model: (its kind, the text), or None when it has none beyond plain."""
+    for mime_type, kind in DISPLAY_TEXT_TYPES:
+        if mime_type in data:
+            value = data[mime_type]
+            text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, indent=1, default=str)
+            return f"{kind} ({mime_type})", text
+    svg = data.get("image/svg+xml")
+    if isinstance(svg, str) and len(svg) < MAX_CHART_JSON_CHARS:
+        return "SVG (image/svg+xml)", svg
+    return None
+
+
+def display_blocks(center: Client, result: RunResult) -> tuple[list[ContentBlock], list[str]]:
+    """The run's displays (`results`), in the order they were made, as content a model can read: Markdown,
+    HTML, LaTeX or JSON as text, PNG and JPEG as images, else the plain text; a figure's chart data as JSON.
+    What the rest of the tool result already holds is left out: an image of `images` (same URL), the last
+    expression's plain text (in the description) and a display's plain text printed into stdout."""
+    blocks: list[ContentBlock] = []
+    notes: list[str] = []
+    shown_images = set(result.images.values())
+    budget = MAX_STREAM_CHARS  # for all the displays' text together
+    for number, bundle in enumerate(result.results, 1):
+        data = bundle.get("data")
+        if not isinstance(data, Mapping):
+            continue
+        main = bool(bundle.get("is_main_result"))
+        title = "result (last expression)" if main else f"display {number}"
+        parts: list[ContentBlock] = []
+        image = next(((mime_type, data[mime_type]) for mime_type in ("image/png", "image/jpeg")
+                      if isinstance(data.get(mime_type), str)), None)
+        if image is not None and image[1] not in shown_images:
+            block, note = bundle_image(center, f"the image of {title}", image[1], image[0])
+            if block is not None:
+                parts.append(block)
+            if note:
+                notes.append(note)
+        rich = display_text(data)
+        plain = data.get("text/plain")
+        if rich is not None:
+            kind, text = rich
+            parts.append(TextContent(type="text", text=f"--- {title} as {kind} ---\n{cut(text, max(budget, 200))}"))
+            budget -= len(text)
+        elif image is None and isinstance(plain, str) and plain.strip() and not (
+                main and plain.strip() == (result.result or "").strip()) and plain not in result.stdout:
+            parts.append(TextContent(type="text", text=f"--- {title} ---\n{cut(plain, max(budget, 200))}"))
+            budget -= len(plain)
+        chart = bundle.get("chart")
+        if isinstance(chart, Mapping):
+            parts.append(TextContent(type="text", text=describe_chart(chart, title)))
+        blocks.extend(parts)
     return blocks, notes
 
 
@@ -160,15 +256,17 @@ class CodeInterpreterTools:
 
     def run_code(self, code: Code, language: Language = "python", session_id: OptionalSessionId = None,
                  timeout: Timeout = None) -> CallToolResult:
-        """Run a program; its images come back as image content as well as links."""
+        """Run a program; its images come back as image content as well as links, its displays as more content."""
         def work(center: Client) -> CallToolResult:
             runner = center.attach(session_id) if session_id else center
             result = runner.run(code, language=language, timeout=timeout)
-            blocks, notes = image_blocks(center, result.images)
+            displays, display_notes = display_blocks(center, result)
+            images, notes = image_blocks(center, result.images)
             text = describe_run(result, session_id)
-            if notes:
-                text += "\n" + "\n".join(notes)
-            return CallToolResult(content=[TextContent(type="text", text=text), *blocks], is_error=not result.ok)
+            if notes or display_notes:
+                text += "\n" + "\n".join(notes + display_notes)
+            return CallToolResult(content=[TextContent(type="text", text=text), *displays, *images],
+                                  is_error=not result.ok)
         return self.call(work)
 
     def create_session(self) -> CallToolResult:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
@@ -72,6 +73,9 @@ _saved_below: list[str] = []  # saves into subfolders, for SAVED_LIST
 _listed = False  # SAVED_LIST was written once: from then on it is rewritten at each end, never left stale
 _last_shown: Figure | None = None  # the current figure when figures last became images (for plt.savefig)
 _original_savefig = getattr(Figure.savefig, "__wrapped__", Figure.savefig)
+# The worker's listener (rich_display.figure_shown): told each time a figure is shown as an image, with the
+# image's file name, so that it joins the run's rich results. None in a Python the program started itself.
+on_image: Callable[[Figure, str], None] | None = None
 
 
 class FigureCanvasCapture(FigureCanvasAgg):
@@ -122,7 +126,18 @@ def _capture(figure: Figure) -> str | None:
     figure.stale = False
     figure._sandbox_image = ("captured", name)
     _captured_now.add(name)
+    _tell(figure, name)
     return name
+
+
+def _tell(figure: Figure, name: str) -> None:
+    """The worker's listener hears that the figure is shown as the image `name` (never twice in a row for one)."""
+    figure._sandbox_told = name
+    if on_image is not None:
+        try:
+            on_image(figure, name)
+        except Exception:  # noqa: BLE001 - the image is there whatever its rich result became
+            pass
 
 
 def _capture_and_close() -> list[str]:
@@ -133,13 +148,16 @@ def _capture_and_close() -> list[str]:
         _last_shown = active.canvas.figure
     names, error = [], None
     for manager in sorted(Gcf.get_all_fig_managers(), key=lambda manager: manager.num):
+        figure = manager.canvas.figure
         try:
-            name = _capture(manager.canvas.figure)
+            name = _capture(figure)
         except Exception as e:  # noqa: BLE001 - one figure that cannot be drawn does not cost the others theirs
             error = error or e
             continue
         if name is not None:
             names.append(name)
+        elif (returned := _returned_as(figure)) is not None and getattr(figure, "_sandbox_told", None) != returned[1]:
+            _tell(figure, returned[1])  # saved by the program, unchanged: shown as that file, as a notebook shows it
     pyplot.close("all")
     if error is not None:
         raise error
@@ -237,8 +255,11 @@ def show(*args: Any, **kwargs: Any) -> None:
 
 def show_figure(figure: Figure) -> str | None:
     """A figure the program shows as a value (`fig` last in a cell, display(fig)): an image now, unless it
-    comes back unchanged already (or is blank); the name."""
-    return _capture(figure)
+    comes back unchanged already (then the listener hears of that image again) or is blank; the new name."""
+    name = _capture(figure)
+    if name is None and (returned := _returned_as(figure)) is not None:
+        _tell(figure, returned[1])
+    return name
 
 
 def save_open_figures() -> list[str]:

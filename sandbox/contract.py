@@ -29,11 +29,13 @@ FIRST_FIGURE = "a first figure"  # a warm-up step: draw and encode one throw-awa
 # the fonts, the CJK fallback too, the Agg renderer and the PNG encoder); a table needs pandas. Then
 # seaborn, measured (bench/imports.py) at ~0.45 s of a seaborn chart's ~0.55 s in a warm sandbox:
 # most of it scipy.stats, taken a part at a time so that no step is long. statsmodels (~1 s) and
-# scikit-learn (~0.9 s) are not preloaded: rarer, and each would add as much again.
+# scikit-learn (~0.9 s) are not preloaded: rarer, and each would add as much again. A figure's rich result
+# needs the chart reader (e2b_charts, ~80 ms to import), a table's IPython's formatters (~35 ms).
 WARM_UP_GROUPS = (
     WarmUpGroup("numpy", ("numpy",), re.compile(r"\b(?:numpy|pandas|matplotlib|seaborn|scipy|sklearn|statsmodels)\b")),
-    WarmUpGroup("matplotlib", ("matplotlib.pyplot", FIRST_FIGURE), re.compile(r"\b(?:matplotlib|seaborn)\b")),
-    WarmUpGroup("pandas", ("pandas",), re.compile(r"\b(?:pandas|seaborn|statsmodels)\b")),
+    WarmUpGroup("matplotlib", ("matplotlib.pyplot", FIRST_FIGURE, "e2b_charts"),
+                re.compile(r"\b(?:matplotlib|seaborn)\b")),
+    WarmUpGroup("pandas", ("pandas", "IPython.core.formatters"), re.compile(r"\b(?:pandas|seaborn|statsmodels)\b")),
     WarmUpGroup("seaborn", ("scipy.linalg", "scipy.special", "scipy.fft", "scipy.spatial", "scipy.interpolate",
                             "scipy.optimize", "scipy.ndimage", "scipy.integrate", "scipy.stats", "seaborn"),
                 re.compile(r"\b(?:seaborn|scipy|sklearn|statsmodels)\b")),
@@ -106,6 +108,13 @@ MAX_LISTED_FILES = 10000
 LIST_PAGE_BYTES = 1024 * 1024
 # A run's or cell's `result` (the repr of its last expression) is cut to this many characters.
 MAX_RESULT_CHARS = 64 * 1024
+# Rich results (rich_display.py, displays.py): the worker sends each display as a line {"display": bundle}
+# on the status pipe (or {"clear_output": true}); a bundle's image is at most MAX_DISPLAY_IMAGE_BYTES before
+# base64, and a line longer than MAX_STATUS_LINE_BYTES is never sent (the worker keeps its text/plain and
+# names what it left out in "left_out") nor kept by the agent (the program may write lines of its own).
+MAX_DISPLAY_IMAGE_BYTES = 16 * 1024 * 1024
+MAX_STATUS_LINE_BYTES = 24 * 1024 * 1024
+# A request's "inline": true (or ?inline=1) puts the images of its rich results in as base64, not links.
 # The last line of the client's `output` when output was cut at the cap (for clients that read only `output`).
 # The agent reports it as `output_notice`; the center puts it in place of the output's last characters.
 OUTPUT_CUT_NOTICE = "[output cut at {max_output_bytes} bytes: the program printed more]"

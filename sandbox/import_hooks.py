@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import compat
+import rich_display
 from program_io import is_program_file
 
 # pandas' display options once it is imported: a 12-column describe() shows every column (not `...`); a
@@ -103,6 +104,12 @@ def after_pandas(pandas: types.ModuleType) -> None:
     compat.patch_pandas(pandas)
 
 
+def listen_to_capture_backend(capture_backend: types.ModuleType) -> None:
+    """Figures shown as images join the run's rich results (the backend tells rich_display)."""
+    capture_backend.on_image = rich_display.figure_shown
+
+
 ImportHooks.after.update({"pandas": after_pandas, "numpy": compat.patch_numpy,
                           "matplotlib.style.core": compat.patch_matplotlib_style, "linecache": add_sources,
-                          "matplotlib.pyplot": load_capture_backend})
+                          "matplotlib.pyplot": load_capture_backend, "capture_backend": listen_to_capture_backend,
+                          "IPython.core.display_functions": rich_display.patch_ipython})

@@ -21,7 +21,8 @@ from collections.abc import Callable
 from typing import Any
 
 from bash_runner import run_bash_cell
-from program_io import MagicFailed, display, flush_output, is_program_file
+from program_io import MagicFailed, flush_output, is_program_file
+from rich_display import display
 
 # Line magics that set up a notebook's display or extensions: nothing to do here (figures are captured anyway).
 QUIET_MAGICS = frozenset({"matplotlib", "config", "load_ext", "reload_ext", "unload_ext", "autoreload", "aimport",

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from agent_state import Agent
+from displays import Displays
 from job_request import Job
 from output_files import Snapshot, workspace_snapshot
 from output_pipes import EventStream, OutputBudget, OutputReader
@@ -41,6 +42,7 @@ def execute(job: Job, worker: Worker, before: Snapshot | None, events: EventStre
         reader.start()
     threading.Thread(target=lambda: (worker.wait(), finished.set()), daemon=True).start()
 
+    worker.displays = Displays(job, events)
     started = time.monotonic()
     payload = json.dumps({"language": job.language, "code": job.code, "variables": job.program_variables()})
     try:
@@ -75,6 +77,6 @@ def execute(job: Job, worker: Worker, before: Snapshot | None, events: EventStre
         "warm": worker.warming,  # ran in a worker that warmed up (all of it, or until the program came)
         "result": record_result(record),
     }
-    return complete_report(report, job, before, with_files=True,
+    return complete_report(report, job, before, with_files=True, displays=worker.displays,
                            describe=lambda: describe_error(status, returncode, report["stderr"], job,
                                                            record.get("error")))

@@ -1,4 +1,4 @@
-"""What the program shows and says, as the worker passes it on: output flushed, display(), failures in one line."""
+"""What the program shows and says, as the worker passes it on: output flushed, figures shown, failures in one line."""
 
 from __future__ import annotations
 
@@ -21,13 +21,6 @@ def flush_output() -> None:
             stream.flush()
         except (OSError, ValueError, AttributeError):
             pass
-
-
-def display(*objects: Any) -> None:
-    """A notebook's display(): a matplotlib figure as an image, a string as itself, anything else as its repr."""
-    for obj in objects:
-        if not shown_as_image(obj):
-            print(obj if isinstance(obj, str) else repr(obj))
 
 
 def shown_as_image(value: Any) -> bool:

@@ -8,15 +8,17 @@ from typing import Any
 import bash_runner
 import import_hooks
 import program_io
+import rich_display
 from contract import cut_result
 from import_hooks import remember_source
-from program_io import MagicFailed, shown_as_image
+from program_io import MagicFailed
 
 EXIT_NOTE = "(exit() ends this cell, not the session: the interpreter and its state are kept)"
 # The worker's own files: their frames around the program's are not the program's traceback (an interrupt
 # lands in bash_runner's handler, a figure shown goes through program_io). notebook_habits' frames are
 # kept: they run the program's magics.
-OWN_FILES = frozenset({__file__, bash_runner.__file__, import_hooks.__file__, program_io.__file__})
+OWN_FILES = frozenset({__file__, bash_runner.__file__, import_hooks.__file__, program_io.__file__,
+                       rich_display.__file__})
 
 
 def run_python(code: str, variables: dict[str, Any], namespace: dict[str, Any], count: int | None = None
@@ -119,10 +121,13 @@ def followed_by_semicolon(source: str, node: Any) -> bool:
 
 def shown_result(value: Any) -> str | None:
     """The text a notebook shows for a value: its repr, cut at MAX_RESULT_CHARS; None for None and for a
-    figure (shown as an image instead)."""
-    if value is None or shown_as_image(value):
+    figure (shown as an image instead). Its rich result (is_main_result) goes to the agent too."""
+    if value is None:
         return None
-    return cut_result(repr(value))
+    figure = sys.modules.get("matplotlib.figure")
+    text = None if figure is not None and isinstance(value, figure.Figure) else cut_result(repr(value))
+    rich_display.show(value, main=True)
+    return text
 
 
 def print_traceback(error: BaseException) -> None:

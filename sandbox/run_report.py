@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from contract import MAX_ERROR_SUMMARY_BYTES, OUTPUT_CUT_NOTICE, cut_result
+from displays import Displays
 from job_request import Job
 from output_files import Snapshot, collect_outputs
 from output_pipes import json_prefix, json_suffix
@@ -79,9 +80,10 @@ def describe_error(status: str, returncode: int, stderr: str, job: Job, summary:
 
 
 def complete_report(report: dict[str, Any], job: Job, before: Snapshot | None, with_files: bool,
-                    describe: Callable[[], str]) -> dict[str, Any]:
+                    describe: Callable[[], str], displays: Displays | None = None) -> dict[str, Any]:
     """The report with what the program left: its images (and, `with_files`, its other files) made since
-    `before`, the notice of a cut output, and `describe()`'s one-line `error` unless it ended ok."""
+    `before`, its rich `results` (what `displays` kept), the notice of a cut output, and `describe()`'s
+    one-line `error` unless it ended ok."""
     status = report["status"]
     try:
         outputs = collect_outputs(job, before, with_files)
@@ -91,6 +93,9 @@ def complete_report(report: dict[str, Any], job: Job, before: Snapshot | None, w
     except Exception as e:  # noqa: BLE001 - the program's output is reported whatever its folder holds
         what = "outputs" if with_files else "images"
         report["skipped"] = [{"name": ".", "reason": f"{what} could not be collected: {type(e).__name__}: {e}"}]
+    if displays is not None:
+        report["results"] = displays.report(report.get("images") or [])
+        report["skipped"] = report.get("skipped", []) + displays.skipped
     if status == "output_limit":
         report["output_notice"] = OUTPUT_CUT_NOTICE.format(max_output_bytes=job.max_output_bytes)
     if status != "ok":

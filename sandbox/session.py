@@ -25,7 +25,8 @@ import time
 from typing import Any
 
 import workspace
-from contract import INTERRUPT_GRACE_SECONDS, SESSION_START_SECONDS
+from contract import INTERRUPT_GRACE_SECONDS, MAX_STATUS_LINE_BYTES, SESSION_START_SECONDS
+from displays import Displays
 from http_server import RawResponse
 from job_request import Job
 from output_files import workspace_snapshot
@@ -38,7 +39,7 @@ from run_report import (
     record_result,
     signal_description,
 )
-from worker_process import COLD_START_SECONDS, MAX_RECORD_BYTES, Worker, kill_sandbox_processes
+from worker_process import COLD_START_SECONDS, Worker, kill_sandbox_processes
 
 DRAIN_SECONDS = 0.5  # after a cell's record, for output still in the pipes (bounded: a thread may write on)
 START_SECONDS = 30.0  # for the worker to take a cell (a 64 MiB one is parsed in well under a second)
@@ -61,7 +62,7 @@ class Session:
         self.dead_reason = ""
         self.execution_count = 0
         self.status_fd = -1
-        self.status_buffer = b""
+        self.status_buffer = bytearray()
         self.exit_read, self.exit_write = os.pipe()  # readable once the worker has exited
 
     def start(self) -> None:
@@ -76,7 +77,8 @@ class Session:
         except (OSError, RuntimeError) as e:
             self.die(f"the session could not start: {e}")
             raise RuntimeError(self.dead_reason) from e
-        self.status_fd, self.status_buffer = worker.session_status
+        self.status_fd, rest = worker.session_status
+        self.status_buffer = bytearray(rest)
         # From now on this thread's poll loop does all the reading and writing: none of it may block.
         for fd in (worker.stdin.fileno(), worker.stdout.fileno(), worker.stderr.fileno(), self.status_fd):
             os.set_blocking(fd, False)
@@ -182,7 +184,7 @@ class Session:
         }
         if not self.alive:
             report["dead_reason"] = self.dead_reason
-        return complete_report(report, job, before, with_files=False,
+        return complete_report(report, job, before, with_files=False, displays=cell.displays,
                                describe=lambda: self.describe_error(status, job, report["stderr"], exit_code,
                                                                     (cell.record or {}).get("error")))
 
@@ -226,7 +228,7 @@ class Session:
                     pass
             except OSError:  # BlockingIOError: nothing more for now
                 pass
-        self.status_buffer = b""
+        self.status_buffer = bytearray()
 
     def sweep(self) -> bool:
         """SIGKILL every process but PID 1, this agent, the worker and file helpers: what the cell left behind.
@@ -288,6 +290,7 @@ class CellRun:
         self.overflow = threading.Event()
         self.budget = OutputBudget(int(job.max_output_bytes), self.overflow)
         self.kept = [KeptOutput(self.budget, events.output(index) if events else None) for index in (0, 1)]
+        self.displays = Displays(job, events)
         self.record: dict[str, Any] | None = None
         self.started_at: float | None = None  # when the worker said the cell runs: its clock starts
         self.exited = False  # the worker exited before its record
@@ -375,10 +378,15 @@ class CellRun:
         return bool(chunk)
 
     def take_status(self) -> None:
-        """This cell's start and record, when among the complete lines received (any other line is dropped)."""
-        session = self.session
-        while self.record is None and b"\n" in session.status_buffer:
-            line, _, session.status_buffer = session.status_buffer.partition(b"\n")
+        """This cell's start, displays and record, when among the complete lines received (any other line is
+        dropped, and so is a display before the cell started: a thread of an earlier cell made it)."""
+        buffer = self.session.status_buffer
+        position = 0
+        while self.record is None:
+            end = buffer.find(b"\n", position)
+            if end == -1:
+                break
+            line, position = bytes(buffer[position:end]), end + 1
             try:
                 record = json.loads(line)
             except ValueError:
@@ -387,10 +395,14 @@ class CellRun:
                 continue
             if record.get("started") == self.count and self.started_at is None:
                 self.started_at = time.monotonic()
+            elif "display" in record or "clear_output" in record:
+                if self.started_at is not None:
+                    self.displays.take(record)
             elif record.get("count") == self.count and isinstance(record.get("exit"), int):
                 self.record = record
-        if len(session.status_buffer) > MAX_RECORD_BYTES:
-            session.status_buffer = b""
+        del buffer[:position]
+        if len(buffer) > MAX_STATUS_LINE_BYTES:
+            buffer.clear()
 
     def drain(self, seconds: float) -> None:
         """Take what is left in the output pipes, without waiting for more than `seconds` in all."""

@@ -9,7 +9,8 @@ the groups named are in, b"a" once all are) and reads again;
 "session" makes it a session's interpreter (see serve_session: it writes b"s", then runs cells);
 any other line is the one job, one line of JSON (json is already loaded: the agent imported it):
 {"language": "python"|"bash", "code": str, "variables": {name: JSON value (a string for bash)}}.
-Python runs in this very process (so pre-imports pay off; see python_runner.py), then the worker
+Python runs in this very process (so pre-imports pay off; see python_runner.py); what it displays goes
+to STATUS_FD as it is made, a line {"display": bundle} each (see rich_display.py); then the worker
 writes the result record {"exit": status, "result": repr of the last expression or null, "error"?:
 one line} as a line to STATUS_FD; bash replaces it with exec (see bash_runner.py).
 
@@ -22,7 +23,8 @@ The worker's modules, each importing only modules on the lines below its own:
   python_runner.py                         Python as a notebook runs it
   import_hooks.py                          what follows a few imports
   notebook_habits.py                       IPython's magics, short errors (imported when needed)
-  bash_runner.py, program_io.py, compat.py bash; display() and output; removed library names
+  rich_display.py                          what the program displays, as MIME bundles
+  bash_runner.py, program_io.py, compat.py bash; output; removed library names
   capture_backend.py                       figures as images (matplotlib's, loaded when it is)
   capture_fonts.py                         the fonts programs ask for
 """
@@ -42,10 +44,11 @@ import threading
 import types
 from typing import Any, BinaryIO, NoReturn
 
+import rich_display
 from bash_runner import CellState, on_interrupt, run_bash, run_bash_cell
 from contract import FIRST_FIGURE, WARM_UP_GROUPS, WarmUpGroup
 from import_hooks import ImportHooks
-from program_io import display, flush_output
+from program_io import flush_output
 from python_runner import run_python
 
 SANDBOX_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -74,7 +77,7 @@ def become_fresh_interpreter() -> None:
                                                    encoding="utf-8", errors="strict", write_through=True)
     sys.stderr = sys.__stderr__ = io.TextIOWrapper(open(2, "wb", buffering=0, closefd=False),
                                                    encoding="utf-8", errors="backslashreplace", write_through=True)
-    builtins.display = display  # type: ignore[attr-defined]
+    builtins.display = rich_display.display  # type: ignore[attr-defined]
     sys.meta_path.insert(0, ImportHooks)  # after site.main(): sitecustomize's finders come after this one
     # The working folder, as `python3 -c` puts it on the path: a program imports the modules it wrote
     # (%%writefile helper.py) or was given. After the sandbox's own folder: a program's fonts.py does
@@ -235,6 +238,7 @@ def main(status_fd: int) -> NoReturn:
     commands = take_command_pipe()
     become_fresh_interpreter()
     prepare_matplotlib()
+    rich_display.start(status_fd)
     os.write(status_fd, b"r")
     line = commands.readline()
     if line.startswith(b"warm "):  # b"warm GROUP,GROUP REST_DELAY\n" (no group: b"warm  REST_DELAY\n")

@@ -11,10 +11,10 @@ import threading
 from typing import Any, NoReturn
 
 from agent_options import AgentOptions, worker_environment
-from contract import WORKSPACE
+from contract import MAX_STATUS_LINE_BYTES, WORKSPACE
+from displays import Displays
 
 WORKER_FAILED = 127  # the forked worker's exit status when it could not even start
-MAX_RECORD_BYTES = 2 * 1024 * 1024  # a record line on the status pipe (a result repr, JSON-escaped)
 COLD_START_SECONDS = 10.0  # for a worker to start, once forked
 
 
@@ -103,6 +103,7 @@ class Worker:
         self.warm_all = threading.Event()  # and the others too
         self.warming = False
         self.record: dict[str, Any] | None = None  # the one-shot run's result record
+        self.displays: Displays | None = None  # the one-shot run's rich results, once its job is sent
         self.in_session = threading.Event()  # the worker became a session's interpreter
         self.session_status: tuple[int, bytes] | None = None  # then its status pipe is the session's
         self.status_thread = threading.Thread(target=self._follow_status, args=(status_read,), daemon=True)
@@ -110,41 +111,48 @@ class Worker:
 
     def _follow_status(self, fd: int) -> None:
         """The worker writes b"r" once it waits for input, b"w" and b"a" as it warms up; a one-shot
-        run's record is a JSON line; b"s" hands the pipe over to the session (see session.py)."""
+        run's displays and record are JSON lines; b"s" hands the pipe over to the session (see session.py)."""
         events = {b"r": self.started, b"w": self.warm, b"a": self.warm_all}
-        buffer = b""
+        buffer = bytearray()  # appended to, never copied whole: a display line may be megabytes long
         while chunk := os.read(fd, 65536):
+            scanned = len(buffer)
             buffer += chunk
             position = 0
             while position < len(buffer):
-                byte = buffer[position:position + 1]
+                byte = bytes(buffer[position:position + 1])
                 if byte == b"{":
-                    end = buffer.find(b"\n", position)
+                    end = buffer.find(b"\n", max(position, scanned))
                     if end == -1:
                         break
-                    self._take_record(buffer[position:end])
+                    self._take_line(bytes(buffer[position:end]))
                     position = end + 1
                     continue
                 position += 1
                 if byte == b"s":
-                    self.session_status = (fd, buffer[position:])
+                    self.session_status = (fd, bytes(buffer[position:]))
                     self.in_session.set()
                     return
                 if byte in events:
                     events[byte].set()
-            buffer = buffer[position:]
-            if len(buffer) > MAX_RECORD_BYTES:  # not a record the worker wrote: the program's noise
-                buffer = b""
+            del buffer[:position]
+            if len(buffer) > MAX_STATUS_LINE_BYTES:  # not a line the worker wrote: the program's noise
+                buffer.clear()
         os.close(fd)
 
-    def _take_record(self, line: bytes) -> None:
-        """Keep the run's record (the worker writes one; the program could write anything)."""
+    def _take_line(self, line: bytes) -> None:
+        """A display goes to the run's displays; anything else that is a JSON object is the run's record (the
+        worker writes one; the program could write anything)."""
         try:
-            record = json.loads(line)
+            message = json.loads(line)
         except ValueError:
             return
-        if isinstance(record, dict):
-            self.record = record
+        if not isinstance(message, dict):
+            return
+        displays = self.displays
+        if displays is not None and displays.take(message):
+            return
+        if "display" not in message and "clear_output" not in message:
+            self.record = message
 
     def send(self, data: bytes) -> None:
         """A command line or the job to the worker's stdin (see worker.py's protocol)."""

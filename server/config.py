@@ -44,11 +44,12 @@ TOKEN_TEXT = re.compile(r"\A[\x21-\x2b\x2d-\x7e]+\Z")
 # The versions LLM-written code expects (docs/configuration.md#libraries-in-the-image): numpy 1.x (np.NaN...),
 # pandas 2.2 (fillna(method=...), applymap, resample("M") still run, with a FutureWarning),
 # matplotlib before 3.11; tabulate for DataFrame.to_markdown(); requests, which LLM-written code imports
-# to fetch data (then it learns the sandbox has no network, not that the module is missing).
+# to fetch data (then it learns the sandbox has no network, not that the module is missing); IPython, whose
+# display machinery makes the rich results, and e2b-charts, which reads a figure's data (0.0.x: numpy 1.x).
 DEFAULT_DEPENDENCIES = (
     "numpy>=1.26,<2", "pandas>=2.2,<2.3", "scipy", "matplotlib>=3.9,<3.11", "seaborn", "scikit-learn",
     "sympy", "pillow", "statsmodels", "openpyxl", "tabulate", "tqdm", "jinja2",
-    "requests",
+    "requests", "ipython>=8.20,<10", "e2b-charts>=0.0.4,<0.1",
 )
 
 

@@ -48,6 +48,7 @@ class RunRequest:
     variables: dict[str, Any]
     timeout: float
     files: tuple[dict[str, str], ...] = ()
+    inline: bool = False  # rich results' images as base64 rather than links
 
     def job(self, config: Config) -> dict[str, Any]:
         """The agent's job: the program, its input files and the configured output, image and file limits."""
@@ -210,7 +211,19 @@ def parse_run_request(fields: Any, config: Config) -> RunRequest:
         check_bash_environment(variables)
     return RunRequest(code=code, language=language, variables=variables,
                       timeout=_parse_timeout(fields.get("timeout"), config.timeout_seconds),
-                      files=tuple(_parse_files(fields.get("files"))))
+                      files=tuple(_parse_files(fields.get("files"))), inline=parse_flag(fields.get("inline"), "inline"))
+
+
+FLAG_WORDS = {"1": True, "true": True, "0": False, "false": False}
+
+
+def parse_flag(raw: Any, name: str) -> bool:
+    """A yes/no field: JSON true/false, or in a query string 1/0/true/false; absent is no."""
+    if raw is None or isinstance(raw, bool):
+        return bool(raw)
+    if isinstance(raw, str) and raw.lower() in FLAG_WORDS:
+        return FLAG_WORDS[raw.lower()]
+    raise BadRequest(f"'{name}' must be true or false")
 
 
 MAX_SKIPPED = 100  # entries of `skipped` passed on; the agent lists at most 50 and counts the rest
@@ -263,6 +276,7 @@ def result_body(report: Mapping[str, Any], image_urls: dict[str, str],
         "images": image_urls,
         "files": file_urls or {},
         "skipped": skipped_entries(report),
+        "results": [],  # the rich results, filled in where their images are stored (api/answers.py)
     }
     if status != "ok":
         body["error"] = str(report.get("error") or f"the run ended with status {status}")

@@ -62,13 +62,15 @@ def file_row(name: str, _mime_type: str | None, data: bytes) -> StoredFile:
 ROW_MAKERS = {Image: image_row, StoredFile: file_row}
 
 
-def store_outputs(db: DbSession, model: type[Blob],
-                  outputs: Iterable[Mapping[str, Any]]) -> tuple[dict[str, str], int]:
+def store_outputs(db: DbSession, model: type[Blob], outputs: Iterable[Mapping[str, Any]],
+                  known: dict[str, str] | None = None) -> tuple[dict[str, str], int]:
     """Save the agent's base64 outputs as `model` rows; return ({name the program gave: stored name}, bytes).
 
-    Malformed entries (not base64, a type we do not serve) are left out; a database that fails is
-    StorageFailed, with nothing half-stored.
+    `known` (sha256 -> stored name, of what this answer stored already) is not stored again, and learns
+    the new rows. Malformed entries (not base64, a type we do not serve) are left out; a database that
+    fails is StorageFailed, with nothing half-stored.
     """
+    known = {} if known is None else known
     stored: dict[str, str] = {}
     rows: list[StoredBlob] = []
     for output in outputs:
@@ -80,17 +82,24 @@ def store_outputs(db: DbSession, model: type[Blob],
         row = ROW_MAKERS[model](name if isinstance(name, str) else "", output.get("mime"), data)
         if row is None:
             continue
+        if row.sha256 in known:
+            stored[row.original_name or row.filename] = known[row.sha256]
+            continue
         rows.append(row)
-        stored[row.original_name or row.filename] = row.filename
-    if not rows:
-        return {}, 0
+        stored[row.original_name or row.filename] = known[row.sha256] = row.filename
+    if rows:
+        store_rows(db, rows)
+    return stored, sum(row.size for row in rows)
+
+
+def store_rows(db: DbSession, rows: list[StoredBlob]) -> None:
+    """Add the rows in one commit; StorageFailed (nothing half-stored) when the database fails."""
     try:
         db.add_all(rows)
         db.commit()
     except SQLAlchemyError as e:
         db.rollback()
         raise StorageFailed("the outputs could not be stored: the database is unavailable") from e
-    return stored, sum(row.size for row in rows)
 
 
 def find_stored(db: DbSession, model: type[Blob], filename: str) -> Blob | None:

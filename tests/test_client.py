@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import threading
 from collections.abc import Callable, Iterator
@@ -93,6 +94,60 @@ def test_failures_and_timeouts_are_results_not_exceptions(center: Client) -> Non
     slow = center.run("import time\nprint('started', flush=True)\ntime.sleep(60)", timeout=1)
     assert slow.status == "timeout" and slow.http_status == 504
     assert slow.stdout == "started\n" and "time limit" in slow.error
+
+
+# --- rich results (what a notebook displays) ---------------------------------------------------------
+
+def test_a_dataframe_value_comes_back_as_an_html_table(center: Client) -> None:
+    result = center.run("import pandas as pd\npd.DataFrame({'city': ['Oslo', 'Lima'], 'people': [709, 10092]})")
+    assert result.ok, result.error
+    main = result.main_result
+    assert main is not None and main["is_main_result"] is True, result.results
+    html = main["data"]["text/html"]
+    assert "<table" in html and all(value in html for value in ("city", "people", "Oslo", "Lima", "709", "10092"))
+    assert main["data"]["text/plain"] == result.result, "the text form is the result's"
+    assert result.formats("text/html") == [html] and result.results == result["results"]
+    assert center.run("print('no value')").results == [], "a run that displays nothing has no bundles"
+
+
+def test_displays_come_in_order_and_stream_as_they_are_made(center: Client) -> None:
+    code = ("from IPython.display import HTML, JSON, Markdown, display\n"
+            "display(Markdown('# first'))\ndisplay(HTML('<b>second</b>'))\ndisplay(JSON({'third': [3]}))\n'last'")
+    plain = center.run(code)
+    assert [(bundle["is_main_result"], bundle["data"].get("text/markdown"), bundle["data"].get("text/html"),
+             bundle["data"].get("application/json")) for bundle in plain.results] == [
+        (False, "# first", None, None), (False, None, "<b>second</b>", None), (False, None, None, {"third": [3]}),
+        (True, None, None, None)]
+    assert plain.main_result["data"]["text/plain"] == "'last'" == plain.result
+    assert all("text/plain" in bundle["data"] for bundle in plain.results)
+    events: list[dict] = []
+    displays: list[dict] = []
+    streamed = center.run(code, on_event=events.append, on_display=displays.append)
+    kinds = [event["type"] for event in events if event["type"] != "keepalive"]
+    assert kinds.count("display") == 4 and kinds[-1] == "result" and kinds.index("result") > max(
+        i for i, kind in enumerate(kinds) if kind == "display"), kinds
+    assert displays == streamed.results == plain.results, "each display once, as the result lists it"
+
+
+def test_display_images_are_links_or_inline_base64(center: Client) -> None:
+    code = ("import io\nfrom PIL import Image as Picture\nfrom IPython.display import Image, display\n"
+            "buffer = io.BytesIO()\nPicture.new('RGB', (8, 8), 'red').save(buffer, 'PNG')\n"
+            "display(Image(data=buffer.getvalue()))")
+    linked = center.run(code)
+    (bundle,) = [b for b in linked.results if "image/png" in b["data"]]
+    assert bundle["data"]["image/png"].startswith(center.url + "/image/"), bundle
+    png = center.fetch(bundle["data"]["image/png"])
+    assert png.startswith(PNG_SIGNATURE)
+    inline = center.run(code, inline=True)
+    (inlined,) = [b for b in inline.results if "image/png" in b["data"]]
+    assert base64.b64decode(inlined["data"]["image/png"], validate=True).startswith(PNG_SIGNATURE)
+
+
+def test_a_session_cell_gives_its_displays(session: Session) -> None:
+    session.run("import pandas as pd\ndf = pd.DataFrame({'x': [1, 2]})")
+    cell = session.run("from IPython.display import Markdown, display\ndisplay(Markdown('**sum**'))\nint(df.x.sum())")
+    assert [bundle["data"].get("text/markdown") for bundle in cell.results] == ["**sum**", None]
+    assert cell.main_result["data"]["text/plain"] == "3" == cell.result and cell.execution_count == 2
 
 
 # --- sessions -----------------------------------------------------------------------------------
@@ -365,7 +420,7 @@ def test_streamed_run_calls_back_in_order_and_ends_with_the_plain_result(center:
     assert "".join(out) == "".join(f"line {i}\n" for i in range(4)) == streamed.stdout
     assert "".join(err) == "".join(f"warn {i}\n" for i in range(4)) == streamed.stderr
     assert events[-1]["type"] == "result" and {event["type"] for event in events} <= {
-        "stdout", "stderr", "keepalive", "result"}
+        "stdout", "stderr", "keepalive", "display", "result"}
     same_result(streamed, center.run(STREAMED))
 
 

@@ -449,7 +449,7 @@ def report(**overrides: Any) -> dict[str, Any]:
 def test_ok_result_has_the_spec_fields_and_no_error() -> None:
     body = result_body(report(), {})
     assert body == {"output": "Hello, World!\n", "stderr": "", "exit_code": 0, "status": "ok",
-                    "duration_ms": 41.7, "result": None, "images": {}, "files": {}, "skipped": []}
+                    "duration_ms": 41.7, "result": None, "images": {}, "files": {}, "skipped": [], "results": []}
 
 
 def test_skipped_entries_pass_through_and_malformed_ones_do_not() -> None:

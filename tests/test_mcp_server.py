@@ -207,6 +207,31 @@ def test_a_center_that_is_down_or_refuses_is_a_clear_tool_error(center_url: str,
     assert wrong_token.is_error and "401" in text_of(wrong_token) and "token" in text_of(wrong_token)
 
 
+def test_run_code_gives_what_a_notebook_displays(center_url: str, tmp_path: Path) -> None:
+    markdown = "from IPython.display import Markdown\nMarkdown('# Title\\n\\nSome *notes*.')"
+    frame = "import pandas as pd\npd.DataFrame({'a': [1, 2], 'b': [3, 4]})"
+    figure = "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3], [1, 4, 9])\nplt.title('squares')"
+
+    async def scenario() -> list[CallToolResult]:
+        async with over_stdio(["--url", center_url, "--token", TOKEN], tmp_path / "mcp.log") as session:
+            return [await session.call_tool("run_code", {"code": code}) for code in (markdown, frame, figure)]
+    shown, table, chart = run(scenario)
+
+    assert not shown.is_error, text_of(shown)
+    texts = [block.text for block in shown.content[1:] if isinstance(block, TextContent)]
+    assert any("# Title\n\nSome *notes*." in text and "Markdown" in text for text in texts), texts
+
+    assert not table.is_error, text_of(table)
+    html = [block.text for block in table.content[1:] if isinstance(block, TextContent) and "HTML" in block.text]
+    assert len(html) == 1 and "<table" in html[0] and "<td>3</td>" in html[0] and "<td>4</td>" in html[0], html
+    assert text_of(table).count("0  1  3") == 1, "the value's text is given once, in the description"
+
+    assert not chart.is_error, text_of(chart)
+    (image,) = images_of(chart)  # the figure once: the display of it is the image of `images`
+    assert base64.b64decode(image.data).startswith(PNG_SIGNATURE)
+    assert '"type":"line"' in text_of(chart) and "squares" in text_of(chart), text_of(chart)
+
+
 def test_http_on_a_public_address_is_refused_without_allow_remote() -> None:
     answer = subprocess.run([sys.executable, SERVER, "--url", "http://127.0.0.1:1", "--http", "0.0.0.0:0"],
                             cwd=PROJECT_DIR, capture_output=True, text=True, timeout=60)

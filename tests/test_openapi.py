@@ -29,9 +29,9 @@ pytestmark = pytest.mark.docker
 SPEC_ERROR_STATUSES = {400: None, 401: "WWW-Authenticate", 404: None, 405: "Allow", 413: None,
                        503: "Retry-After", 502: None, 500: None}
 SPEC_RESULT_FIELDS = {"output", "stderr", "exit_code", "status", "duration_ms", "result", "images", "files",
-                      "skipped", "error"}
+                      "skipped", "error", "results"}
 SPEC_STATUSES = {"ok", "error", "timeout", "oom", "output_limit"}
-SPEC_REQUEST_FIELDS = {"code", "languageType", "language", "variables", "timeout", "files"}
+SPEC_REQUEST_FIELDS = {"code", "languageType", "language", "variables", "timeout", "files", "inline"}
 # Routes of the app that are files, not API operations.
 UNDOCUMENTED_ENDPOINTS = {"static", "web.docs_asset"}
 PLOT = "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3], [1, 4, 9])\nprint('plotted')"

@@ -6,6 +6,7 @@ downloads that carry the bearer token, and the page's account of 409 and 410 ans
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import threading
@@ -128,6 +129,89 @@ def test_playground_shows_output_live_while_the_program_runs(waitress_server: Ca
     expect(page.locator("#status")).to_have_text("ok", timeout=RUN_TIMEOUT_MS)
     expect(page.locator("#stdout")).to_have_text("first line\ndone\n")
     assert not page.console_errors
+
+
+def test_playground_shows_a_dataframe_as_a_table_in_a_sandboxed_frame(live_server: Callable[..., str],
+                                                                    page: Any) -> None:
+    base = live_server()
+    page.goto(f"{base}/")
+    page.fill("#code", 'import pandas as pd\npd.DataFrame({"a": [1, 2], "b": [3, 4]})')
+    page.click("#run")
+    expect(page.locator("#status")).to_have_text("ok", timeout=RUN_TIMEOUT_MS)
+    expect(page.locator("#result")).to_contain_text("a  b")
+    shown = page.locator("#results .display")
+    expect(shown).to_have_count(1)  # the value, once: its text is the result above
+    expect(shown).to_have_class(re.compile(r"\bmain\b"))
+    expect(shown.locator(".display-head")).to_have_text("Out · text/html")
+    frame_element = shown.locator("iframe")
+    expect(frame_element).to_have_attribute("sandbox", "")  # no script, no same-origin: it cannot reach the page
+    assert frame_element.get_attribute("src") is None and "<table" in frame_element.get_attribute("srcdoc")
+    frame = frame_element.element_handle().content_frame()
+    assert frame is not None and frame.url == "about:srcdoc"
+    expect(frame.locator("table")).to_have_count(1)
+    expect(frame.locator("table thead th")).to_have_text(["", "a", "b"])
+    expect(frame.locator("table tbody th")).to_have_text(["0", "1"])
+    expect(frame.locator("table tbody td")).to_have_text(["1", "3", "2", "4"])
+    expect(frame.locator("table")).to_be_visible()
+    shown.scroll_into_view_if_needed()
+    page.wait_for_timeout(300)  # the frame's own paint
+    page.screenshot(path="/tmp/playground_table.png", full_page=True)
+    assert not off_host_requests(page)
+    assert not page.console_errors
+
+
+def test_playground_renders_each_kind_of_display_safely_and_as_it_comes(waitress_server: Callable[..., str],
+                                                                        page: Any) -> None:
+    base = waitress_server()
+    page.goto(f"{base}/")
+    page.fill("#code", "\n".join([
+        "import time",
+        "from IPython.display import HTML, JSON, SVG, Latex, Markdown, display",
+        "import matplotlib.pyplot as plt",
+        "display(Markdown('# Early **news**\\n\\n- <img src=x onerror=alert(1)>\\n- [docs](https://example.org/)'))",
+        "time.sleep(6)",
+        "display(SVG('<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"40\" height=\"30\">"
+        "<rect width=\"40\" height=\"30\" fill=\"teal\"/></svg>'))",
+        "display(Latex(r'$\\alpha^2$'))",
+        "display(JSON({'k': [1, 2]}))",
+        "display(HTML('<p>from html</p><script>parent.document.title = \"owned\"</script>'))",
+        "plt.plot([1, 2, 3], [1, 4, 9])",
+        "plt.title('squares')",
+    ]))
+    page.click("#run")
+    # The first display is on the page while the program still sleeps.
+    markdown = page.locator("#results .markdown")
+    expect(markdown.locator("h1")).to_have_text("Early news", timeout=RUN_TIMEOUT_MS)
+    assert page.locator("#status").text_content() == "running…"
+    expect(page.locator("#status")).to_have_text("ok", timeout=RUN_TIMEOUT_MS)
+
+    expect(page.locator("#results .display-head")).to_have_text([
+        "display · text/markdown", "display · image/svg+xml", "display · text/latex", "display · application/json",
+        "display · text/html", "display · chart"])
+    expect(markdown.locator("strong")).to_have_text("news")
+    expect(markdown.locator("li").first).to_have_text("<img src=x onerror=alert(1)>")  # text, not an element
+    expect(markdown.locator("img")).to_have_count(0)
+    expect(markdown.locator("a")).to_have_attribute("href", "https://example.org/")
+    svg = page.locator('#results .display[data-mime="image/svg+xml"] img')
+    expect(svg).to_have_attribute("src", re.compile(r"^data:image/svg\+xml;base64,"))
+    page.wait_for_function("img => img.complete && img.naturalWidth === 40", arg=svg.element_handle(),
+                           timeout=10_000)
+    expect(page.locator("#results pre.latex")).to_have_text("$\\alpha^2$")
+    json_shown = page.locator("#results pre.json").text_content()
+    assert json_shown is not None and json.loads(json_shown) == {"k": [1, 2]}
+    html = page.locator('#results .display[data-mime="text/html"] iframe')
+    expect(html).to_have_attribute("sandbox", "")
+    expect(html.element_handle().content_frame().locator("p")).to_have_text("from html")
+    chart = page.locator("#results details.chart")
+    expect(chart.locator("summary")).to_have_text("chart data (line: squares)")
+    chart.locator("summary").click()
+    assert json.loads(chart.locator("pre").text_content())["type"] == "line"
+    expect(page.locator("#images img")).to_have_count(1)  # the figure is shown once, among the images
+    expect(page.locator("#results img")).to_have_count(1)  # the SVG
+    assert page.title() == "Code Interpreter playground", "the HTML's script never ran"
+    # Chromium says it blocked the HTML's script; nothing else may fail.
+    assert [e for e in page.console_errors if "Blocked script execution in 'about:srcdoc'" not in e] == []
+    assert not off_host_requests(page)
 
 
 def test_playground_shows_a_failed_bash_run_with_variables(live_server: Callable[..., str], page: Any) -> None:

@@ -68,6 +68,9 @@ def comparable(body: dict[str, Any]) -> dict[str, Any]:
     body.pop("type", None)
     body["images"] = sorted(body["images"])
     body["files"] = sorted(body["files"])
+    body["results"] = [{**bundle, "data": {mime: "<stored>" if mime.startswith("image/") and "/image/" in value
+                                           else value for mime, value in bundle["data"].items()}}
+                       for bundle in body["results"]]
     return body
 
 

@@ -122,6 +122,13 @@ def _schemas() -> dict[str, Any]:
                     },
                     "examples": [[{"path": "data.csv", "content_base64": "YSxiCjEsMgo="}]],
                 },
+                "inline": {
+                    "type": "boolean", "default": False,
+                    "description": (
+                        "PNG and JPEG images of `results` as base64 in the bundle rather than links (also "
+                        "`?inline=1` in the query string). `images` stays links either way."
+                    ),
+                },
                 "timeout": {
                     "type": "number",
                     "exclusiveMinimum": 0,
@@ -141,14 +148,17 @@ def _schemas() -> dict[str, Any]:
             "description": (
                 "One event of a streamed run (`Accept: application/x-ndjson`: one JSON object per line; "
                 "`Accept: text/event-stream`: `event: <type>` and `data: <this JSON>`). `stdout`/`stderr` "
-                "carry `text` as the program writes it; `image`/`file` a `name` and its `url`; `keepalive` "
+                "carry `text` as the program writes it; `display` a rich result (a `RichResult`: `data`, "
+                "`is_main_result`, `chart`) as the program makes it; `image`/`file` a `name` and its `url`; "
+                "`keepalive` "
                 "comes when the program is silent (at least every 10 s); `error` (`status`, `error`) when "
                 "the service failed after the run started; `result` comes last and holds the whole result "
                 "body, the same as the plain JSON answer."
             ),
             "properties": {
-                "type": {"enum": ["stdout", "stderr", "image", "file", "keepalive", "error", "result"]},
+                "type": {"enum": ["stdout", "stderr", "display", "image", "file", "keepalive", "error", "result"]},
                 "text": {"type": "string"}, "name": {"type": "string"}, "url": {"type": "string"},
+                "data": {"type": "object"}, "is_main_result": {"type": "boolean"}, "chart": {"type": "object"},
                 "status": {}, "error": {"type": "string"},
             },
         },
@@ -159,7 +169,7 @@ def _schemas() -> dict[str, Any]:
                 "except a timeout, which is a 504 with this same body."
             ),
             "required": ["output", "stderr", "exit_code", "status", "duration_ms", "result", "images", "files",
-                         "skipped"],
+                         "skipped", "results"],
             "properties": {
                 "output": {"type": "string", "description": "stdout, decoded as UTF-8 (invalid bytes become U+FFFD)."},
                 "stderr": {"type": "string", "description": "stderr, decoded the same way."},
@@ -224,6 +234,14 @@ def _schemas() -> dict[str, Any]:
                     "type": "string",
                     "description": "Present only when images were made but could not be stored (database down).",
                 },
+                "results": {
+                    "type": "array",
+                    "description": (
+                        "What the program displayed, as Jupyter's MIME bundles, in the order made: each "
+                        "`display(obj)`, each figure shown, and the last expression (`is_main_result`). `[]` when none."
+                    ),
+                    "items": _ref("schemas", "RichResult"),
+                },
             },
             "if": {"properties": {"status": {"const": "ok"}}},
             "then": {"not": {"required": ["error"]}},
@@ -232,8 +250,40 @@ def _schemas() -> dict[str, Any]:
                 "output": "Hello, World!\n", "stderr": "", "exit_code": 0, "status": "ok", "duration_ms": 41.7,
                 "result": None,
                 "images": {"figure_1.png": "http://127.0.0.1:5000/image/vM95ff3xsUYywcRYdyG5Rh8nrFytsREE.png"},
-                "files": {}, "skipped": [],
+                "files": {}, "skipped": [], "results": [],
             }],
+        },
+        "RichResult": {
+            "type": "object", "required": ["data", "is_main_result"],
+            "description": (
+                "One display as a notebook shows it. `data` always has `text/plain`; the others are there "
+                "where the object offers them (a DataFrame: `text/html`). PNG and JPEG are absolute URLs of "
+                "stored images (the same URL as in `images` for the same figure), or base64 with `inline`. "
+                "`application/json` is the JSON value itself. A matplotlib figure's bundle has `chart`: the "
+                "data behind it, in the shape E2B's code interpreter gives."
+            ),
+            "properties": {
+                "data": {
+                    "type": "object", "required": ["text/plain"],
+                    "properties": {
+                        **{mime: {"type": "string"} for mime in ("text/plain", "text/html", "text/markdown",
+                                                                "text/latex", "image/svg+xml", "image/png",
+                                                                "image/jpeg")},
+                        "application/json": {},
+                    },
+                    "additionalProperties": False,
+                },
+                "is_main_result": {"type": "boolean", "description": "The value of the last expression."},
+                "chart": {
+                    "type": "object",
+                    "properties": {
+                        "type": {"enum": ["line", "bar", "scatter", "pie", "box_and_whisker", "superchart",
+                                          "unknown"]},
+                        "title": {"type": ["string", "null"]}, "elements": {"type": "array"},
+                    },
+                },
+                "display_id": {"type": "string", "description": "Given by `display(..., display_id=...)`."},
+            },
         },
         "Error": {
             "type": "object",
@@ -373,6 +423,11 @@ def _run_responses(*, with_body: bool) -> dict[str, Any]:
     return responses
 
 
+INLINE_PARAMETER = {"name": "inline", "in": "query", "required": False,
+                    "schema": {"type": "string", "enum": ["1", "0", "true", "false"]},
+                    "description": "`1`: the images of `results` as base64 rather than links (as `\"inline\": true`)."}
+
+
 def _run_paths(security: list[dict[str, list[str]]]) -> dict[str, Any]:
     schemas = _schemas()["RunRequest"]["properties"]
     query = [
@@ -390,6 +445,7 @@ def _run_paths(security: list[dict[str, list[str]]]) -> dict[str, Any]:
         {"name": "timeout", "in": "query", "required": False,
          "schema": {"type": "number", "exclusiveMinimum": 0},
          "description": schemas["timeout"]["description"], "example": 5},
+        INLINE_PARAMETER,
     ]
     examples = {
         "hello": {"summary": "Hello, World!", "value": {"code": "print('Hello, World!')"}},
@@ -412,6 +468,7 @@ def _run_paths(security: list[dict[str, list[str]]]) -> dict[str, Any]:
                 "The body is read as JSON whatever its `Content-Type`."
             ),
             "security": security,
+            "parameters": [INLINE_PARAMETER],
             "requestBody": {
                 "required": True,
                 "content": {"application/json": {"schema": _ref("schemas", "RunRequest"), "examples": examples}},
@@ -572,6 +629,7 @@ def _session_paths(security: list[dict[str, list[str]]]) -> dict[str, Any]:
         "/sessions/{session_id}/runcode": {
             "parameters": [session_id],
             "post": operation("runCell", "Run a cell (Python or bash) in the session", cell_responses,
+                              parameters=[INLINE_PARAMETER],
                               requestBody={"required": True, "content": {"application/json": {
                                   "schema": _ref("schemas", "RunRequest")}}}),
         },

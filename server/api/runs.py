@@ -15,7 +15,7 @@ from server.api.http import guarded_blueprint, json_body
 from server.api.streaming import RunInThread, requested_format, stream_answer
 from server.containers.agent_client import Listener
 from server.errors import BadRequest, PayloadTooLarge
-from server.run_requests import parse_run_request
+from server.run_requests import parse_flag, parse_run_request
 from server.services import Services, services
 
 blueprint = guarded_blueprint("runs", __name__)
@@ -27,12 +27,14 @@ class EncodedRun(NamedTuple):
     language: str
     timeout: float
     job: bytes
+    inline: bool  # rich results' images as base64 (the body's "inline", or ?inline=1)
 
 
 def _parse_body(svc: Services) -> EncodedRun:
     """The validated request, encoded at once: nothing parsed outlives this call."""
     fields: Any = json_body() if request.method == "POST" else request.args.to_dict()
     run = parse_run_request(fields, svc.config)
+    inline = run.inline or parse_flag(request.args.get("inline"), "inline")
     svc.sandboxes.warm_up.note(run.language, run.code)
     try:
         text = json.dumps(run.job(svc.config), ensure_ascii=False, allow_nan=False)
@@ -42,7 +44,7 @@ def _parse_body(svc: Services) -> EncodedRun:
         job = text.encode()
     except UnicodeEncodeError:
         raise BadRequest("the request holds a lone UTF-16 surrogate (\\ud800-\\udfff), which is not text") from None
-    return EncodedRun(run.language, run.timeout, job)
+    return EncodedRun(run.language, run.timeout, job, inline)
 
 
 def read_run_request(svc: Services) -> EncodedRun:
@@ -69,11 +71,11 @@ def run_code() -> tuple[Response, int]:
         g.slot = sandbox.slot
         if fmt is None:
             report = svc.sandboxes.run(sandbox, run.job, run.timeout)
-            return answer_report(svc, report, run.language)
+            return answer_report(svc, report, run.language, inline=run.inline)
         slot = held.pop_all()  # the streamed run's thread gives the sandbox back when it ends
 
         def run_streamed(listener: Listener) -> dict[str, Any]:
             with slot:
                 return svc.sandboxes.run(sandbox, run.job, run.timeout, listener)
 
-        return stream_answer(svc, fmt, run.language, RunInThread(run_streamed))
+        return stream_answer(svc, fmt, run.language, RunInThread(run_streamed), inline=run.inline)

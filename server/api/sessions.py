@@ -116,9 +116,9 @@ def run_cell(session_id: str) -> tuple[Response, int]:
     if fmt is not None:
         cell = RunInThread(lambda listener: svc.registry.run_cell(record, run.job, run.timeout, listener))
         return stream_answer(svc, fmt, run.language, cell,
-                             lambda report: {"execution_count": report.get("execution_count")})
+                             lambda report: {"execution_count": report.get("execution_count")}, run.inline)
     report = svc.registry.run_cell(record, run.job, run.timeout)
-    return answer_report(svc, report, run.language, {"execution_count": report.get("execution_count")})
+    return answer_report(svc, report, run.language, {"execution_count": report.get("execution_count")}, run.inline)
 
 
 @blueprint.post("/sessions/<session_id>/files")

@@ -21,7 +21,7 @@ from typing import Any
 from flask import Response, request, stream_with_context
 
 from sandbox.contract import STREAM_TYPE
-from server.api.answers import report_body
+from server.api.answers import bundle_images, report_body, stored_bundles
 from server.containers.agent_client import Listener
 from server.errors import ServiceError
 from server.run_requests import result_body
@@ -104,14 +104,17 @@ def failed_body(error: Exception, stdout: list[str], stderr: list[str], started:
 
 
 def stream_answer(svc: Services, fmt: str, language: str, run: RunInThread,
-                  extra_of: Callable[[dict[str, Any]], dict[str, Any]] = lambda report: {}) -> Response:
+                  extra_of: Callable[[dict[str, Any]], dict[str, Any]] = lambda report: {},
+                  inline: bool = False) -> Response:
     """200 at once with the run's events in `fmt`, the result body last; raises what stopped it from starting."""
     early = run.wait_started()
+    images = bundle_images(svc, inline)
     client_gone: Callable[[], bool] = request.environ.get("waitress.client_disconnected", lambda: False)
 
     def events() -> Iterator[bytes]:
         stdout: list[str] = []
         stderr: list[str] = []
+        shown: list[dict[str, Any]] = []  # the displays sent: the results of a run that fails midway
         started = last_sent = time.monotonic()
         pending = list(early)
         done = False
@@ -135,12 +138,19 @@ def stream_answer(svc: Services, fmt: str, language: str, run: RunInThread,
                         (stdout if item["type"] == "stdout" else stderr).append(item["text"])
                         last_sent = time.monotonic()
                         yield encode(item, fmt)
+                    elif item["type"] == "display":
+                        bundles, _ = stored_bundles(svc, [item], images)
+                        shown.extend(bundles)
+                        for bundle in bundles:
+                            last_sent = time.monotonic()
+                            yield encode({"type": "display", **bundle}, fmt)
                     continue
                 if kind == REPORT:
-                    body = report_body(svc, item, language, extra_of(item))
+                    body = report_body(svc, item, language, extra_of(item), images)
                 else:
                     status = item.status if isinstance(item, ServiceError) else 500
                     body = failed_body(item, stdout, stderr, started)
+                    body["results"] = shown
                     yield encode({"type": "error", "status": status, "error": body["error"]}, fmt)
                 for name, url in body["images"].items():
                     yield encode({"type": "image", "name": name, "url": url}, fmt)

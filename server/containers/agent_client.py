@@ -61,7 +61,8 @@ class AgentRefused(Exception):
 
 
 # A streamed run's events as the center hands them on: {"type": "started"} once the agent took the
-# run, then {"type": "stdout"|"stderr", "text"} as the program writes.
+# run, then {"type": "stdout"|"stderr", "text"} as the program writes and {"type": "display", "data", ...}
+# as it displays.
 EventSink = Callable[[dict[str, Any]], None]
 OUTPUT_EVENTS = ("stdout", "stderr")
 
@@ -189,6 +190,8 @@ class AgentClient:
                 kind = event.get("type") if isinstance(event, dict) else None
                 if kind in OUTPUT_EVENTS and isinstance(event.get("text"), str):
                     on_event({"type": kind, "text": event["text"]})
+                elif kind == "display" and isinstance(event.get("data"), dict):
+                    on_event(event)  # a rich result: checked again where the client's form is made
                 elif kind == "report" and isinstance(event.get("report"), dict):
                     return event["report"]
                 elif kind == "error":
