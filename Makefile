@@ -29,7 +29,7 @@ test: build $(VENV)/.installed-dev
 
 SANDBOX_SUITES := tests/test_attacks.py tests/test_agent.py tests/test_isolation.py tests/test_hostile_programs.py \
                   tests/test_kernel_surface.py tests/test_sessions.py tests/test_agent_sessions.py tests/test_streaming.py \
-                  tests/test_rich_results.py
+                  tests/test_rich_results.py tests/test_egress.py
 
 # The attack suite again with sandboxes under crun, the faster OCI runtime (registered with Docker as crun).
 test-crun: build $(VENV)/.installed-dev

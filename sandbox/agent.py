@@ -47,6 +47,7 @@ import signal  # noqa: E402
 import sys  # noqa: E402
 from typing import Any  # noqa: E402
 
+import egress_forwarder  # noqa: E402
 import one_shot  # noqa: E402
 from agent_options import SANDBOX_USER, parse_arguments  # noqa: E402
 from agent_state import Agent  # noqa: E402
@@ -129,6 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     # agent. The worker inherits it: a program over the limit gets EFBIG too.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     agent.life.start()
+    egress_forwarder.start()
     serve_unix_socket(options.socket, lambda request: route(agent, request), agent.life)
 
 

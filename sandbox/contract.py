@@ -58,6 +58,24 @@ WORKSPACE = "/workspace"
 # root's only, see Dockerfile.sandbox), and the socket's name in it.
 AGENT_SOCKET_DIR = "/agent/sock"
 AGENT_SOCKET_NAME = "agent.sock"
+# Egress (SPEC "Egress"): the agent listens on this loopback port and carries each connection to the
+# center's gate, a Unix socket of this name in AGENT_SOCKET_DIR that the center binds while the run or
+# session may reach the network. The program finds the port in its proxy variables, set only then.
+EGRESS_PORT = 3128
+EGRESS_SOCKET_NAME = "egress.sock"
+EGRESS_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "NO_PROXY", "no_proxy",
+                    "PIP_INDEX_URL")
+
+
+def egress_environment(package_index: str = "") -> dict[str, str]:
+    """The program's proxy variables (and pip's index) while it may reach the network."""
+    proxy = f"http://127.0.0.1:{EGRESS_PORT}"
+    local = "localhost,127.0.0.1,::1"
+    variables = {"HTTP_PROXY": proxy, "HTTPS_PROXY": proxy, "http_proxy": proxy, "https_proxy": proxy,
+                 "NO_PROXY": local, "no_proxy": local}
+    if package_index:
+        variables["PIP_INDEX_URL"] = package_index
+    return variables
 # Files the program saved figures to below the top of the working folder in its last run or cell: a JSON
 # list of paths relative to it, written by capture_backend in the program's own process (so as untrusted
 # as the folder itself) and read by the agent, which looks at the top of the folder only otherwise.

@@ -19,6 +19,7 @@ from contract import (
     DEFAULT_MAX_IMAGES,
     DEFAULT_MAX_OUTPUT_BYTES,
     DEFAULT_TIMEOUT_SECONDS,
+    EGRESS_VARIABLES,
     MAX_ARG_STRLEN,
     PRELOADED_LIBRARIES,
     check_path,
@@ -35,7 +36,7 @@ class Job:
         "language": "python", "variables": None, "timeout": DEFAULT_TIMEOUT_SECONDS,
         "max_output_bytes": DEFAULT_MAX_OUTPUT_BYTES, "max_images": DEFAULT_MAX_IMAGES,
         "max_image_bytes": DEFAULT_MAX_IMAGE_BYTES, "files": None, "max_files": DEFAULT_MAX_FILES,
-        "max_file_bytes": DEFAULT_MAX_FILE_BYTES,
+        "max_file_bytes": DEFAULT_MAX_FILE_BYTES, "environment": None,
     }
     LIMITS = ("timeout", "max_output_bytes", "max_images", "max_image_bytes", "max_files", "max_file_bytes")
 
@@ -52,6 +53,8 @@ class Job:
         self.max_file_bytes: int = settings["max_file_bytes"]
         # Input files as given; from_json checks them and turns them into (path, bytes).
         self.files: Any = settings["files"] or []
+        # The egress variables (contract.EGRESS_VARIABLES) while the run may reach the network; {} else.
+        self.environment: dict[str, str] = settings["environment"] or {}
 
     def uses_preloaded_modules(self) -> bool:
         """Whether the program mentions a module the warm-up imports (or one built on them)."""
@@ -69,7 +72,7 @@ class Job:
 
         Otherwise bash would not even start: exit status 127, not a word said.
         """
-        environment = {**worker_environment(options), **self.program_variables()}
+        environment = {**worker_environment(options), **self.environment, **self.program_variables()}
         sizes = {}
         for name, value in environment.items():
             if "\0" in value:
@@ -113,6 +116,10 @@ class Job:
             highest_allowed = threading.TIMEOUT_MAX if name == "timeout" else sys.maxsize
             if value > highest_allowed:
                 raise ValueError(f"{name} must be at most {highest_allowed:.0f}")
+        if not isinstance(job.environment, dict) or not all(
+                name in EGRESS_VARIABLES and isinstance(value, str) and "\0" not in value
+                for name, value in job.environment.items()):
+            raise ValueError(f"environment may hold only {', '.join(EGRESS_VARIABLES)}, as strings")
         if job.language == "bash":
             job.check_bash_environment(options)
         job.files = input_files(job.files)

@@ -44,7 +44,8 @@ def execute(job: Job, worker: Worker, before: Snapshot | None, events: EventStre
 
     worker.displays = Displays(job, events)
     started = time.monotonic()
-    payload = json.dumps({"language": job.language, "code": job.code, "variables": job.program_variables()})
+    payload = json.dumps({"language": job.language, "code": job.code, "variables": job.program_variables(),
+                          "environment": job.environment})
     try:
         worker.send(payload.encode() + b"\n")
         worker.stdin.close()

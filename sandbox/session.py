@@ -141,7 +141,7 @@ class Session:
         before = workspace_snapshot()
         oom_before = oom_kill_count()
         line = json.dumps({"language": job.language, "code": job.code, "variables": job.program_variables(),
-                           "count": count}).encode() + b"\n"
+                           "count": count, "environment": job.environment}).encode() + b"\n"
         cell = CellRun(self, job, count, events)
         cell.follow(line)
 

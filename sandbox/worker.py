@@ -46,7 +46,7 @@ from typing import Any, BinaryIO, NoReturn
 
 import rich_display
 from bash_runner import CellState, on_interrupt, run_bash, run_bash_cell
-from contract import FIRST_FIGURE, WARM_UP_GROUPS, WarmUpGroup
+from contract import EGRESS_VARIABLES, FIRST_FIGURE, WARM_UP_GROUPS, WarmUpGroup
 from import_hooks import ImportHooks
 from program_io import flush_output
 from python_runner import run_python
@@ -188,6 +188,16 @@ def write_record(status_fd: int, record: dict[str, Any]) -> None:
         pass  # the program closed it: the agent gets no record, and says so
 
 
+def set_egress_environment(variables: Any) -> None:
+    """The proxy variables while the run or cell may reach the network (contract.EGRESS_VARIABLES), none else:
+    what the program and the processes it starts read at the time they connect."""
+    for name in EGRESS_VARIABLES:
+        os.environ.pop(name, None)
+    if isinstance(variables, dict):
+        os.environ.update({name: value for name, value in variables.items()
+                           if name in EGRESS_VARIABLES and isinstance(value, str)})
+
+
 def main_module() -> types.ModuleType:
     """A fresh __main__ for the program, as `python3 program.py` has."""
     main = types.ModuleType("__main__")
@@ -218,6 +228,7 @@ def serve_session(commands: BinaryIO, status_fd: int) -> NoReturn:
             # Each cell is interruptible again, even if an earlier one ignored SIGINT.
             signal.signal(signal.SIGINT, on_interrupt)
             CellState.running = True
+            set_egress_environment(job.get("environment"))
             write_record(status_fd, {"started": job["count"]})
             if job["language"] == "bash":
                 record = {"exit": run_bash_cell(job["code"], job["variables"]), "result": None}
@@ -249,6 +260,7 @@ def main(status_fd: int) -> NoReturn:
         serve_session(commands, status_fd)
     commands.close()
     job = json.loads(line)
+    set_egress_environment(job.get("environment"))
     if job["language"] == "bash":
         run_bash(job["code"], job["variables"])
     sys.argv = ["<code>"]

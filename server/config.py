@@ -25,6 +25,7 @@ from sandbox.contract import (
     DEFAULT_TIMEOUT_SECONDS,
     MAX_JOB_BYTES,
 )
+from server.egress.policy import Pattern, PatternError, outside, parse_pattern, parse_patterns
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 MULTIPART_OVERHEAD_BYTES = 1024 * 1024  # headers and boundaries around the files of one upload
@@ -82,6 +83,42 @@ class ResourceLimits:
     shm: str = "16m"
     file_size: str = "50m"
     open_files: int = 256
+
+
+def size_in_bytes(size: str) -> int:
+    """'50m' -> 52428800 (Docker's units: b, k, m, g, powers of 1024)."""
+    units = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+    size = size.strip().lower()
+    if size and size[-1] in units:
+        return int(float(size[:-1]) * units[size[-1]])
+    return int(float(size))
+
+
+@dataclass(frozen=True)
+class EgressSettings:
+    """Egress on an allow-list (SPEC "Egress"): the ceiling for everyone (empty: no egress, as by default),
+    what a request that names nothing gets, and the limits of each run or session."""
+
+    allow: tuple[str, ...] = ()
+    default: tuple[str, ...] = ()
+    max_bytes: str = "512m"
+    max_connections: int = 16
+    package_index: str = ""  # a URL: the sandbox's PIP_INDEX_URL when it may reach the network
+
+    @property
+    def byte_allowance(self) -> int:
+        """`max_bytes` in bytes."""
+        return size_in_bytes(self.max_bytes)
+
+    @property
+    def ceiling(self) -> tuple[Pattern, ...]:
+        """`allow`, parsed."""
+        return parse_patterns(self.allow)
+
+    @property
+    def default_patterns(self) -> tuple[Pattern, ...]:
+        """`default`, parsed."""
+        return parse_patterns(self.default)
 
 
 @dataclass(frozen=True)
@@ -148,6 +185,7 @@ class Config:
     mode: str = "docker"
     kubeconfig_path: str = ""
     k8s_interpreter_yaml: str = ""
+    egress: EgressSettings = field(default_factory=EgressSettings)
 
     @property
     def max_upload_body_bytes(self) -> int:
@@ -287,6 +325,24 @@ def _size(key: str, value: Any) -> str:
     return text
 
 
+def _patterns(key: str, value: Any) -> tuple[str, ...]:
+    """A list of egress patterns (policy.parse_pattern's), each checked now."""
+    patterns = _string_list(key, value)
+    for pattern in patterns:
+        try:
+            parse_pattern(pattern)
+        except PatternError as e:
+            raise ConfigError(f"config key '{key}': {e}") from None
+    return patterns
+
+
+def _url_or_empty(key: str, value: Any) -> str:
+    text = _string(key, value).strip()
+    if text and not re.match(r"\Ahttps?://[^\s]+\Z", text):
+        raise _fail(key, "an http(s):// URL, or empty", value)
+    return text
+
+
 def _cpus(key: str, value: Any) -> str:
     text = _string(key, value).strip()
     if text == "":
@@ -361,6 +417,10 @@ PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "mode": _choice("docker"),
     "kubeconfig_path": _string,
     "k8s_interpreter_yaml": _string,
+    "egress": _section(EgressSettings, {
+        "allow": _patterns, "default": _patterns, "max_bytes": _size, "max_connections": _integer(1, 1024),
+        "package_index": _url_or_empty,
+    }),
 }
 assert set(PARSERS) == {f.name for f in fields(Config)}, "every Config field needs a parser"
 
@@ -378,6 +438,9 @@ def parse_config(raw: Mapping[str, Any]) -> Config:
         raise ConfigError(
             f"config key 'interpreter_port_range': end {port_range.end} is below start {port_range.start}"
         )
+    beyond = outside(config.egress.default_patterns, config.egress.ceiling)
+    if beyond is not None:
+        raise ConfigError(f"config key 'egress.default': {beyond.text!r} is not within egress.allow")
     if not config.auth_tokens and not config.allow_anonymous and not is_loopback(config.host):
         raise ConfigError(f"config key 'auth_tokens' is empty while 'host' {config.host!r} is reachable from other "
                           "machines: set auth_tokens, bind 127.0.0.1, or say allow_anonymous: true")

@@ -48,6 +48,11 @@ class Metrics:
                                    registry=self.registry)
         self.http_requests = Counter("code_interpreter_http_requests", "HTTP requests answered",
                                      ["method", "status"], registry=self.registry)
+        self.egress_connections = Counter("code_interpreter_egress_connections",
+                                          "Connections through the egress proxy, by outcome (allowed, refused, cut)",
+                                          ["outcome"], registry=self.registry)
+        self.egress_bytes = Counter("code_interpreter_egress_bytes", "Bytes through the egress proxy, by direction",
+                                    ["direction"], registry=self.registry)
         self.registry.register(PoolCollector(pool))
 
     def count_request(self, method: str, status: int) -> None:
@@ -59,6 +64,14 @@ class Metrics:
         self.executions.labels(status=status, language=language).inc()
         if isinstance(duration_ms, (int, float)):
             self.duration.labels(language=language).observe(duration_ms / 1000)
+
+    def count_egress(self, outcome: str, bytes_out: int, bytes_in: int) -> None:
+        """Count one connection through the egress proxy and its bytes."""
+        self.egress_connections.labels(outcome=outcome).inc()
+        if bytes_out:
+            self.egress_bytes.labels(direction="out").inc(bytes_out)
+        if bytes_in:
+            self.egress_bytes.labels(direction="in").inc(bytes_in)
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type."""

@@ -17,9 +17,10 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sandbox.contract import MAX_ARG_STRLEN, STATUSES, check_path, file_and_folder
-from server.config import Config
-from server.errors import BadRequest
+from sandbox.contract import MAX_ARG_STRLEN, STATUSES, check_path, egress_environment, file_and_folder
+from server.config import Config, EgressSettings
+from server.egress.policy import Pattern, PatternError, outside, parse_patterns
+from server.errors import BadRequest, Forbidden
 from server.fences import FENCE_LANGUAGES, unwrap_fence
 
 LANGUAGES = ("python", "bash")
@@ -49,9 +50,18 @@ class RunRequest:
     timeout: float
     files: tuple[dict[str, str], ...] = ()
     inline: bool = False  # rich results' images as base64 rather than links
+    network: tuple[Pattern, ...] = ()  # what the run may reach (SPEC "Egress"); () : nothing
 
     def job(self, config: Config) -> dict[str, Any]:
-        """The agent's job: the program, its input files and the configured output, image and file limits."""
+        """The agent's job: the program, its input files, the configured output, image and file limits, and the
+        proxy variables when it may reach the network."""
+        job = self.limits_job(config)
+        if self.network:
+            job["environment"] = egress_environment(config.egress.package_index)
+        return job
+
+    def limits_job(self, config: Config) -> dict[str, Any]:
+        """The job without egress: the program, its input files and the configured output, image and file limits."""
         return {
             "language": self.language, "code": self.code, "variables": self.variables,
             "timeout": self.timeout, "files": list(self.files), "max_output_bytes": config.max_output_bytes,
@@ -211,7 +221,31 @@ def parse_run_request(fields: Any, config: Config) -> RunRequest:
         check_bash_environment(variables)
     return RunRequest(code=code, language=language, variables=variables,
                       timeout=_parse_timeout(fields.get("timeout"), config.timeout_seconds),
-                      files=tuple(_parse_files(fields.get("files"))), inline=parse_flag(fields.get("inline"), "inline"))
+                      files=tuple(_parse_files(fields.get("files"))), inline=parse_flag(fields.get("inline"), "inline"),
+                      network=parse_network(fields.get("network"), config.egress))
+
+
+def parse_network(raw: Any, egress: EgressSettings) -> tuple[Pattern, ...]:
+    """The allow-list a request asks for ({"allow": [...]}; the config's `egress.default` when it names none),
+    each entry within the operator's ceiling: BadRequest for a malformed one, Forbidden naming one beyond."""
+    if raw is None:
+        return egress.default_patterns
+    if isinstance(raw, str):  # the GET form: JSON text
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            raise BadRequest("'network' must be a JSON object such as {\"allow\": [\"pypi.org\"]}") from None
+    if not isinstance(raw, Mapping) or set(raw) != {"allow"} or not isinstance(raw["allow"], list):
+        raise BadRequest("'network' must be an object with one field, 'allow': a list of hosts, *.domains, "
+                         "addresses or CIDR blocks")
+    try:
+        patterns = parse_patterns(raw["allow"])
+    except PatternError as e:
+        raise BadRequest(f"network: {e}") from None
+    beyond = outside(patterns, egress.ceiling)
+    if beyond is not None:
+        raise Forbidden(f"network entry {beyond.text!r} is not within what this center allows (egress.allow)")
+    return patterns
 
 
 FLAG_WORDS = {"1": True, "true": True, "0": False, "false": False}
@@ -278,6 +312,8 @@ def result_body(report: Mapping[str, Any], image_urls: dict[str, str],
         "skipped": skipped_entries(report),
         "results": [],  # the rich results, filled in where their images are stored (api/answers.py)
     }
+    if isinstance(report.get("network"), list):
+        body["network"] = report["network"]  # made by this center's egress gate: present when it could connect
     if status != "ok":
         body["error"] = str(report.get("error") or f"the run ended with status {status}")
     return body

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import ipaddress
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,7 +25,9 @@ from models import create_tables, make_engine, make_session_factory
 from server.config import Config
 from server.containers.docker_sandboxes import DockerSandboxes
 from server.containers.pool import SandboxPool
-from server.errors import StorageFailed
+from server.egress.policy import Network
+from server.egress.proxy import EgressProxy, own_networks
+from server.errors import ServiceError, StorageFailed
 from server.metrics import Metrics
 from server.peers import PeerDirectory
 from server.session_registry import SessionRegistry
@@ -112,6 +115,7 @@ class Services:
     spool_budget: ByteBudget
     registry: SessionRegistry
     peers: PeerDirectory
+    egress: EgressProxy | None = None  # None: no egress for anyone (the config's ceiling is empty)
     retention: RetentionSweeper | None = None
     tables_ready: bool = False
     started: bool = field(default=False, repr=False)
@@ -176,8 +180,23 @@ def build_services(config: Config, pool: SandboxPool | None = None) -> Services:
     database = make_session_factory(engine)
     registry = SessionRegistry(config, sandboxes, pool, database)
     peers = PeerDirectory(config.advertise_url, registry.node, database)
-    return Services(config, engine, database, sandboxes, pool, owns_pool, Metrics(pool), budget,
-                    ByteBudget(SPOOL_BYTES), registry, peers)
+    metrics = Metrics(pool)
+    egress = None
+    if config.egress.ceiling:
+        egress = EgressProxy(config.egress.byte_allowance, config.egress.max_connections,
+                             lambda: refused_networks(sandboxes), metrics.count_egress)
+    return Services(config, engine, database, sandboxes, pool, owns_pool, metrics, budget,
+                    ByteBudget(SPOOL_BYTES), registry, peers, egress)
+
+
+def refused_networks(sandboxes: DockerSandboxes) -> tuple[Network, ...]:
+    """The networks no host name may open besides the internal ranges: this machine's addresses, Docker's networks."""
+    found = list(own_networks())
+    try:
+        found += [ipaddress.ip_network(subnet, strict=False) for subnet in sandboxes.engine.network_subnets()]
+    except (ServiceError, ValueError) as e:
+        log.warning("Docker's networks are not known to the egress proxy: %s", e)
+    return tuple(found)
 
 
 def services() -> Services:

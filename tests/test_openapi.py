@@ -31,7 +31,7 @@ SPEC_ERROR_STATUSES = {400: None, 401: "WWW-Authenticate", 404: None, 405: "Allo
 SPEC_RESULT_FIELDS = {"output", "stderr", "exit_code", "status", "duration_ms", "result", "images", "files",
                       "skipped", "error", "results"}
 SPEC_STATUSES = {"ok", "error", "timeout", "oom", "output_limit"}
-SPEC_REQUEST_FIELDS = {"code", "languageType", "language", "variables", "timeout", "files", "inline"}
+SPEC_REQUEST_FIELDS = {"code", "languageType", "language", "variables", "timeout", "files", "inline", "network"}
 # Routes of the app that are files, not API operations.
 UNDOCUMENTED_ENDPOINTS = {"static", "web.docs_asset"}
 PLOT = "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3], [1, 4, 9])\nprint('plotted')"
@@ -108,7 +108,7 @@ def test_document_has_every_field_status_and_error_of_the_spec(document: dict[st
     assert parameters["code"]["required"] and "application/json" in parameters["variables"]["content"]
 
     result = schemas["RunResult"]
-    assert set(result["properties"]) == SPEC_RESULT_FIELDS | {"image_error"}
+    assert set(result["properties"]) == SPEC_RESULT_FIELDS | {"image_error", "network"}
     assert set(result["required"]) == SPEC_RESULT_FIELDS - {"error"}
     assert set(result["properties"]["status"]["enum"]) == SPEC_STATUSES
 

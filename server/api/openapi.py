@@ -55,7 +55,8 @@ def _error_response(description: str, headers: dict[str, Any] | None = None) -> 
     return response
 
 
-def _schemas() -> dict[str, Any]:
+def _schemas(egress_open: bool | None = None) -> dict[str, Any]:
+    """The components' schemas; `egress_open` False: this server has no egress, so `network.allow` must be empty."""
     variables = {
         "type": "object",
         "description": (
@@ -121,6 +122,19 @@ def _schemas() -> dict[str, Any]:
                         },
                     },
                     "examples": [[{"path": "data.csv", "content_base64": "YSxiCjEsMgo="}]],
+                },
+                "network": {
+                    "type": "object", "required": ["allow"], "additionalProperties": False,
+                    "description": (
+                        "What the program may reach through the center's egress proxy (one-shot runs; see the "
+                        "docs' Egress page): hosts, `*.domain`, `host:port`, IP addresses or CIDR blocks, `*` "
+                        "(any public host); ports 80 and 443 unless one is named. Each entry must lie within "
+                        "the operator's `egress.allow`, else a 403 naming it; a malformed one is a 400. "
+                        "Absent: the operator's `egress.default` (none unless configured)."
+                    ),
+                    "properties": {"allow": {"type": "array", "maxItems": 0} if egress_open is False else {
+                        "type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 300}}},
+                    "examples": [{"allow": ["pypi.org", "*.pythonhosted.org"]}],
                 },
                 "inline": {
                     "type": "boolean", "default": False,
@@ -233,6 +247,20 @@ def _schemas() -> dict[str, Any]:
                 "image_error": {
                     "type": "string",
                     "description": "Present only when images were made but could not be stored (database down).",
+                },
+                "network": {
+                    "type": "array", "maxItems": 101,
+                    "description": (
+                        "Present when the run could reach the network: each connection through the egress "
+                        "proxy, in order (at most 100, then one entry saying how many more)."
+                    ),
+                    "items": {
+                        "type": "object",
+                        "required": ["host", "port", "allowed", "reason", "bytes_out", "bytes_in"],
+                        "properties": {"host": {"type": "string"}, "port": {"type": "integer"},
+                                       "allowed": {"type": "boolean"}, "reason": {"type": "string"},
+                                       "bytes_out": {"type": "integer"}, "bytes_in": {"type": "integer"}},
+                    },
                 },
                 "results": {
                     "type": "array",
@@ -397,7 +425,7 @@ STREAMED = {
 }
 
 
-def _run_responses(*, with_body: bool) -> dict[str, Any]:
+def _run_responses(*, with_body: bool, egress_open: bool | None = False) -> dict[str, Any]:
     finished = [s for s in STATUSES if s != "timeout"]
     responses: dict[str, Any] = {
         "200": {
@@ -412,6 +440,9 @@ def _run_responses(*, with_body: bool) -> dict[str, Any]:
         "400": _ref("responses", "BadRequest"),
         "401": _ref("responses", "Unauthorized"),
     }
+    if egress_open is not False:
+        responses["403"] = _error_response("An entry of `network.allow` is not within the server's `egress.allow`; "
+                                           "the error names it.")
     if with_body:
         responses["413"] = _ref("responses", "PayloadTooLarge")
     responses.update({
@@ -428,8 +459,8 @@ INLINE_PARAMETER = {"name": "inline", "in": "query", "required": False,
                     "description": "`1`: the images of `results` as base64 rather than links (as `\"inline\": true`)."}
 
 
-def _run_paths(security: list[dict[str, list[str]]]) -> dict[str, Any]:
-    schemas = _schemas()["RunRequest"]["properties"]
+def _run_paths(security: list[dict[str, list[str]]], egress_open: bool | None) -> dict[str, Any]:
+    schemas = _schemas(egress_open)["RunRequest"]["properties"]
     query = [
         {"name": "code", "in": "query", "required": True, "schema": {"type": "string"},
          "description": schemas["code"]["description"], "example": "print('Hello, World!')"},
@@ -445,6 +476,9 @@ def _run_paths(security: list[dict[str, list[str]]]) -> dict[str, Any]:
         {"name": "timeout", "in": "query", "required": False,
          "schema": {"type": "number", "exclusiveMinimum": 0},
          "description": schemas["timeout"]["description"], "example": 5},
+        {"name": "network", "in": "query", "required": False,
+         "description": "The network object as JSON text, e.g. `{\"allow\": [\"pypi.org\"]}` (URL-encoded).",
+         "content": {"application/json": {"schema": {k: v for k, v in schemas["network"].items() if k != "examples"}}}},
         INLINE_PARAMETER,
     ]
     examples = {
@@ -473,7 +507,7 @@ def _run_paths(security: list[dict[str, list[str]]]) -> dict[str, Any]:
                 "required": True,
                 "content": {"application/json": {"schema": _ref("schemas", "RunRequest"), "examples": examples}},
             },
-            "responses": _run_responses(with_body=True),
+            "responses": _run_responses(with_body=True, egress_open=egress_open),
         },
         "get": {
             "tags": ["run"],
@@ -482,7 +516,7 @@ def _run_paths(security: list[dict[str, list[str]]]) -> dict[str, Any]:
             "description": "The same fields as `POST /runcode`, as URL-encoded query parameters.",
             "security": security,
             "parameters": query,
-            "responses": _run_responses(with_body=False),
+            "responses": _run_responses(with_body=False, egress_open=egress_open),
         },
         "head": {
             "tags": ["run"],
@@ -673,8 +707,9 @@ def _page(operation_id: str, summary: str, description: str) -> dict[str, Any]:
     }}
 
 
-def openapi_document(*, auth_required: bool | None = None) -> dict[str, Any]:
-    """The OpenAPI 3.1 document; auth_required=True when the server has auth_tokens (None: may or may not)."""
+def openapi_document(*, auth_required: bool | None = None, egress_open: bool | None = None) -> dict[str, Any]:
+    """The OpenAPI 3.1 document; auth_required=True when the server has auth_tokens, egress_open=True when it
+    has an egress ceiling (None: may or may not)."""
     bearer: list[dict[str, list[str]]] = [{"bearerAuth": []}]
     security = bearer if auth_required else [{}, *bearer]
     return {
@@ -708,7 +743,7 @@ def openapi_document(*, auth_required: bool | None = None) -> dict[str, Any]:
             {"name": "pages", "description": "Pages for people and tools"},
         ],
         "paths": {
-            "/runcode": _run_paths(security),
+            "/runcode": _run_paths(security, egress_open),
             **_session_paths(security),
             "/image/{filename}": _stored_path("image"),
             "/file/{filename}": _stored_path("file"),
@@ -743,7 +778,7 @@ def openapi_document(*, auth_required: bool | None = None) -> dict[str, Any]:
             }},
         },
         "components": {
-            "schemas": {**_schemas(), **_session_schemas()},
+            "schemas": {**_schemas(egress_open), **_session_schemas()},
             "responses": _responses(),
             "headers": _headers(),
             "securitySchemes": {

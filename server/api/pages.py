@@ -79,4 +79,5 @@ def openapi_json() -> Response:
     services = current_app.extensions.get(EXTENSION_KEY)
     config = getattr(services, "config", None)
     auth_required = bool(getattr(config, "auth_tokens", None)) if config is not None else None
-    return jsonify(openapi_document(auth_required=auth_required))
+    egress_open = bool(config.egress.ceiling) if config is not None else None
+    return jsonify(openapi_document(auth_required=auth_required, egress_open=egress_open))

@@ -14,6 +14,8 @@ from server.api.answers import answer_report
 from server.api.http import guarded_blueprint, json_body
 from server.api.streaming import RunInThread, requested_format, stream_answer
 from server.containers.agent_client import Listener
+from server.containers.docker_sandboxes import Sandbox
+from server.egress.policy import Pattern
 from server.errors import BadRequest, PayloadTooLarge
 from server.run_requests import parse_flag, parse_run_request
 from server.services import Services, services
@@ -28,11 +30,17 @@ class EncodedRun(NamedTuple):
     timeout: float
     job: bytes
     inline: bool  # rich results' images as base64 (the body's "inline", or ?inline=1)
+    network: tuple[Pattern, ...]  # what the run may reach through the egress proxy; (): nothing
 
 
-def _parse_body(svc: Services) -> EncodedRun:
-    """The validated request, encoded at once: nothing parsed outlives this call."""
+def _parse_body(svc: Services, cell: bool) -> EncodedRun:
+    """The validated request, encoded at once: nothing parsed outlives this call. A session's `cell` takes no
+    `network` (a session's egress is not built yet: it gets none, and a cell that asks is told so)."""
     fields: Any = json_body() if request.method == "POST" else request.args.to_dict()
+    if cell and isinstance(fields, dict):
+        if fields.get("network") not in (None, {"allow": []}):
+            raise BadRequest("sessions do not reach the network yet: 'network' is for one-shot runs (POST /runcode)")
+        fields = {**fields, "network": {"allow": []}}
     run = parse_run_request(fields, svc.config)
     inline = run.inline or parse_flag(request.args.get("inline"), "inline")
     svc.sandboxes.warm_up.note(run.language, run.code)
@@ -44,18 +52,34 @@ def _parse_body(svc: Services) -> EncodedRun:
         job = text.encode()
     except UnicodeEncodeError:
         raise BadRequest("the request holds a lone UTF-16 surrogate (\\ud800-\\udfff), which is not text") from None
-    return EncodedRun(run.language, run.timeout, job, inline)
+    return EncodedRun(run.language, run.timeout, job, inline, run.network)
 
 
-def read_run_request(svc: Services) -> EncodedRun:
-    """Parse and validate the request within the body budget, so that concurrent large bodies
-    cannot together take the center's memory; the parsed form is let go before the run."""
+def read_run_request(svc: Services, cell: bool = False) -> EncodedRun:
+    """Parse and validate the request (a one-shot run's, or a session's `cell`) within the body budget, so
+    that concurrent large bodies cannot together take the center's memory; the parsed form is let go before
+    the run."""
     with svc.body_budget.reserve(request.content_length or 0, svc.config.queue_wait_seconds):
-        run = _parse_body(svc)
+        run = _parse_body(svc, cell)
     if len(run.job) > MAX_JOB_BYTES:
         raise PayloadTooLarge(f"the program and its variables take {len(run.job)} bytes once encoded, "
                               f"over the sandbox's limit of {MAX_JOB_BYTES}")
     return run
+
+
+def run_with_egress(svc: Services, sandbox: Sandbox, run: EncodedRun,
+                    listener: Listener | None = None) -> dict[str, Any]:
+    """The run in its sandbox; while it may reach the network, through a gate of its own, whose log is the
+    report's `network` (the gate is closed, its connections cut, when the run ends)."""
+    if not run.network or svc.egress is None:
+        return svc.sandboxes.run(sandbox, run.job, run.timeout, listener)
+    gate = svc.egress.open(sandbox.socket_dir, run.network)
+    try:
+        report = svc.sandboxes.run(sandbox, run.job, run.timeout, listener)
+    finally:
+        gate.close()
+    report["network"] = gate.take_log()
+    return report
 
 
 @blueprint.route("/runcode", methods=["GET", "POST"])
@@ -70,12 +94,12 @@ def run_code() -> tuple[Response, int]:
         sandbox = held.enter_context(svc.pool.sandbox(svc.config.queue_wait_seconds))
         g.slot = sandbox.slot
         if fmt is None:
-            report = svc.sandboxes.run(sandbox, run.job, run.timeout)
+            report = run_with_egress(svc, sandbox, run)
             return answer_report(svc, report, run.language, inline=run.inline)
         slot = held.pop_all()  # the streamed run's thread gives the sandbox back when it ends
 
         def run_streamed(listener: Listener) -> dict[str, Any]:
             with slot:
-                return svc.sandboxes.run(sandbox, run.job, run.timeout, listener)
+                return run_with_egress(svc, sandbox, run, listener)
 
         return stream_answer(svc, fmt, run.language, RunInThread(run_streamed), inline=run.inline)

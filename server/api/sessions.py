@@ -87,7 +87,10 @@ def owned_session(session_id: str) -> SessionRecord:
 def create_session() -> tuple[Response, int, dict[str, str]]:
     """POST /sessions: a new session of the caller's, 201 with its description and Location."""
     svc = services()
-    idle_timeout = _idle_timeout(_json_object())
+    body = _json_object()
+    if body.get("network") not in (None, {"allow": []}):
+        raise BadRequest("sessions do not reach the network yet: 'network' is for one-shot runs (POST /runcode)")
+    idle_timeout = _idle_timeout(body)
     record = svc.registry.create(db_session(), g.owner, idle_timeout)
     return jsonify(svc.registry.describe(record)), 201, {"Location": f"/sessions/{record.id}"}
 
@@ -111,7 +114,7 @@ def run_cell(session_id: str) -> tuple[Response, int]:
     """POST /sessions/<id>/runcode: one cell in the session's interpreter (409 while another runs)."""
     svc = services()
     record = owned_session(session_id)
-    run = read_run_request(svc)
+    run = read_run_request(svc, cell=True)
     fmt = requested_format()
     if fmt is not None:
         cell = RunInThread(lambda listener: svc.registry.run_cell(record, run.job, run.timeout, listener))

@@ -34,7 +34,7 @@ from sandbox.contract import (
     USERS_DIR,
     WORKSPACE,
 )
-from server.config import Config
+from server.config import Config, size_in_bytes
 from server.containers.agent_client import AgentClient, AgentRefused, AgentUnreachable, Listener
 from server.containers.engine import Engine
 from server.containers.image import INPUTS_LABEL, inputs_hash
@@ -74,15 +74,6 @@ SILENCE_MARGIN_SECONDS = 60.0
 
 class SandboxStartError(Exception):
     """A container could not be started or its agent never answered."""
-
-
-def size_in_bytes(size: str) -> int:
-    """'50m' -> 52428800 (Docker's units: b, k, m, g, powers of 1024)."""
-    units = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
-    size = size.strip().lower()
-    if size and size[-1] in units:
-        return int(float(size[:-1]) * units[size[-1]])
-    return int(float(size))
 
 
 @dataclass

@@ -138,6 +138,13 @@ class Engine:
         except (EngineError, EngineUnavailable):
             return "(no logs)"
 
+    def network_subnets(self) -> list[str]:
+        """The subnets of Docker's networks on this engine (CIDR text), as their IPAM configuration says."""
+        with translated("listing networks"):
+            networks = self.api.networks()
+        return [config["Subnet"] for network in networks for config in (network.get("IPAM") or {}).get("Config") or ()
+                if isinstance(config, dict) and config.get("Subnet")]
+
     def labelled(self, label: str, value: str) -> list[dict[str, Any]]:
         """Every container (running or not) whose label has this value, as the engine lists them."""
         with translated("listing sandbox containers"):
