@@ -9,8 +9,8 @@ Two parts, each side by side in this one process:
   chart once they are loaded, each against importing pandas (the table's own import) as a yardstick;
 - through a center (2 slots, light load: the pool refilled and warmed before each request), pairs of
   programs that differ only in whether their value becomes a rich result: `print(df)` against `df`
-  last (an HTML bundle), `print(6 * 7)` against `6 * 7`, a plot saved against the same plot shown
-  (its bundle and chart). Each pair's ratio is the cost of the rich result.
+  last (an HTML bundle), `print(6 * 7)` against `6 * 7`, a plot saved and closed against the same
+  plot saved and left open (then it is shown: its bundle and chart). Each pair's ratio is the cost of the rich result.
 It prints the figures; nothing is asserted.
 """
 
@@ -52,12 +52,41 @@ print(json.dumps(dict(pandas_import=pandas_ms, formatters_import=formatters_ms, 
                       first_table_bundle=first_table_ms, table_bundle=table_ms, first_chart=first_chart_ms,
                       chart=chart_ms)))
 """
+# A figure at the end of a run, in one interpreter: capture_backend with rich_display's listener (the
+# figure's bundle: its PNG read back, its chart) against without it, alternated.
+FIGURE_COST = """
+import os, sys, time, statistics, threading
+sys.path.insert(0, "/opt/sandbox")
+import contract
+contract.WORKSPACE = "/tmp"
+os.chdir("/tmp")
+os.environ["MPLBACKEND"] = "module://capture_backend"
+r, w = os.pipe()
+threading.Thread(target=lambda: [os.read(r, 1 << 20) for _ in iter(int, 1)], daemon=True).start()
+import json, rich_display
+rich_display.start(w)
+import matplotlib.pyplot as plt, capture_backend, e2b_charts
+capture_backend.OUTPUT_DIR = "/tmp"
+def one(listen, save):
+    capture_backend.on_image = rich_display.figure_shown if listen else None
+    plt.plot([1, 2, 3], [3, 1, 2]); plt.title("t")
+    if save:
+        plt.savefig("/tmp/plot.png")
+    t = time.perf_counter(); capture_backend.save_open_figures(); return (time.perf_counter() - t) * 1000
+figures = {}
+for save in (False, True):
+    one(True, save); one(False, save)
+    pairs = [(one(False, save), one(True, save)) for _ in range(15)]
+    figures["saved" if save else "shown"] = [statistics.median(a for a, _ in pairs),
+                                             statistics.median(b for _, b in pairs)]
+print(json.dumps(figures))
+"""
 FRAME = "import pandas as pd\ndf = pd.DataFrame({'a': range(20), 'b': range(20)})\n"
 PLOT = "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3], [3, 1, 2])\nplt.title('t')\n"
 PAIRS = {  # name: (without a rich result, with one)
     "table": (FRAME + "print(df)", FRAME + "df"),
     "value": ("print(6 * 7)", "6 * 7"),
-    "plot": (PLOT + "plt.savefig('plot.pdf')\nplt.close('all')", PLOT + "plt.show()"),
+    "plot": (PLOT + "plt.savefig('plot.png')\nplt.close('all')", PLOT + "plt.savefig('plot.png')"),
 }
 
 
@@ -96,6 +125,14 @@ def main() -> int:
     print("  in a fresh interpreter (median ms; pandas' own import as the yardstick):")
     for key, value in costs.items():
         print(f"    {key:<20} {value:8.2f} ms   {value / costs['pandas_import']:6.1%} of pandas' import")
+    figure = json.loads(subprocess.run(
+        ["docker", "run", "--rm", "--network", "none", "--runtime", args.runtime, "--entrypoint",
+         "/opt/venv/bin/python3", image, "-c", FIGURE_COST], capture_output=True, text=True, check=True,
+        timeout=300).stdout.strip().splitlines()[-1])
+    print("  a figure at the end of a run, in one interpreter (median ms of 15 alternated pairs):")
+    for kind, (without, with_rich) in figure.items():
+        print(f"    {kind:<6} without its bundle {without:6.1f}   with {with_rich:6.1f}   ratio "
+              f"{with_rich / max(without, 0.01):5.2f}x")
     print("  whole requests at light load (p50 ms; the ratio is the rich result's cost):")
     with running_center(args.runtime, SLOTS) as url:
         for name, (plain, rich) in PAIRS.items():
