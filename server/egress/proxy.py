@@ -33,6 +33,7 @@ MAX_HEAD_BYTES = 16 * 1024  # a larger head is refused (431) without reading the
 MAX_REQUEST_LINE_BYTES = 8 * 1024
 CONNECT_SECONDS = 10.0
 IDLE_SECONDS = 120.0  # a connection with no byte either way for this long is closed
+CLOSE_SECONDS = 10.0  # for the connections' threads to end once their sockets are shut
 DRAIN_SECONDS = 2.0  # after a refusal, for the rest of what the client sends
 MAX_LOG_ENTRIES = 100
 MAX_LOGGED_HOST_CHARS = 255  # per run or cell, as the result body's `network` holds them
@@ -81,6 +82,7 @@ class Gate:
         self.usage = Usage(max_bytes)
         self.lock = threading.Lock()
         self.open: set[socket.socket] = set()  # every socket of a connection under way, closed with the gate
+        self.serving: list[threading.Thread] = []  # each connection's thread: close() waits for their log entries
         self.closed = False
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -110,7 +112,7 @@ class Gate:
         return entries
 
     def close(self) -> None:
-        """Stop accepting, cut every connection under way, remove the socket."""
+        """Stop accepting, cut every connection under way (and wait for each to log itself), remove the socket."""
         with self.lock:
             self.closed = True
             sockets = list(self.open)
@@ -125,6 +127,9 @@ class Gate:
         except OSError:
             pass
         self.thread.join(timeout=5)
+        deadline = time.monotonic() + CLOSE_SECONDS
+        for thread in self.serving:  # their sockets are shut: each ends at once, after logging its entry
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
     def _accept(self) -> None:
         while True:
@@ -139,7 +144,10 @@ class Gate:
             if refused:
                 self._refuse_now(client)
                 continue
-            threading.Thread(target=self._serve, args=(client,), name="egress-connection", daemon=True).start()
+            thread = threading.Thread(target=self._serve, args=(client,), name="egress-connection", daemon=True)
+            with self.lock:
+                self.serving = [alive for alive in self.serving if alive.is_alive()] + [thread]
+            thread.start()
 
     def _refuse_now(self, client: socket.socket) -> None:
         """Past max_connections: a short answer, never a thread."""
