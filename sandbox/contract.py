@@ -126,6 +126,11 @@ MAX_LISTED_FILES = 10000
 LIST_PAGE_BYTES = 1024 * 1024
 # A run's or cell's `result` (the repr of its last expression) is cut to this many characters.
 MAX_RESULT_CHARS = 64 * 1024
+# What a rich result's bundle may hold (SPEC "Rich results"): text, PNG/JPEG as base64 (or links, in the
+# center's answer), and JSON as the value itself. The worker, the agent and the center keep only these.
+RICH_TEXT_TYPES = ("text/plain", "text/html", "text/markdown", "text/latex", "image/svg+xml")
+RICH_IMAGE_TYPES = ("image/png", "image/jpeg")
+RICH_JSON_TYPE = "application/json"
 # Rich results (rich_display.py, displays.py): the worker sends each display as a line {"display": bundle}
 # on the status pipe (or {"clear_output": true}); a bundle's image is at most MAX_DISPLAY_IMAGE_BYTES before
 # base64, and a line longer than MAX_STATUS_LINE_BYTES is never sent (the worker keeps its text/plain and

@@ -17,12 +17,12 @@ import re
 import threading
 from typing import Any
 
+from contract import RICH_IMAGE_TYPES, RICH_JSON_TYPE, RICH_TEXT_TYPES
 from job_request import Job
 from output_pipes import EventStream
 
-TEXT_TYPES = frozenset({"text/plain", "text/html", "text/markdown", "text/latex", "image/svg+xml"})
-IMAGE_TYPES = frozenset({"image/png", "image/jpeg"})
-JSON_TYPE = "application/json"
+TEXT_TYPES = frozenset(RICH_TEXT_TYPES)
+IMAGE_TYPES = frozenset(RICH_IMAGE_TYPES)
 BASE64 = re.compile(r"\A[A-Za-z0-9+/]*={0,2}\Z")
 MAX_DISPLAY_ID_CHARS = 200
 MAX_SKIPPED_DISPLAYS = 20  # entries naming left-out displays, then one saying how many more
@@ -93,7 +93,7 @@ class Displays:
                     self.skip(name, f"{mime}: larger than {self.job.max_image_bytes} bytes")
                 else:
                     kept[mime] = value
-            elif mime == JSON_TYPE:
+            elif mime == RICH_JSON_TYPE:
                 kept[mime] = value
         if not isinstance(kept.get("text/plain"), str):
             kept["text/plain"] = ""

@@ -22,12 +22,16 @@ import os
 import sys
 from typing import Any
 
-from contract import MAX_DISPLAY_IMAGE_BYTES, MAX_STATUS_LINE_BYTES, WORKSPACE, cut_result
+from contract import (
+    MAX_DISPLAY_IMAGE_BYTES,
+    MAX_STATUS_LINE_BYTES,
+    RICH_IMAGE_TYPES,
+    RICH_JSON_TYPE,
+    RICH_TEXT_TYPES,
+    WORKSPACE,
+    cut_result,
+)
 
-# What a bundle may hold (the SPEC's list): other types a formatter offers are left out.
-TEXT_TYPES = ("text/plain", "text/html", "text/markdown", "text/latex", "image/svg+xml")
-BINARY_TYPES = ("image/png", "image/jpeg")
-JSON_TYPE = "application/json"
 # A figure's chart lists every point: past this many, the bundle keeps its image and says the chart was left out.
 MAX_CHART_POINTS = 10000
 # Values whose text form IPython's pretty printer makes exactly as repr() does: shown without importing IPython.
@@ -112,18 +116,18 @@ def kept_types(data: dict[str, Any], obj: Any = None) -> dict[str, Any]:
     JSON as the value itself."""
     kept: dict[str, Any] = {}
     for mime, value in data.items():
-        if mime in TEXT_TYPES:
+        if mime in RICH_TEXT_TYPES:
             if isinstance(value, bytes):
                 value = value.decode("utf-8", "replace")
             kept[mime] = value if isinstance(value, str) else str(value)
-        elif mime in BINARY_TYPES:
+        elif mime in RICH_IMAGE_TYPES:
             if isinstance(value, (bytes, bytearray)):
                 import base64  # only for images given as bytes (a PIL image's _repr_png_, say)
 
                 value = base64.b64encode(value).decode("ascii")
             if isinstance(value, str):
                 kept[mime] = "".join(value.split())  # base64 as IPython gives it, line breaks or not
-        elif mime == JSON_TYPE:
+        elif mime == RICH_JSON_TYPE:
             kept[mime] = value
     plain = kept.get("text/plain")
     if plain is None:

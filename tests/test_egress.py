@@ -102,7 +102,7 @@ def egress_app(make_app: Callable[..., Flask], test_host: NamespaceHost) -> Call
     """Factory: an app whose ceiling is the test host's allowed port, its other port and any public host."""
     def make(**egress: Any) -> Flask:
         settings = {"allow": (f"{test_host.address}:{ALLOWED_PORT}", f"{test_host.address}:{OTHER_PORT}", "*",
-                              f"{PRIVATE_NAME}:{ALLOWED_PORT}"),
+                              f"{PRIVATE_NAME}:{OTHER_PORT}"),
                     "max_connections": 4, **egress}
         return make_app(egress=EgressSettings(**settings), timeout_seconds=60)
     return make
@@ -179,11 +179,11 @@ def test_a_port_not_listed_and_internal_addresses_are_refused_with_a_reason(egre
     app = egress_app()
     targets = [f"http://{test_host.address}:{OTHER_PORT}/hello.txt",  # a port the run did not name
                "http://169.254.169.254/latest/meta-data/",  # the metadata address
-               f"http://{PRIVATE_NAME}:{ALLOWED_PORT}/hello.txt",  # an allowed name that resolves to it
+               f"http://{PRIVATE_NAME}:{OTHER_PORT}/hello.txt",  # an allowed name resolving to a private address
                "http://[::ffff:127.0.0.1]/",  # loopback, as an IPv4-mapped IPv6 address
                f"http://{test_host.gateway}/"]  # the center's own address
     code = "".join(FETCH.format(url=url) for url in targets)
-    body = run(app, code, [f"{test_host.address}:{ALLOWED_PORT}", "*", f"{PRIVATE_NAME}:{ALLOWED_PORT}"])
+    body = run(app, code, [f"{test_host.address}:{ALLOWED_PORT}", "*", f"{PRIVATE_NAME}:{OTHER_PORT}"])
     lines = body["output"].splitlines()
     assert len(lines) == len(targets) and all(line.startswith("FAILED HTTPError 403") for line in lines), \
         "\n".join(lines)

@@ -17,11 +17,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from models import Image
+from sandbox.contract import RICH_IMAGE_TYPES, RICH_JSON_TYPE, RICH_TEXT_TYPES
 from server.storage import image_row
 
-TEXT_TYPES = ("text/plain", "text/html", "text/markdown", "text/latex", "image/svg+xml")
-IMAGE_TYPES = ("image/png", "image/jpeg")
-JSON_TYPE = "application/json"
 MAX_RESULTS = 1000  # bundles in one answer (the agent keeps them within max_output_bytes already)
 
 
@@ -79,13 +77,13 @@ def client_bundle(raw: Any, images: BundleImages) -> dict[str, Any] | None:
         return None
     data: dict[str, Any] = {}
     for mime, value in raw["data"].items():
-        if mime in TEXT_TYPES and isinstance(value, str):
+        if mime in RICH_TEXT_TYPES and isinstance(value, str):
             data[mime] = value
-        elif mime in IMAGE_TYPES:
+        elif mime in RICH_IMAGE_TYPES:
             linked = images.link(mime, value)
             if linked is not None:
                 data[mime] = linked
-        elif mime == JSON_TYPE:
+        elif mime == RICH_JSON_TYPE:
             data[mime] = value
     data.setdefault("text/plain", "")
     bundle: dict[str, Any] = {"data": data, "is_main_result": raw.get("is_main_result") is True}

@@ -38,8 +38,7 @@ def _parse_body(svc: Services, cell: bool) -> EncodedRun:
     `network` (a session's egress is not built yet: it gets none, and a cell that asks is told so)."""
     fields: Any = json_body() if request.method == "POST" else request.args.to_dict()
     if cell and isinstance(fields, dict):
-        if fields.get("network") not in (None, {"allow": []}):
-            raise BadRequest("sessions do not reach the network yet: 'network' is for one-shot runs (POST /runcode)")
+        refuse_session_network(fields.get("network"))
         fields = {**fields, "network": {"allow": []}}
     run = parse_run_request(fields, svc.config)
     inline = run.inline or parse_flag(request.args.get("inline"), "inline")
@@ -53,6 +52,12 @@ def _parse_body(svc: Services, cell: bool) -> EncodedRun:
     except UnicodeEncodeError:
         raise BadRequest("the request holds a lone UTF-16 surrogate (\\ud800-\\udfff), which is not text") from None
     return EncodedRun(run.language, run.timeout, job, inline, run.network)
+
+
+def refuse_session_network(network: Any) -> None:
+    """BadRequest when a session (or its cell) asks for the network: sessions do not reach it yet."""
+    if network not in (None, {"allow": []}):
+        raise BadRequest("sessions do not reach the network yet: 'network' is for one-shot runs (POST /runcode)")
 
 
 def read_run_request(svc: Services, cell: bool = False) -> EncodedRun:

@@ -20,7 +20,7 @@ from server.api.answers import answer_report
 from server.api.forwarding import forward_if_elsewhere
 from server.api.http import guarded_blueprint, json_body
 from server.api.outputs import attachment
-from server.api.runs import read_run_request
+from server.api.runs import read_run_request, refuse_session_network
 from server.api.streaming import RunInThread, requested_format, stream_answer
 from server.errors import BadRequest, PayloadTooLarge
 from server.run_requests import workspace_path
@@ -88,8 +88,7 @@ def create_session() -> tuple[Response, int, dict[str, str]]:
     """POST /sessions: a new session of the caller's, 201 with its description and Location."""
     svc = services()
     body = _json_object()
-    if body.get("network") not in (None, {"allow": []}):
-        raise BadRequest("sessions do not reach the network yet: 'network' is for one-shot runs (POST /runcode)")
+    refuse_session_network(body.get("network"))
     idle_timeout = _idle_timeout(body)
     record = svc.registry.create(db_session(), g.owner, idle_timeout)
     return jsonify(svc.registry.describe(record)), 201, {"Location": f"/sessions/{record.id}"}

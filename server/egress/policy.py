@@ -150,6 +150,11 @@ def refused_network(network: Network) -> bool:
     return refused_address(network.network_address) or refused_address(network.broadcast_address)
 
 
+def names_host(host: str, port: int, allow: Iterable[Pattern]) -> bool:
+    """Whether the allow-list names this host name and port (before it is resolved)."""
+    return any(pattern.names(host, port) for pattern in allow)
+
+
 @dataclass(frozen=True)
 class Verdict:
     """Whether a connection may go ahead, why not, and the address it must go to (the one checked)."""
@@ -168,7 +173,7 @@ def judge(host: str, port: int, addresses: Iterable[Address], allow: Iterable[Pa
         literal: Address | None = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         literal = None
-    if literal is None and not any(pattern.names(host, port) for pattern in allow):
+    if literal is None and not names_host(host, port, allow):
         return Verdict(False, f"{host}:{port} is not in this run's allow-list")
     addresses = tuple(addresses)
     if not addresses:

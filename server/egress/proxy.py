@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from server.egress.policy import Address, Network, Pattern, judge
+from server.egress.policy import Address, Network, Pattern, judge, names_host
 
 log = logging.getLogger("center.egress")
 
@@ -221,9 +221,8 @@ class Gate:
         try:
             addresses: Iterable[Address] = (ipaddress.ip_address(request.host.strip("[]")),)
         except ValueError:
-            first = judge(request.host, request.port, (ipaddress.ip_address("0.0.0.0"),), allow)
-            if not first.allowed and "allow-list" in first.reason:
-                raise Refusal(403, first.reason) from None  # not named: not even resolved
+            if not names_host(request.host, request.port, allow):  # not named: not even resolved
+                raise Refusal(403, f"{request.host}:{request.port} is not in this run's allow-list") from None
             try:
                 infos = socket.getaddrinfo(request.host, request.port, type=socket.SOCK_STREAM)
             except (OSError, UnicodeError) as e:
@@ -266,8 +265,6 @@ class Gate:
                     if mask & selectors.EVENT_WRITE and pending[sock]:
                         sent = sock.send(pending[sock])
                         del pending[sock][:sent]
-                        if sock in ended and not pending[sock]:
-                            pass
                     if mask & selectors.EVENT_READ and sock not in ended:
                         try:
                             data = sock.recv(CHUNK)
