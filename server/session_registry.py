@@ -363,6 +363,8 @@ class SessionRegistry:
         except AgentRefused as e:
             raise self._file_error(e) from e
         except AgentUnreachable as e:
+            if record.id not in self.live:  # ended while the call ran (e.g. deleted by its owner): say so
+                raise Gone(f"the session has ended: {self._recorded_end(record.id)}") from e
             raise SandboxFailed(f"the session's sandbox did not {doing} ({e})") from e
         self._record_use(record.id)
 

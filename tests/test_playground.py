@@ -59,6 +59,9 @@ def page(browser: Browser) -> Iterator[Page]:
     tab.on("request", lambda request: tab.requested.append(request.url))
     tab.on("console", lambda message: message.type == "error" and tab.console_errors.append(message.text))
     tab.on("pageerror", lambda error: tab.console_errors.append(str(error)))
+    # Chromium's console names only the status of a failed call: name the call too.
+    tab.on("response", lambda response: response.status >= 500 and tab.console_errors.append(
+        f"{response.status} from {response.request.method} {response.url}"))
     yield tab
     context.close()
 

@@ -365,6 +365,26 @@ def test_a_session_deleted_while_its_cell_runs_answers_410_with_the_reason(clien
     assert status == 410 and "deleted by its owner" in body["error"], (status, body)
 
 
+def test_a_session_deleted_while_its_files_are_listed_answers_410_not_502(client: FlaskClient,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The playground lists the files after each cell without waiting: a DELETE that removed the
+    container under that listing made it a 502 "sandbox failed" (seen on a loaded machine)."""
+    session = Notebook(client, TOKEN)
+    registry = client.application.extensions[EXTENSION_KEY].registry
+    agent = registry.live[session.id].sandbox.agent
+    call = agent.call
+
+    def deleted_meanwhile(method: str, path: str, *args: Any) -> Any:
+        if path.startswith("/files"):  # the owner's DELETE lands while the listing is on its way
+            assert session.delete() == 204
+        return call(method, path, *args)
+
+    monkeypatch.setattr(agent, "call", deleted_meanwhile)
+    response = client.get(f"/sessions/{session.id}/files", headers=TOKEN)
+    assert response.status_code == 410, response.get_json()
+    assert "deleted by its owner" in response.get_json()["error"]
+
+
 def test_the_idle_sweep_spares_a_session_used_while_it_sweeps(client: FlaskClient,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """The sweep read every record first and then took ~0.1 s to end each idle one: a session used
