@@ -464,7 +464,12 @@ def test_playground_session_shows_409_and_410(live_server: Callable[..., str], p
     assert released.status_code == 201, released.text
     other.join()
     assert answers[0].status_code == 200 and answers[0].json()["result"] == "'slept'"
-    run_cell(page, "state")
+    # After a cell the page reads the session and its files: the DELETE below must come after those,
+    # or they, not the next cell, find it ended (the page then goes back to one-shot runs by itself).
+    session_url = f"{base}/sessions/{session_id}"
+    with page.expect_response(lambda r: r.url == session_url and r.request.method == "GET", timeout=RUN_TIMEOUT_MS), \
+            page.expect_response(lambda r: r.url == f"{session_url}/files", timeout=RUN_TIMEOUT_MS):
+        run_cell(page, "state")
     expect(page.locator("#result")).to_have_text("'kept'")
 
     # The session is deleted behind the page's back: its next cell answers 410 and the page lets it go.
