@@ -22,7 +22,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -222,6 +222,7 @@ class RunResult:
     skipped: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
     execution_count: int | None = None
+    network: list[dict[str, Any]] = field(default_factory=list)  # connections through the egress proxy
     http_status: int = 200
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -234,7 +235,8 @@ class RunResult:
             results=[dict(bundle) for bundle in body.get("results") or [] if isinstance(bundle, Mapping)],
             images=dict(body.get("images") or {}), files=dict(body.get("files") or {}),
             skipped=list(body.get("skipped") or []), error=body.get("error"),
-            execution_count=body.get("execution_count"), http_status=http_status, raw=dict(body),
+            execution_count=body.get("execution_count"), network=list(body.get("network") or []),
+            http_status=http_status, raw=dict(body),
         )
 
     @property
@@ -378,14 +380,18 @@ class Client:
             variables: Mapping[str, Any] | None = None, timeout: float | None = None,
             on_stdout: Callback | None = None, on_stderr: Callback | None = None,
             on_event: Callable[[dict[str, Any]], object] | None = None, on_display: BundleCallback | None = None,
-            inline: bool = False) -> RunResult:
+            inline: bool = False, network: Sequence[str] | None = None) -> RunResult:
         """Run a program in a fresh sandbox. `files` ({path: bytes or text}) are written in its folder first.
 
         With `on_stdout`/`on_stderr`/`on_display` (or `on_event`, every streamed event) the output and the
         displays are streamed as they are made; the returned result is the same either way. With `inline`
-        the PNG and JPEG images of `results` come as base64 instead of URLs.
+        the PNG and JPEG images of `results` come as base64 instead of URLs. `network`: the hosts the program
+        may reach (within the center's `egress.allow`; None: the center's default); its connections are
+        the result's `network`.
         """
         body = _run_body(code, language, variables, timeout, inline)
+        if network is not None:
+            body["network"] = _allow_list(network)
         if files:
             body["files"] = [{"path": path, "content_base64": base64.b64encode(
                 content.encode() if isinstance(content, str) else content).decode()} for path, content in files.items()]
@@ -407,10 +413,15 @@ class Client:
 
     # --- sessions ---
 
-    def session(self, idle_timeout: float | None = None) -> Session:
-        """A new session (one sandbox kept alive); use it in a `with` block to end it on exit."""
-        body = {"idle_timeout": idle_timeout} if idle_timeout is not None else None
-        response = self.request("POST", "/sessions", json=body, expect=(201,))
+    def session(self, idle_timeout: float | None = None, network: Sequence[str] | None = None) -> Session:
+        """A new session (one sandbox kept alive); use it in a `with` block to end it on exit. `network`: the
+        hosts its cells may reach (None: the center's default); Session.set_network changes it."""
+        body: dict[str, Any] = {}
+        if idle_timeout is not None:
+            body["idle_timeout"] = idle_timeout
+        if network is not None:
+            body["network"] = _allow_list(network)
+        response = self.request("POST", "/sessions", json=body or None, expect=(201,))
         info = response.json()
         return Session(self, info["session_id"], info)
 
@@ -463,6 +474,12 @@ class Session:
     def describe(self) -> dict[str, Any]:
         """The session's state now: status (idle, busy), created_at, last_active_at, expires_at..."""
         self.info = self.client.request("GET", self._path).json()
+        return self.info
+
+    def set_network(self, allow: Sequence[str]) -> dict[str, Any]:
+        """What the session may reach from now on (`[]` closes it: install first, then lock down); the
+        session's state, with its `network`."""
+        self.info = self.client.request("PUT", f"{self._path}/network", json=_allow_list(allow)).json()
         return self.info
 
     def upload(self, path_or_name: str | os.PathLike[str], data: bytes | str | IO[bytes] | None = None
@@ -521,6 +538,13 @@ class Session:
         except GoneError:
             pass  # it ended by itself (idle, lifetime, dead): nothing left to do
         self.ended = True
+
+
+def _allow_list(hosts: Sequence[str]) -> dict[str, list[str]]:
+    """`network` as the center takes it; InvalidArgumentError for a lone string (a common slip: "pypi.org")."""
+    if isinstance(hosts, str):
+        raise InvalidArgumentError(f"network must be a list of hosts, such as [{hosts!r}], not one string")
+    return {"allow": list(hosts)}
 
 
 def _run_body(code: str, language: str, variables: Mapping[str, Any] | None, timeout: float | None,

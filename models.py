@@ -6,7 +6,21 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sqlalchemy import Boolean, DateTime, Engine, Float, Integer, LargeBinary, String, create_engine, event
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    Engine,
+    Float,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    create_engine,
+    event,
+    inspect,
+    text,
+)
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 
@@ -63,6 +77,8 @@ class SessionRecord(Base):
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True, index=True)
     end_reason: Mapped[str | None] = mapped_column(String(500), nullable=True)
     dead: Mapped[bool] = mapped_column(Boolean, default=False)  # ended because it could not go on
+    # What it may reach through the egress proxy: a JSON list of allow-list patterns (None: nothing).
+    network: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class CenterRecord(Base):
@@ -98,5 +114,23 @@ def make_session_factory(engine: Engine) -> sessionmaker:
 
 
 def create_tables(engine: Engine) -> None:
-    """Create missing tables (idempotent)."""
+    """Create missing tables, and the nullable columns a later version added to a table (idempotent)."""
     Base.metadata.create_all(engine)
+    add_missing_columns(engine)
+
+
+def add_missing_columns(engine: Engine) -> None:
+    """ALTER TABLE ... ADD COLUMN for each nullable column the models have and the database lacks: a database
+    made by an earlier version keeps its rows. Centers starting together may race; the loser finds it done."""
+    for table in Base.metadata.sorted_tables:
+        present = {column["name"] for column in inspect(engine).get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present or not column.nullable:
+                continue
+            kind = column.type.compile(dialect=engine.dialect)
+            try:
+                with engine.begin() as connection:
+                    connection.execute(text(f'ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}'))
+            except SQLAlchemyError:
+                if column.name not in {c["name"] for c in inspect(engine).get_columns(table.name)}:
+                    raise

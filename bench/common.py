@@ -58,10 +58,11 @@ def wait_ready(url: str, slots: int, timeout: float = 120) -> None:
 
 
 @contextmanager
-def running_center(runtime: str, slots: int) -> Iterator[str]:
-    """`with running_center("runc", 4) as url:` a center of the benchmark's own, stopped (SIGTERM) afterwards."""
+def running_center(runtime: str, slots: int, **settings: Any) -> Iterator[str]:
+    """`with running_center("runc", 4) as url:` a center of the benchmark's own (more config `settings` if
+    given), stopped (SIGTERM) afterwards."""
     with tempfile.TemporaryDirectory() as workdir:
-        process, url, _ = start_center(Path(workdir), {"sandbox_runtime": runtime}, slots)
+        process, url, _ = start_center(Path(workdir), {"sandbox_runtime": runtime, **settings}, slots)
         try:
             yield url
         finally:

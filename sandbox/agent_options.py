@@ -87,7 +87,7 @@ def worker_environment(options: AgentOptions) -> dict[str, str]:
     """
     threads = options.threads
     pools = {name: str(threads) for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-    path = "/opt/venv/bin:/usr/local/bin:/usr/bin:/bin"
+    path = f"/opt/venv/bin:/usr/local/bin:/usr/bin:/bin:{WORKSPACE}/.local/bin"  # the last: what pip installed
     return {
         **(pools if threads else {}),
         "PATH": f"{options.path_first}:{path}" if options.path_first else path,
@@ -104,4 +104,10 @@ def worker_environment(options: AgentOptions) -> dict[str, str]:
         "PYTHONUNBUFFERED": "1",  # output printed before a timeout is not lost in a buffer
         "PYTHONIOENCODING": "utf-8",
         "PYTHONDONTWRITEBYTECODE": "1",
+        # pip at run time (when the run may reach the package index): into the user site, in the workspace
+        # (contract.USER_SITE); no cache left in the workspace, no question asked, no version check.
+        "PIP_USER": "1",
+        "PIP_NO_CACHE_DIR": "1",
+        "PIP_NO_INPUT": "1",
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
     }

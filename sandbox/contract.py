@@ -54,6 +54,9 @@ WARM_REST_SECONDS = 2.0
 # The program's working folder: a tmpfs the center mounts, the program's home, where the agent writes
 # input files and collects what the program made.
 WORKSPACE = "/workspace"
+# Where `pip install` puts what a program installs at run time (PIP_USER, HOME=WORKSPACE): the user site of
+# the image's Python, in the workspace, so the root file system stays read-only and a session keeps it.
+USER_SITE = f"{WORKSPACE}/.local/lib/python3.11/site-packages"
 # Where the agent listens, inside the container: a folder the center bind-mounts from the host (/agent is
 # root's only, see Dockerfile.sandbox), and the socket's name in it.
 AGENT_SOCKET_DIR = "/agent/sock"
@@ -64,7 +67,7 @@ AGENT_SOCKET_NAME = "agent.sock"
 EGRESS_PORT = 3128
 EGRESS_SOCKET_NAME = "egress.sock"
 EGRESS_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "NO_PROXY", "no_proxy",
-                    "PIP_INDEX_URL")
+                    "PIP_INDEX_URL", "PIP_TRUSTED_HOST")
 
 
 def egress_environment(package_index: str = "") -> dict[str, str]:
@@ -75,6 +78,9 @@ def egress_environment(package_index: str = "") -> dict[str, str]:
                  "NO_PROXY": local, "no_proxy": local}
     if package_index:
         variables["PIP_INDEX_URL"] = package_index
+        scheme, _, rest = package_index.partition("://")
+        if scheme.lower() == "http":  # the operator's own index without TLS: pip would ignore it otherwise
+            variables["PIP_TRUSTED_HOST"] = rest.split("/", 1)[0]
     return variables
 # Files the program saved figures to below the top of the working folder in its last run or cell: a JSON
 # list of paths relative to it, written by capture_backend in the program's own process (so as untrusted

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.machinery
+import os
 import sys
 import types
 from collections.abc import Callable
@@ -9,6 +11,7 @@ from typing import Any
 
 import compat
 import rich_display
+from contract import USER_SITE
 from program_io import is_program_file
 
 # pandas' display options once it is imported: a 12-column describe() shows every column (not `...`); a
@@ -56,6 +59,33 @@ class ImportHooks:
 
             spec.loader.exec_module = exec_module
         return spec
+
+
+class UserSiteFinder:
+    """The last meta path finder: what `pip install` put in the user site (contract.USER_SITE) after the
+    interpreter first looked there. Python remembers a folder that was missing then as having nothing
+    (sys.path_importer_cache holds None for it), so a package installed later in the same run or session
+    would not be found: this finder forgets that once the folder is there, and looks again."""
+
+    @staticmethod
+    def find_spec(name: str, path: Any = None, target: Any = None) -> Any:
+        """The module's spec from the user site when Python took it for missing; None else."""
+        if path is not None or sys.path_importer_cache.get(USER_SITE, False) is not None:
+            return None  # a submodule, or the user site has a finder already (or was never looked at)
+        if not os.path.isdir(USER_SITE):
+            return None
+        del sys.path_importer_cache[USER_SITE]
+        return importlib.machinery.PathFinder.find_spec(name, [USER_SITE], target)
+
+
+def add_user_site() -> None:
+    """The user site on the path before the image's packages, as `python3` puts it once it exists (the
+    worker starts before anything is installed), and its finder last."""
+    if USER_SITE not in sys.path:
+        packages = next((index for index, folder in enumerate(sys.path) if folder.endswith("site-packages")),
+                        len(sys.path))
+        sys.path.insert(packages, USER_SITE)
+    sys.meta_path.append(UserSiteFinder)
 
 
 def imported_by_program() -> bool:

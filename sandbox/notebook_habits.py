@@ -2,7 +2,8 @@
 
 - translate(): IPython's magics made Python, line by line (line numbers kept): `%matplotlib inline`
   and other setup magics do nothing, `%time`/`%timeit` run their statement once and print its time,
-  `%pip install` / `!pip install` answer on stderr that nothing is installed at run time, `!cmd` runs
+  `%pip install` / `!pip install` run pip when the run may reach the network (into the workspace, see
+  contract.USER_SITE), and else answer on stderr at once that nothing can be installed, `!cmd` runs
   in bash as IPython runs it, `%cd`, `%env`, `%run` ...; a cell magic opens a cell: `%%time` runs it
   timed, `%%bash` in bash, `%%writefile` writes it; the others are refused in one line.
 - error_summary(): the report's short `error`, the exception and the program's line.
@@ -208,7 +209,13 @@ def line_magic(prefix: str, text: str) -> Any:
     caller = sys._getframe(1)
     text = expand(text, {**caller.f_globals, **caller.f_locals})
     if re.search(INSTALL_COMMAND, text):
-        say_no_install(text)
+        if not may_install(text):
+            say_no_install(text)
+            return None
+        shell(f"python3 -m {text}" if prefix == "%" else text)
+        import importlib
+
+        importlib.invalidate_caches()  # the next import looks at the user site's folders again
         return None
     if prefix == "!":
         shell(text)
@@ -291,6 +298,13 @@ def shell(command: str) -> int:
     return status
 
 
+def may_install(command: str) -> bool:
+    """Whether a package installation can run: a pip one, with the network open (its proxy variables set)."""
+    import re
+
+    return "HTTPS_PROXY" in os.environ and re.search(r"(?:\bpip3?|-m\s+pip)\s+install\b", command) is not None
+
+
 def say_no_install(command: str) -> None:
     """One line on stderr: nothing is installed at run time; which of the packages asked for (and others) are there."""
     import re
@@ -298,6 +312,7 @@ def say_no_install(command: str) -> None:
     installed = installed_packages()
     words = re.split(r"\s+", re.split(r"&&|\|\||[;|]", command)[0].strip())
     start = next((index + 1 for index, word in enumerate(words) if word == "install"), len(words))
+    tool = words[start - 2] if start >= 2 and words[start - 2] in ("conda", "mamba", "apt", "apt-get") else "pip"
     there, missing = [], []
     for word in words[start:]:
         if word.startswith("-") or not word:
@@ -305,13 +320,14 @@ def say_no_install(command: str) -> None:
         asked = re.split(r"[<>=!~\[;@ ]", word.strip("'\""), maxsplit=1)[0]
         key = IMPORT_NAMES.get(asked.lower(), package_key(asked))
         (there if key in installed else missing).append(f"{asked} {installed[key]}" if key in installed else asked)
-    parts = ["packages cannot be installed at run time"]
+    parts = ["packages cannot be installed at run time: "
+             + ("only pip installs, into the workspace" if tool != "pip" and "HTTPS_PROXY" in os.environ
+                else "this run cannot reach the network (see the docs' Egress page)")]
     if there:
         parts.append(f"already installed: {', '.join(there)}")
     if missing:
         parts.append(f"not available: {', '.join(missing)}")
     shown = [name for name in SHOWN_PACKAGES if name in installed]
-    tool = words[start - 2] if start >= 2 and words[start - 2] in ("conda", "mamba", "apt", "apt-get") else "pip"
     print(f"{tool} install: " + "; ".join(parts) + (f". Installed: {', '.join(shown)}" if shown else ""),
           file=sys.stderr)
 

@@ -47,7 +47,7 @@ from typing import Any, BinaryIO, NoReturn
 import rich_display
 from bash_runner import CellState, on_interrupt, run_bash, run_bash_cell
 from contract import EGRESS_VARIABLES, FIRST_FIGURE, WARM_UP_GROUPS, WarmUpGroup
-from import_hooks import ImportHooks
+from import_hooks import ImportHooks, add_user_site
 from program_io import flush_output
 from python_runner import run_python
 
@@ -79,6 +79,7 @@ def become_fresh_interpreter() -> None:
                                                    encoding="utf-8", errors="backslashreplace", write_through=True)
     builtins.display = rich_display.display  # type: ignore[attr-defined]
     sys.meta_path.insert(0, ImportHooks)  # after site.main(): sitecustomize's finders come after this one
+    add_user_site()
     # The working folder, as `python3 -c` puts it on the path: a program imports the modules it wrote
     # (%%writefile helper.py) or was given. After the sandbox's own folder: a program's fonts.py does
     # not stand in for the sandbox's.
@@ -191,11 +192,16 @@ def write_record(status_fd: int, record: dict[str, Any]) -> None:
 def set_egress_environment(variables: Any) -> None:
     """The proxy variables while the run or cell may reach the network (contract.EGRESS_VARIABLES), none else:
     what the program and the processes it starts read at the time they connect."""
-    for name in EGRESS_VARIABLES:
-        os.environ.pop(name, None)
+    before = {name: os.environ.pop(name) for name in EGRESS_VARIABLES if name in os.environ}
     if isinstance(variables, dict):
         os.environ.update({name: value for name, value in variables.items()
                            if name in EGRESS_VARIABLES and isinstance(value, str)})
+    after = {name: os.environ[name] for name in EGRESS_VARIABLES if name in os.environ}
+    request = sys.modules.get("urllib.request")
+    if after != before and request is not None:
+        # urlopen() keeps the opener it built on first use, with the proxies of that moment: a session
+        # whose network was opened (or closed) since would go on without (or with) them.
+        request._opener = None  # type: ignore[attr-defined]
 
 
 def main_module() -> types.ModuleType:

@@ -178,13 +178,13 @@ def build_services(config: Config, pool: SandboxPool | None = None) -> Services:
     # Room for one body at the size limit (and the small ones that never wait).
     budget = BodyBudget(config.max_request_bytes + SMALL_BODY_BYTES)
     database = make_session_factory(engine)
-    registry = SessionRegistry(config, sandboxes, pool, database)
-    peers = PeerDirectory(config.advertise_url, registry.node, database)
     metrics = Metrics(pool)
     egress = None
     if config.egress.ceiling:
         egress = EgressProxy(config.egress.byte_allowance, config.egress.max_connections,
                              lambda: refused_networks(sandboxes), metrics.count_egress)
+    registry = SessionRegistry(config, sandboxes, pool, database, egress)
+    peers = PeerDirectory(config.advertise_url, registry.node, database)
     return Services(config, engine, database, sandboxes, pool, owns_pool, metrics, budget,
                     ByteBudget(SPOOL_BYTES), registry, peers, egress)
 

@@ -6,11 +6,17 @@ lives and when it ends; this center holds the live sandboxes of its own sessions
 (a second call while a cell runs is a 409). A sweeper ends sessions idle past their timeout or past
 their lifetime, and those whose container died. A center that restarts adopts its live sessions
 again (the containers carry the session id as their sandbox label; see sandboxes.session_sandboxes).
+
+Where the center has egress (config `egress.allow`), each live session has a gate of its own in its
+socket folder (server/egress/proxy.py) for as long as it lives: its allow-list is the record's `network`
+(set at creation, changed by PUT .../network between cells), its byte allowance counts for the whole
+session, and each cell's connections come back as that cell's `network` list.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import threading
 from collections.abc import Iterator
@@ -30,6 +36,8 @@ from server.config import Config
 from server.containers.agent_client import AgentRefused, AgentUnreachable, Listener
 from server.containers.docker_sandboxes import DockerSandboxes, Sandbox, oom_report
 from server.containers.pool import SandboxPool
+from server.egress.policy import Pattern, PatternError, outside, parse_patterns
+from server.egress.proxy import SETTLE_SECONDS, EgressProxy, Gate
 from server.errors import (
     BadRequest,
     Conflict,
@@ -75,21 +83,29 @@ def expires_at(record: SessionRecord) -> datetime:
 
 @dataclass
 class LiveSession:
-    """A session of this center: its sandbox and the lock one cell at a time holds."""
+    """A session of this center: its sandbox, its egress gate (None: the center has no egress) and the lock
+    one cell at a time holds."""
 
     sandbox: Sandbox
+    gate: Gate | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def stored_network(network: tuple[Pattern, ...]) -> str | None:
+    """An allow-list as the record keeps it: the patterns as written, JSON (None for nothing)."""
+    return json.dumps([pattern.text for pattern in network]) if network else None
 
 
 class SessionRegistry:
     """Creates, finds, runs, ends and sweeps the sessions of this center."""
 
     def __init__(self, config: Config, sandboxes: DockerSandboxes, pool: SandboxPool,
-                 database: sessionmaker) -> None:
+                 database: sessionmaker, egress: EgressProxy | None = None) -> None:
         self.config = config
         self.sandboxes = sandboxes
         self.pool = pool
         self.database = database
+        self.egress = egress
         self.node = config.deployment_label
         self.live: dict[str, LiveSession] = {}
         self._lock = threading.Lock()  # guards `live` and the count against max_sessions
@@ -112,7 +128,7 @@ class SessionRegistry:
             with self._lock:
                 live, self.live = self.live, {}
             for session in live.values():
-                self.sandboxes.destroy(session.sandbox)
+                self._let_go(session)
 
     def kept_sandbox_ids(self) -> set[str]:
         """The sandbox ids the center must not remove as leftovers: its live sessions and the ones not yet adopted."""
@@ -139,8 +155,9 @@ class SessionRegistry:
                         continue
                     sandbox.program_uid = record.program_uid
                     self.sandboxes.claim_uid(record.program_uid)
+                    live = LiveSession(sandbox, self._open_gate(sandbox, self.network_of(record)))
                     with self._lock:
-                        self.live[record.id] = LiveSession(sandbox)
+                        self.live[record.id] = live
                 db.commit()
         except SQLAlchemyError as e:
             log.warning("cannot adopt the sessions found at start yet (database: %s); retrying", type(e).__name__)
@@ -154,8 +171,10 @@ class SessionRegistry:
 
     # --- the routes' operations --------------------------------------------------------------
 
-    def create(self, db: DbSession, owner: str, idle_timeout: float | None) -> SessionRecord:
-        """A new session of this owner, on a warm sandbox when one is ready; 503 past max_sessions."""
+    def create(self, db: DbSession, owner: str, idle_timeout: float | None,
+               network: tuple[Pattern, ...] = ()) -> SessionRecord:
+        """A new session of this owner (that may reach `network`), on a warm sandbox when one is ready; 503 past
+        max_sessions."""
         idle = min(idle_timeout or self.config.session_idle_timeout_seconds, self.config.session_idle_timeout_seconds)
         with self._lock:
             if len(self.live) + self._creating >= self.config.max_sessions:
@@ -164,23 +183,26 @@ class SessionRegistry:
             self._creating += 1
         try:
             sandbox = self._new_sandbox()
+            live = LiveSession(sandbox)
             try:
                 self.sandboxes.start_session(sandbox)
+                live.gate = self._open_gate(sandbox, network)
                 started = now()
                 record = SessionRecord(
                     id=sandbox.sandbox_id, owner=owner, node=self.node, container_id=sandbox.container_id,
                     socket_dir=sandbox.socket_dir, program_uid=sandbox.program_uid, idle_timeout=idle,
                     execution_count=0, created_at=started, last_active_at=started,
-                    lifetime_ends_at=started + timedelta(seconds=self.config.session_max_lifetime_seconds))
+                    lifetime_ends_at=started + timedelta(seconds=self.config.session_max_lifetime_seconds),
+                    network=stored_network(network))
                 with self._lock:  # live before it is in the registry: a sweep in between must not end it
-                    self.live[record.id] = LiveSession(sandbox)
+                    self.live[record.id] = live
                 db.add(record)
                 db.commit()
             except BaseException as e:
                 db.rollback()
                 with self._lock:
                     self.live.pop(sandbox.sandbox_id, None)
-                self.sandboxes.destroy(sandbox)
+                self._let_go(live)
                 if isinstance(e, SQLAlchemyError):
                     raise ServiceUnavailable("the session could not be registered: the database does not answer",
                                              retry_after=5) from e
@@ -189,6 +211,45 @@ class SessionRegistry:
             with self._lock:
                 self._creating -= 1
         return record
+
+    def _open_gate(self, sandbox: Sandbox, network: tuple[Pattern, ...]) -> Gate | None:
+        """The session's egress gate, open for its whole life (None when the center has no egress): a later
+        PUT .../network may open what creation did not."""
+        return self.egress.open(sandbox.socket_dir, network) if self.egress is not None else None
+
+    def _let_go(self, live: LiveSession) -> None:
+        """Close the session's gate (its connections cut) and remove its sandbox."""
+        if live.gate is not None:
+            live.gate.close()
+        self.sandboxes.destroy(live.sandbox)
+
+    def network_of(self, record: SessionRecord) -> tuple[Pattern, ...]:
+        """What the session may reach: its record's allow-list, less what the ceiling no longer holds (the
+        operator may have narrowed it since, and restarted)."""
+        try:
+            patterns = parse_patterns(json.loads(record.network)) if record.network else ()
+        except (ValueError, TypeError, PatternError):
+            log.warning("session %s has an allow-list this center cannot read; it reaches nothing", record.id[:8])
+            return ()
+        return tuple(pattern for pattern in patterns if outside((pattern,), self.config.egress.ceiling) is None)
+
+    def set_network(self, db: DbSession, record: SessionRecord, network: tuple[Pattern, ...]) -> SessionRecord:
+        """A new allow-list for the session: recorded, and its gate follows at once (for the connections that
+        come next; a cell under way keeps its connections, and gets proxy variables from its next cell)."""
+        live = self._still_live(record.id)
+        try:
+            current = db.get(SessionRecord, record.id)
+            if current is None or current.ended_at is not None:
+                raise Gone(f"the session has ended: {current.end_reason if current else 'it ended'}")
+            current.network = stored_network(network)
+            db.commit()
+        except SQLAlchemyError as e:
+            db.rollback()
+            raise ServiceUnavailable("the session registry is unavailable: the database does not answer",
+                                     retry_after=5) from e
+        if live.gate is not None:
+            live.gate.set_allow(network)
+        return current
 
     def _new_sandbox(self) -> Sandbox:
         """A warm sandbox from the pool when one is ready at once, else one started for the session."""
@@ -257,6 +318,7 @@ class SessionRegistry:
             "created_at": utc(record.created_at).isoformat(), "last_active_at": utc(record.last_active_at).isoformat(),
             "expires_at": expires_at(record).isoformat(), "idle_timeout": record.idle_timeout,
             "execution_count": record.execution_count,
+            "network": {"allow": [pattern.text for pattern in self.network_of(record)]},
         }
 
     def run_cell(self, record: SessionRecord, job: bytes, timeout: float,
@@ -295,6 +357,8 @@ class SessionRegistry:
                             "execution_count": count + 1, "result": None}
                 raise SandboxFailed(f"the session's sandbox failed: {why.reason}") from e
             report.setdefault("execution_count", count + 1)
+            if live.gate is not None:
+                report["network"] = live.gate.take_log(SETTLE_SECONDS)
             self._record_use(session_id, int(report["execution_count"]))
             if report.get("alive") is False:
                 self._end_by_id(session_id, str(report.get("dead_reason") or "the session's interpreter died"),
@@ -339,7 +403,7 @@ class SessionRegistry:
         with self._lock:  # the sandbox goes now all the same; the registry is told when it answers
             live = self.live.pop(session_id, None)
         if live is not None:
-            self.sandboxes.destroy(live.sandbox)
+            self._let_go(live)
 
     def end(self, db: DbSession, record: SessionRecord, reason: str) -> None:
         """End the session at its owner's request: the container is removed at once."""
@@ -405,7 +469,7 @@ class SessionRegistry:
         with self._lock:
             live = self.live.pop(record.id, None)
         if live is not None:
-            self.sandboxes.destroy(live.sandbox)
+            self._let_go(live)
         log.info("session %s ended: %s", record.id[:8], reason)
 
     def _sweep_reason(self, record: SessionRecord, live: LiveSession, check_health: bool = True

@@ -20,11 +20,42 @@ import pytest
 from conftest import unavailable, wait_until
 from flask import Flask
 
+from center import EXTENSION_KEY
+from client import Client, ForbiddenError, InvalidArgumentError
 from server.config import EgressSettings
+from server.egress.policy import parse_patterns
+from server.egress.proxy import Gate
 
 ALLOWED_PORT, OTHER_PORT = 8000, 8001
 PRIVATE_NAME = "private.egress-test.invalid"  # put in /etc/hosts by the test host, naming its private address
 BIG_BYTES = 3 * 1024 * 1024
+PACKAGE, PACKAGE_MODULE = "egress-test-pkg", "egress_test_pkg"  # on the test host's package index only
+PACKAGE_VALUE = "installed through the proxy"
+
+
+def build_index(folder: Path) -> None:
+    """A PEP 503 index at /simple/ holding one pure-Python wheel, built here (a wheel is a zip with a RECORD)."""
+    import base64
+    import hashlib
+    import zipfile
+
+    dist = f"{PACKAGE_MODULE}-1.0"
+    files = {f"{PACKAGE_MODULE}/__init__.py": f"VALUE = {PACKAGE_VALUE!r}\n".encode(),
+             f"{dist}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {PACKAGE}\nVersion: 1.0\n".encode(),
+             f"{dist}.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: test_egress\nRoot-Is-Purelib: true\n"
+                                        b"Tag: py3-none-any\n"}
+    record = "".join(
+        f"{name},sha256={base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()},{len(data)}\n"
+        for name, data in files.items()) + f"{dist}.dist-info/RECORD,,\n"
+    project = folder / "simple" / PACKAGE
+    project.mkdir(parents=True)
+    wheel = f"{dist}-py3-none-any.whl"
+    with zipfile.ZipFile(project / wheel, "w") as archive:
+        for name, data in {**files, f"{dist}.dist-info/RECORD": record.encode()}.items():
+            archive.writestr(name, data)
+    (project / "index.html").write_text(f'<!DOCTYPE html><html><body><a href="{wheel}">{wheel}</a></body></html>')
+    (folder / "simple" / "index.html").write_text(
+        f'<!DOCTYPE html><html><body><a href="{PACKAGE}/">{PACKAGE}</a></body></html>')
 
 
 class NamespaceHost:
@@ -46,6 +77,7 @@ class NamespaceHost:
 
         (self.folder / "hello.txt").write_text("hello from the test host\n")
         (self.folder / "big.bin").write_bytes(os.urandom(BIG_BYTES))
+        build_index(self.folder)
         run("ip", "netns", "add", self.netns)
         run("ip", "link", "add", self.host_end, "type", "veth", "peer", "name", self.node_end)
         run("ip", "link", "set", self.node_end, "netns", self.netns)
@@ -268,6 +300,30 @@ def test_the_byte_allowance_cuts_a_download_and_says_so(egress_app: Callable[...
     assert entry["bytes_in"] <= 1024 * 1024 + 65536
 
 
+def test_the_log_keeps_the_order_connections_came_in_whenever_they_end(tmp_path: Path) -> None:
+    """A refused connection that the program keeps open ends after one it closed at once: the run's
+    `network` still lists them as they were made (it listed them as they ended, out of order under load)."""
+    import socket
+
+    gate = Gate(str(tmp_path), parse_patterns(["example.com"]), 1 << 20, 8, (), lambda *_: None)
+    clients = []
+    try:
+        for address in ("10.0.0.1", "10.0.0.2"):
+            client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            client.connect(gate.path)
+            client.sendall(f"CONNECT {address}:9 HTTP/1.1\r\n\r\n".encode())
+            assert client.recv(100).startswith(b"HTTP/1.1 403")
+            clients.append(client)
+        clients[1].close()  # the second ends first; the first is let go by the gate's drain
+        log = gate.take_log(settle=10)
+        assert [entry["host"] for entry in log] == ["10.0.0.1", "10.0.0.2"], log
+        assert all("_ended" not in entry for entry in log)
+    finally:
+        for client in clients:
+            client.close()
+        gate.close()
+
+
 def test_egress_is_counted_in_the_metrics(egress_app: Callable[..., Flask], test_host: NamespaceHost) -> None:
     app = egress_app()
     run(app, FETCH.format(url=f"http://{test_host.address}:{OTHER_PORT}/"), [f"{test_host.address}:{ALLOWED_PORT}"])
@@ -275,18 +331,172 @@ def test_egress_is_counted_in_the_metrics(egress_app: Callable[..., Flask], test
     assert 'code_interpreter_egress_connections_total{outcome="refused"} 1.0' in metrics
 
 
-def test_sessions_say_they_do_not_reach_the_network_yet(egress_app: Callable[..., Flask],
-                                                        test_host: NamespaceHost) -> None:
-    client = egress_app().test_client()
-    allow = {"allow": [f"{test_host.address}:{ALLOWED_PORT}"]}
-    response = client.post("/sessions", json={"network": allow})
-    assert response.status_code == 400 and "one-shot" in response.get_json()["error"]
-    session = client.post("/sessions").get_json()["session_id"]
+class Cells:
+    """A session through a Flask test client: its cells and its network."""
+
+    def __init__(self, app: Flask, **create: Any) -> None:
+        self.client = app.test_client()
+        response = self.client.post("/sessions", json=create)
+        assert response.status_code == 201, response.get_data(as_text=True)
+        self.body = response.get_json()
+        self.id = self.body["session_id"]
+
+    def run(self, code: str) -> dict[str, Any]:
+        """One cell that must answer 200: its body."""
+        response = self.client.post(f"/sessions/{self.id}/runcode", json={"code": code, "timeout": 30})
+        assert response.status_code == 200, response.get_data(as_text=True)
+        return response.get_json()
+
+    def set_network(self, network: Any) -> tuple[int, dict[str, Any]]:
+        """PUT /sessions/<id>/network: (status, body)."""
+        response = self.client.put(f"/sessions/{self.id}/network", json=network)
+        return response.status_code, response.get_json()
+
+    def end(self) -> None:
+        """DELETE the session."""
+        assert self.client.delete(f"/sessions/{self.id}").status_code == 204
+
+
+PROXY_VARIABLES = "import os\nprint(sorted(k for k in os.environ if 'proxy' in k.lower()))\n"
+
+
+def test_a_session_opens_its_network_between_cells_then_locks_it_down(egress_app: Callable[..., Flask],
+                                                                       test_host: NamespaceHost) -> None:
+    target = f"{test_host.address}:{ALLOWED_PORT}"
+    fetch = FETCH.format(url=f"http://{target}/hello.txt")
+    tunnel = RAW + f"print('tunnel', ask(b'CONNECT {target} HTTP/1.1\\r\\n\\r\\n', wait=5))\n"
+    session = Cells(egress_app())
     try:
-        response = client.post(f"/sessions/{session}/runcode", json={"code": "1", "network": allow})
-        assert response.status_code == 400 and "one-shot" in response.get_json()["error"]
-        cell = client.post(f"/sessions/{session}/runcode",
-                           json={"code": "import os\nsorted(k for k in os.environ if 'proxy' in k.lower())"})
-        assert cell.get_json()["result"] == "[]"
+        assert session.body["network"] == {"allow": []}  # the default: nothing
+        cell = session.run(fetch + PROXY_VARIABLES)
+        assert "FAILED URLError" in cell["output"] and "[]" in cell["output"], cell["output"]
+        assert cell["network"] == []
+
+        status, body = session.set_network({"allow": [target]})  # open: install first...
+        assert status == 200 and body["network"] == {"allow": [target]}, body
+        cell = session.run(fetch)
+        assert cell["output"].strip() == "hello from the test host", cell
+        entry, = cell["network"]
+        assert entry["host"] == test_host.address and entry["allowed"] is True and entry["bytes_in"] > 25
+        assert session.client.get(f"/sessions/{session.id}").get_json()["network"] == {"allow": [target]}
+
+        status, body = session.set_network({"allow": []})  # ...then lock down
+        assert status == 200 and body["network"] == {"allow": []}
+        cell = session.run(fetch + PROXY_VARIABLES + tunnel)
+        lines = cell["output"].splitlines()
+        assert lines[0].startswith("FAILED URLError") and lines[1] == "[]", lines
+        # A program that finds the proxy port anyway is refused there: the gate follows the list too.
+        assert lines[2].startswith("tunnel HTTP/1.1 403"), lines
+        entry, = cell["network"]
+        assert entry["allowed"] is False and "allow-list" in entry["reason"]
+
+        response = session.client.post(f"/sessions/{session.id}/runcode",
+                                       json={"code": "1", "network": {"allow": [target]}})
+        assert response.status_code == 400 and "PUT /sessions/<id>/network" in response.get_json()["error"]
+        status, body = session.set_network({"allow": ["10.0.0.0/8"]})
+        assert status == 403 and "'10.0.0.0/8'" in body["error"], body
+        for network in ({"allow": ["exa mple.com"]}, {"allow": "pypi.org"}, ["pypi.org"], {}, None):
+            assert session.set_network(network)[0] == 400, network
+        assert session.client.get(f"/sessions/{session.id}").get_json()["network"] == {"allow": []}
+    finally:
+        session.end()
+    assert session.set_network({"allow": []})[0] == 410
+
+
+def test_a_session_created_with_a_network_has_one_byte_allowance_for_all_its_cells(
+        egress_app: Callable[..., Flask], test_host: NamespaceHost) -> None:
+    target = f"{test_host.address}:{ALLOWED_PORT}"
+    download = ("import urllib.request\ntry:\n"
+                f"    print(len(urllib.request.urlopen('http://{target}/big.bin', timeout=20).read()))\n"
+                "except Exception as e:\n    print('CUT', type(e).__name__)")
+    app = egress_app(max_bytes="4m")
+    session = Cells(app, network={"allow": [target]})
+    gate = app.extensions[EXTENSION_KEY].registry.live[session.id].gate
+    try:
+        assert session.body["network"] == {"allow": [target]}
+        cell = session.run(download)
+        assert cell["output"] == f"{BIG_BYTES}\n", cell  # 3 MiB of the session's 4
+        cell = session.run(download)
+        assert cell["output"].startswith("CUT"), cell["output"]
+        entry, = cell["network"]
+        assert "allowance of 4194304 bytes" in entry["reason"], entry
+    finally:
+        session.end()
+    # Its gate went with it: the socket, the listening thread and every connection's thread.
+    assert gate.closed and not os.path.exists(gate.path) and gate.listener.fileno() == -1
+    assert not gate.thread.is_alive() and not any(thread.is_alive() for thread in gate.serving)
+
+
+def test_a_center_without_egress_gives_sessions_no_network(make_app: Callable[..., Flask]) -> None:
+    client = make_app().test_client()
+    response = client.post("/sessions", json={"network": {"allow": ["pypi.org"]}})
+    assert response.status_code == 403 and "pypi.org" in response.get_json()["error"]
+    session = client.post("/sessions", json={"network": {"allow": []}}).get_json()["session_id"]
+    try:
+        response = client.put(f"/sessions/{session}/network", json={"allow": ["pypi.org"]})
+        assert response.status_code == 403
+        response = client.put(f"/sessions/{session}/network", json={"allow": []})
+        assert response.status_code == 200 and response.get_json()["network"] == {"allow": []}
+        cell = client.post(f"/sessions/{session}/runcode", json={"code": PROXY_VARIABLES}).get_json()
+        assert cell["output"] == "[]\n" and "network" not in cell, cell
     finally:
         client.delete(f"/sessions/{session}")
+
+
+def test_a_session_installs_a_package_from_the_index_then_locks_down(egress_app: Callable[..., Flask],
+                                                                     test_host: NamespaceHost) -> None:
+    target = f"{test_host.address}:{ALLOWED_PORT}"
+    app = egress_app(package_index=f"http://{target}/simple/")
+    session = Cells(app, network={"allow": [target]})
+    try:
+        cell = session.run(f"!pip install {PACKAGE}\nimport {PACKAGE_MODULE}\nprint({PACKAGE_MODULE}.VALUE)")
+        assert f"Successfully installed {PACKAGE}-1.0" in cell["output"], cell
+        assert cell["output"].endswith(f"{PACKAGE_VALUE}\n"), cell["output"]  # importable in the same cell
+        assert all(entry["allowed"] for entry in cell["network"]) and cell["network"], cell["network"]
+
+        assert session.set_network({"allow": []})[0] == 200  # locked down: what was installed stays
+        cell = session.run(f"import {PACKAGE_MODULE}\nprint({PACKAGE_MODULE}.__file__)\n%pip install requests-oauthlib")
+        assert cell["output"].startswith("/workspace/.local/lib/python3.11/site-packages/"), cell
+        assert "packages cannot be installed at run time: this run cannot reach the network" in cell["stderr"]
+        listing = session.client.get(f"/sessions/{session.id}/files?limit=10000").get_json()["files"]
+        assert any(f"/{PACKAGE_MODULE}/__init__.py" in file["path"] for file in listing), listing
+    finally:
+        session.end()
+
+
+def test_a_one_shot_run_installs_and_imports_in_one_program(egress_app: Callable[..., Flask],
+                                                            test_host: NamespaceHost) -> None:
+    target = f"{test_host.address}:{ALLOWED_PORT}"
+    app = egress_app(package_index=f"http://{target}/simple/")
+    code = ("import subprocess, sys\n"
+            f"subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', {PACKAGE!r}], check=True)\n"
+            f"import {PACKAGE_MODULE}\nprint({PACKAGE_MODULE}.VALUE)\n")
+    body = run(app, code, [target], timeout=60)
+    assert body["status"] == "ok" and body["output"] == f"{PACKAGE_VALUE}\n", body
+    assert body["files"] == {}, "what pip installed is not an output of the run"
+    # Without the index's host, pip reaches nothing, and the image's root file system was never written.
+    body = run(app, code, [], timeout=60)
+    assert body["status"] == "error" and "CalledProcessError" in body["error"], body
+
+
+def test_the_python_client_opens_a_run_and_a_session_and_locks_the_session_down(
+        live_server: Callable[..., str], test_host: NamespaceHost) -> None:
+    target = f"{test_host.address}:{ALLOWED_PORT}"
+    fetch = FETCH.format(url=f"http://{target}/hello.txt")
+    url = live_server(egress=EgressSettings(allow=(target,)), timeout_seconds=60)
+    with Client(url) as center:
+        result = center.run(fetch, network=[target])
+        assert result.stdout.strip() == "hello from the test host" and result.network[0]["allowed"] is True, result
+        with pytest.raises(ForbiddenError, match="10.0.0.0/8"):
+            center.run("1", network=["10.0.0.0/8"])
+        with center.session(network=[target]) as session:
+            assert session.info["network"] == {"allow": [target]}
+            assert session.run(fetch).stdout.strip() == "hello from the test host"
+            assert session.set_network([])["network"] == {"allow": []}
+            cell = session.run(fetch)
+            assert cell.stdout.startswith("FAILED URLError") and cell.network == [], cell
+            with pytest.raises(ForbiddenError):
+                session.set_network(["10.0.0.0/8"])
+            with pytest.raises(InvalidArgumentError, match="list of hosts"):
+                session.set_network(target)  # type: ignore[arg-type]  # the slip the client names
+

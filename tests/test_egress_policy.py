@@ -143,3 +143,26 @@ def test_authorities_split_with_their_default_port() -> None:
     assert split_authority("EXAMPLE.com.:8080", None) == ("example.com", 8080)
     with pytest.raises(Refusal):
         split_authority(":80", None)
+
+
+def test_a_sessions_stored_allow_list_is_held_to_todays_ceiling() -> None:
+    """The operator narrowed egress.allow and restarted: a session keeps only what the ceiling still holds."""
+    from models import SessionRecord
+    from server.session_registry import SessionRegistry, stored_network
+
+    config = parse_config({"egress": {"allow": ["pypi.org", "*.pythonhosted.org"]}})
+    registry = SessionRegistry(config, None, None, None)  # type: ignore[arg-type]  # network_of reads the config only
+    record = SessionRecord(id="s", network=stored_network(parse_patterns(["pypi.org", "10.0.0.1", "api.example.com"])))
+    assert [pattern.text for pattern in registry.network_of(record)] == ["pypi.org"]
+    assert registry.network_of(SessionRecord(id="s", network=None)) == ()
+    assert registry.network_of(SessionRecord(id="s", network="{not json")) == ()
+
+
+def test_an_http_package_index_is_trusted_by_pip_and_an_https_one_needs_nothing() -> None:
+    from sandbox.contract import egress_environment
+
+    plain = egress_environment("http://10.1.2.3:8000/simple/")
+    assert plain["PIP_INDEX_URL"] == "http://10.1.2.3:8000/simple/" and plain["PIP_TRUSTED_HOST"] == "10.1.2.3:8000"
+    secure = egress_environment("https://pypi.org/simple/")
+    assert "PIP_TRUSTED_HOST" not in secure and secure["HTTPS_PROXY"] == "http://127.0.0.1:3128"
+    assert "PIP_INDEX_URL" not in egress_environment()

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,6 +26,7 @@ from center import EXTENSION_KEY
 from center import make_server as make_waitress_server
 from models import CenterRecord
 from server.api.forwarding import FORWARDED_HEADER
+from server.config import EgressSettings
 from server.services import Services
 
 TOKEN = "forwarding-token"
@@ -64,22 +66,56 @@ class Center:
         return self.app.extensions[EXTENSION_KEY]
 
 
-@pytest.fixture
-def two_centers(make_app: Callable[..., Flask], tmp_path) -> Iterator[tuple[Center, Center]]:
+def start_pair(make_app: Callable[..., Flask], tmp_path: Path, **overrides: Any) -> list[Center]:
     """Centers A and B on one SQLite file, each advertising its own address (the shared pool serves both)."""
     database = f"sqlite:///{tmp_path / 'shared.db'}"
     centers = []
     for name in ("a", "b"):
         port = free_port()
         app = make_app(database_url=database, deployment=f"pytest-forward-{name}", auth_tokens=(TOKEN,),
-                       advertise_url=f"http://127.0.0.1:{port}")
+                       advertise_url=f"http://127.0.0.1:{port}", **overrides)
         center = Center(app, make_waitress_server(app, app.extensions[EXTENSION_KEY].config, port=port),
                         f"http://127.0.0.1:{port}", threading.Event())
         center.start()
         centers.append(center)
+    return centers
+
+
+@pytest.fixture
+def two_centers(make_app: Callable[..., Flask], tmp_path: Path) -> Iterator[tuple[Center, Center]]:
+    """Centers A and B (start_pair)."""
+    centers = start_pair(make_app, tmp_path)
     yield centers[0], centers[1]
     for center in centers:
         center.stop()
+
+
+def test_a_forwarded_session_keeps_its_network_and_either_center_changes_it(make_app: Callable[..., Flask],
+                                                                            tmp_path: Path) -> None:
+    """The allow-list is in the shared database; its gate is at the center holding the sandbox."""
+    a, b = start_pair(make_app, tmp_path, egress=EgressSettings(allow=("pypi.org", "files.pythonhosted.org")))
+    try:
+        created = requests.post(f"{a.url}/sessions", json={"network": {"allow": ["pypi.org"]}}, headers=AUTH,
+                                timeout=60)
+        assert created.status_code == 201, created.text
+        session_id = created.json()["session_id"]
+        through_b = f"{b.url}/sessions/{session_id}"
+        assert requests.get(through_b, headers=AUTH, timeout=30).json()["network"] == {"allow": ["pypi.org"]}
+        proxy = {"code": "import os\nos.environ.get('HTTPS_PROXY')"}
+        cell = requests.post(f"{through_b}/runcode", json=proxy, headers=AUTH, timeout=60).json()
+        assert cell["result"] == "'http://127.0.0.1:3128'" and cell["network"] == [], cell
+
+        changed = requests.put(f"{through_b}/network", json={"allow": []}, headers=AUTH, timeout=30)
+        assert changed.status_code == 200 and changed.json()["network"] == {"allow": []}, changed.text
+        assert a.services.registry.live[session_id].gate.allow == ()  # A's gate follows at once
+        cell = requests.post(f"{through_b}/runcode", json=proxy, headers=AUTH, timeout=60).json()
+        assert cell["result"] is None, cell
+        refused = requests.put(f"{through_b}/network", json={"allow": ["example.com"]}, headers=AUTH, timeout=30)
+        assert refused.status_code == 403 and "example.com" in refused.json()["error"]
+        assert requests.delete(through_b, headers=AUTH, timeout=60).status_code == 204
+    finally:
+        for center in (a, b):
+            center.stop()
 
 
 def test_a_session_on_one_center_is_used_through_the_other(two_centers: tuple[Center, Center]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import signal
 import threading
 import time
@@ -17,7 +18,9 @@ import requests
 from conftest import CenterProcess, containers_of, wait_until
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import create_engine, text
 
+import models
 import server.session_registry as sessions
 from center import EXTENSION_KEY
 from server.errors import Gone
@@ -383,6 +386,37 @@ def test_a_session_deleted_while_its_files_are_listed_answers_410_not_502(client
     response = client.get(f"/sessions/{session.id}/files", headers=TOKEN)
     assert response.status_code == 410, response.get_json()
     assert "deleted by its owner" in response.get_json()["error"]
+
+
+def test_a_registry_from_before_session_networks_gains_the_column_and_keeps_its_sessions(
+        database_url: str) -> None:
+    """A database made by the version before sessions' egress has a sessions table without `network`:
+    create_tables adds it (twice is harmless), and the rows stay."""
+    schema = f"migration_{os.getpid()}"
+    options: dict[str, Any] = {}
+    if database_url.startswith("postgresql"):  # a schema of its own: the shared test database is not touched
+        with create_engine(database_url).begin() as connection:
+            connection.execute(text(f"CREATE SCHEMA {schema}"))
+        options = {"connect_args": {"options": f"-csearch_path={schema}"}}
+    engine = create_engine(database_url, **options)
+    try:
+        models.create_tables(engine)
+        with engine.begin() as connection:
+            connection.execute(text("ALTER TABLE sessions DROP COLUMN network"))
+            connection.execute(text(
+                "INSERT INTO sessions (id, owner, node, container_id, socket_dir, program_uid, idle_timeout, "
+                "execution_count, created_at, last_active_at, lifetime_ends_at, dead) VALUES ('old', '', 'n', "
+                "'c', '/s', 61000, 60, 3, :t, :t, :t, :f)"), {"t": sessions.now(), "f": False})
+        models.create_tables(engine)
+        models.create_tables(engine)
+        with engine.connect() as connection:
+            row = connection.execute(text("SELECT execution_count, network FROM sessions WHERE id = 'old'")).one()
+        assert tuple(row) == (3, None)
+    finally:
+        engine.dispose()
+        if database_url.startswith("postgresql"):
+            with create_engine(database_url).begin() as connection:
+                connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
 
 
 def test_the_idle_sweep_spares_a_session_used_while_it_sweeps(client: FlaskClient,

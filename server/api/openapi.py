@@ -123,19 +123,7 @@ def _schemas(egress_open: bool | None = None) -> dict[str, Any]:
                     },
                     "examples": [[{"path": "data.csv", "content_base64": "YSxiCjEsMgo="}]],
                 },
-                "network": {
-                    "type": "object", "required": ["allow"], "additionalProperties": False,
-                    "description": (
-                        "What the program may reach through the center's egress proxy (one-shot runs; see the "
-                        "docs' Egress page): hosts, `*.domain`, `host:port`, IP addresses or CIDR blocks, `*` "
-                        "(any public host); ports 80 and 443 unless one is named. Each entry must lie within "
-                        "the operator's `egress.allow`, else a 403 naming it; a malformed one is a 400. "
-                        "Absent: the operator's `egress.default` (none unless configured)."
-                    ),
-                    "properties": {"allow": {"type": "array", "maxItems": 0} if egress_open is False else {
-                        "type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 300}}},
-                    "examples": [{"allow": ["pypi.org", "*.pythonhosted.org"]}],
-                },
+                "network": _ref("schemas", "Network"),
                 "inline": {
                     "type": "boolean", "default": False,
                     "description": (
@@ -425,6 +413,23 @@ STREAMED = {
 }
 
 
+def network_schema(egress_open: bool | None) -> dict[str, Any]:
+    """`network`: an allow-list, as a one-shot run, a new session and PUT /sessions/<id>/network take it."""
+    return {
+        "type": "object", "required": ["allow"], "additionalProperties": False,
+        "description": (
+            "What the program may reach through the center's egress proxy (see the docs' Egress page): hosts, "
+            "`*.domain`, `host:port`, IP addresses or CIDR blocks, `*` (any public host); ports 80 and 443 "
+            "unless one is named. Each entry must lie within the operator's `egress.allow`, else a 403 naming "
+            "it; a malformed one is a 400. Absent on a run or a new session: the operator's `egress.default` "
+            "(none unless configured). `{\"allow\": []}` closes it."
+        ),
+        "properties": {"allow": {"type": "array", "maxItems": 0} if egress_open is False else {
+            "type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 300}}},
+        "examples": [{"allow": ["pypi.org", "*.pythonhosted.org"]}],
+    }
+
+
 def _run_responses(*, with_body: bool, egress_open: bool | None = False) -> dict[str, Any]:
     finished = [s for s in STATUSES if s != "timeout"]
     responses: dict[str, Any] = {
@@ -566,9 +571,14 @@ def _stored_path(kind: str) -> dict[str, Any]:
     }
 
 
-def _session_schemas() -> dict[str, Any]:
+def _session_schemas(egress_open: bool | None) -> dict[str, Any]:
     timestamp = {"type": "string", "format": "date-time"}
     return {
+        "Network": network_schema(egress_open),
+        "CellRequest": {
+            "description": "A cell: a run request without `network` (a cell reaches what its session may).",
+            "allOf": [_ref("schemas", "RunRequest"), {"not": {"required": ["network"]}}],
+        },
         "Session": {
             "type": "object",
             "description": "A session: one sandbox kept alive for its owner's cells.",
@@ -582,14 +592,19 @@ def _session_schemas() -> dict[str, Any]:
                                                            "last use, or the end of its maximum lifetime."},
                 "idle_timeout": {"type": "number", "description": "Seconds of idleness that end it."},
                 "execution_count": {"type": "integer", "description": "Cells run so far."},
+                "network": {**_ref("schemas", "Network"),
+                            "description": "What its cells may reach (within today's `egress.allow`)."},
             },
         },
         "SessionCreate": {
             "type": ["object", "null"],
-            "properties": {"idle_timeout": {
-                "type": "number", "exclusiveMinimum": 0,
-                "description": "Seconds of idleness that end the session; can only lower the server's "
-                               "`session_idle_timeout_seconds`."}},
+            "properties": {
+                "idle_timeout": {
+                    "type": "number", "exclusiveMinimum": 0,
+                    "description": "Seconds of idleness that end the session; can only lower the server's "
+                                   "`session_idle_timeout_seconds`."},
+                "network": _ref("schemas", "Network"),
+            },
         },
         "CellResult": {
             "allOf": [_ref("schemas", "RunResult"), {
@@ -621,7 +636,7 @@ def _session_schemas() -> dict[str, Any]:
     }
 
 
-def _session_paths(security: list[dict[str, list[str]]]) -> dict[str, Any]:
+def _session_paths(security: list[dict[str, list[str]]], egress_open: bool | None) -> dict[str, Any]:
     session_id = {"name": "session_id", "in": "path", "required": True, "schema": {"type": "string"},
                   "description": "The id `POST /sessions` gave."}
     found = {"401": _ref("responses", "Unauthorized"), "404": _ref("responses", "NotFound"),
@@ -634,6 +649,8 @@ def _session_paths(security: list[dict[str, list[str]]]) -> dict[str, Any]:
         return {"tags": ["sessions"], "operationId": operation_id, "summary": summary, "security": security,
                 "responses": {**responses, **found}, **more}
 
+    beyond = ({"403": _error_response("An entry of `network.allow` is not within the server's `egress.allow`; "
+                                      "the error names it.")} if egress_open is not False else {})
     cell_responses = _run_responses(with_body=True)
     cell_responses["200"] = json_answer("The cell ran (whatever its own outcome); streamed with `Accept: "
                                         "application/x-ndjson` or `text/event-stream` (see StreamEvent).", "CellResult")
@@ -650,10 +667,19 @@ def _session_paths(security: list[dict[str, list[str]]]) -> dict[str, Any]:
             "responses": {
                 "201": {**json_answer("The new session.", "Session"),
                         "headers": {"Location": {"description": "`/sessions/<id>`", "schema": {"type": "string"}}}},
-                "400": _ref("responses", "BadRequest"), "401": _ref("responses", "Unauthorized"),
+                "400": _ref("responses", "BadRequest"), "401": _ref("responses", "Unauthorized"), **beyond,
                 "502": _ref("responses", "BadGateway"), "503": _ref("responses", "ServiceUnavailable"),
             },
         }},
+        "/sessions/{session_id}/network": {
+            "parameters": [session_id],
+            "put": operation("setSessionNetwork", "Change what the session may reach, between cells (install "
+                             "first, then lock down); connections from then on follow it",
+                             {"200": json_answer("The session, with its new `network`.", "Session"),
+                              "400": _ref("responses", "BadRequest"), **beyond},
+                             requestBody={"required": True, "content": {"application/json": {
+                                 "schema": _ref("schemas", "Network")}}}),
+        },
         "/sessions/{session_id}": {
             "parameters": [session_id],
             "get": operation("getSession", "The session's state", {"200": json_answer("The session.", "Session")}),
@@ -665,7 +691,7 @@ def _session_paths(security: list[dict[str, list[str]]]) -> dict[str, Any]:
             "post": operation("runCell", "Run a cell (Python or bash) in the session", cell_responses,
                               parameters=[INLINE_PARAMETER],
                               requestBody={"required": True, "content": {"application/json": {
-                                  "schema": _ref("schemas", "RunRequest")}}}),
+                                  "schema": _ref("schemas", "CellRequest")}}}),
         },
         "/sessions/{session_id}/files": {
             "parameters": [session_id],
@@ -744,7 +770,7 @@ def openapi_document(*, auth_required: bool | None = None, egress_open: bool | N
         ],
         "paths": {
             "/runcode": _run_paths(security, egress_open),
-            **_session_paths(security),
+            **_session_paths(security, egress_open),
             "/image/{filename}": _stored_path("image"),
             "/file/{filename}": _stored_path("file"),
             "/healthz": {"get": {
@@ -778,7 +804,7 @@ def openapi_document(*, auth_required: bool | None = None, egress_open: bool | N
             }},
         },
         "components": {
-            "schemas": {**_schemas(egress_open), **_session_schemas()},
+            "schemas": {**_schemas(egress_open), **_session_schemas(egress_open)},
             "responses": _responses(),
             "headers": _headers(),
             "securitySchemes": {

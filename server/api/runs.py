@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from contextlib import ExitStack
+from dataclasses import replace
 from typing import Any, NamedTuple
 
 from flask import Response, g, request
@@ -33,14 +34,16 @@ class EncodedRun(NamedTuple):
     network: tuple[Pattern, ...]  # what the run may reach through the egress proxy; (): nothing
 
 
-def _parse_body(svc: Services, cell: bool) -> EncodedRun:
-    """The validated request, encoded at once: nothing parsed outlives this call. A session's `cell` takes no
-    `network` (a session's egress is not built yet: it gets none, and a cell that asks is told so)."""
+def _parse_body(svc: Services, session_network: tuple[Pattern, ...] | None) -> EncodedRun:
+    """The validated request, encoded at once: nothing parsed outlives this call. A session's cell
+    (`session_network` not None) reaches what its session may, and takes no `network` of its own."""
     fields: Any = json_body() if request.method == "POST" else request.args.to_dict()
-    if cell and isinstance(fields, dict):
-        refuse_session_network(fields.get("network"))
+    if session_network is not None and isinstance(fields, dict):
+        refuse_cell_network(fields.get("network"))
         fields = {**fields, "network": {"allow": []}}
     run = parse_run_request(fields, svc.config)
+    if session_network is not None:
+        run = replace(run, network=session_network)
     inline = run.inline or parse_flag(request.args.get("inline"), "inline")
     svc.sandboxes.warm_up.note(run.language, run.code)
     try:
@@ -54,18 +57,19 @@ def _parse_body(svc: Services, cell: bool) -> EncodedRun:
     return EncodedRun(run.language, run.timeout, job, inline, run.network)
 
 
-def refuse_session_network(network: Any) -> None:
-    """BadRequest when a session (or its cell) asks for the network: sessions do not reach it yet."""
-    if network not in (None, {"allow": []}):
-        raise BadRequest("sessions do not reach the network yet: 'network' is for one-shot runs (POST /runcode)")
+def refuse_cell_network(network: Any) -> None:
+    """BadRequest when a cell names a network of its own: a session's is set for the session."""
+    if network is not None:
+        raise BadRequest("a cell reaches what its session may: set it with PUT /sessions/<id>/network "
+                         "(or 'network' when creating the session)")
 
 
-def read_run_request(svc: Services, cell: bool = False) -> EncodedRun:
-    """Parse and validate the request (a one-shot run's, or a session's `cell`) within the body budget, so
-    that concurrent large bodies cannot together take the center's memory; the parsed form is let go before
-    the run."""
+def read_run_request(svc: Services, session_network: tuple[Pattern, ...] | None = None) -> EncodedRun:
+    """Parse and validate the request (a one-shot run's, or a session's cell when `session_network` is given)
+    within the body budget, so that concurrent large bodies cannot together take the center's memory; the
+    parsed form is let go before the run."""
     with svc.body_budget.reserve(request.content_length or 0, svc.config.queue_wait_seconds):
-        run = _parse_body(svc, cell)
+        run = _parse_body(svc, session_network)
     if len(run.job) > MAX_JOB_BYTES:
         raise PayloadTooLarge(f"the program and its variables take {len(run.job)} bytes once encoded, "
                               f"over the sandbox's limit of {MAX_JOB_BYTES}")

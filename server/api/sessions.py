@@ -20,10 +20,10 @@ from server.api.answers import answer_report
 from server.api.forwarding import forward_if_elsewhere
 from server.api.http import guarded_blueprint, json_body
 from server.api.outputs import attachment
-from server.api.runs import read_run_request, refuse_session_network
+from server.api.runs import read_run_request
 from server.api.streaming import RunInThread, requested_format, stream_answer
 from server.errors import BadRequest, PayloadTooLarge
-from server.run_requests import workspace_path
+from server.run_requests import parse_network, workspace_path
 from server.services import close_db_session, db_session, services
 from server.spool import spool
 
@@ -88,10 +88,23 @@ def create_session() -> tuple[Response, int, dict[str, str]]:
     """POST /sessions: a new session of the caller's, 201 with its description and Location."""
     svc = services()
     body = _json_object()
-    refuse_session_network(body.get("network"))
     idle_timeout = _idle_timeout(body)
-    record = svc.registry.create(db_session(), g.owner, idle_timeout)
+    network = parse_network(body.get("network"), svc.config.egress)
+    record = svc.registry.create(db_session(), g.owner, idle_timeout, network)
     return jsonify(svc.registry.describe(record)), 201, {"Location": f"/sessions/{record.id}"}
+
+
+@blueprint.put("/sessions/<session_id>/network")
+def set_network(session_id: str) -> Response:
+    """PUT /sessions/<id>/network {"allow": [...]}: what the session may reach from its next connection on
+    (install first, then lock down); 200 with the session."""
+    svc = services()
+    record = owned_session(session_id)
+    body = _json_object()
+    if not body:
+        raise BadRequest("send the allow-list as {\"allow\": [...]} ({\"allow\": []} closes the network)")
+    network = parse_network(body, svc.config.egress)
+    return jsonify(svc.registry.describe(svc.registry.set_network(db_session(), record, network)))
 
 
 @blueprint.get("/sessions/<session_id>")
@@ -113,7 +126,7 @@ def run_cell(session_id: str) -> tuple[Response, int]:
     """POST /sessions/<id>/runcode: one cell in the session's interpreter (409 while another runs)."""
     svc = services()
     record = owned_session(session_id)
-    run = read_run_request(svc, cell=True)
+    run = read_run_request(svc, svc.registry.network_of(record))
     fmt = requested_format()
     if fmt is not None:
         cell = RunInThread(lambda listener: svc.registry.run_cell(record, run.job, run.timeout, listener))

@@ -34,6 +34,7 @@ MAX_REQUEST_LINE_BYTES = 8 * 1024
 CONNECT_SECONDS = 10.0
 IDLE_SECONDS = 120.0  # a connection with no byte either way for this long is closed
 CLOSE_SECONDS = 10.0  # for the connections' threads to end once their sockets are shut
+SETTLE_SECONDS = 2.0  # after a cell, for its connections to end and be listed with it
 DRAIN_SECONDS = 2.0  # after a refusal, for the rest of what the client sends
 MAX_LOG_ENTRIES = 100
 MAX_LOGGED_HOST_CHARS = 255  # per run or cell, as the result body's `network` holds them
@@ -42,6 +43,14 @@ GATE_SOCKET_NAME = "egress.sock"
 # Headers about the hop to the proxy, not for the origin.
 HOP_HEADERS = frozenset({b"proxy-connection", b"proxy-authorization", b"connection", b"keep-alive", b"te",
                          b"trailer", b"upgrade"})
+
+
+ENDED = "_ended"  # in a log entry while it waits to be taken: the connection has ended
+
+
+def new_entry() -> dict[str, Any]:
+    """A connection's log entry before anything is known of it."""
+    return {"host": "", "port": 0, "allowed": False, "reason": "", "bytes_out": 0, "bytes_in": 0}
 
 
 class Refusal(Exception):
@@ -101,11 +110,23 @@ class Gate:
         with self.lock:
             self.allow = allow
 
-    def take_log(self) -> list[dict[str, Any]]:
-        """The connections since the last call (at most MAX_LOG_ENTRIES, then one saying how many more)."""
+    def take_log(self, settle: float = 0.0) -> list[dict[str, Any]]:
+        """The connections that ended since the last call, in the order they were made (at most
+        MAX_LOG_ENTRIES, then one saying how many more); those still open are listed by a later call.
+
+        `settle`: wait up to that long for connections under way to end (a session's cell has ended: its
+        connections end a moment later, once the agent has closed them)."""
+        deadline = time.monotonic() + settle
         with self.lock:
-            entries, dropped = self.usage.entries, self.usage.dropped
-            self.usage.entries, self.usage.dropped = [], 0
+            serving = list(self.serving)
+        for thread in serving:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        with self.lock:
+            entries, open_ones = [], []
+            for entry in self.usage.entries:
+                (entries if entry.pop(ENDED, False) else open_ones).append(entry)
+            self.usage.entries = open_ones
+            dropped, self.usage.dropped = self.usage.dropped, 0
         if dropped:
             entries.append({"host": "", "port": 0, "allowed": False, "bytes_out": 0, "bytes_in": 0,
                             "reason": f"{dropped} more connections, not listed"})
@@ -144,7 +165,10 @@ class Gate:
             if refused:
                 self._refuse_now(client)
                 continue
-            thread = threading.Thread(target=self._serve, args=(client,), name="egress-connection", daemon=True)
+            entry = new_entry()
+            self._log(entry)  # its place in the log is the order it came in, whenever it ends
+            thread = threading.Thread(target=self._serve, args=(client, entry), name="egress-connection",
+                                      daemon=True)
             with self.lock:
                 self.serving = [alive for alive in self.serving if alive.is_alive()] + [thread]
             thread.start()
@@ -158,8 +182,7 @@ class Gate:
             pass
         client.close()
         self.on_connection("refused", 0, 0)
-        self._log({"host": "", "port": 0, "allowed": False, "bytes_out": 0, "bytes_in": 0,
-                   "reason": f"more than {self.max_connections} connections at once"})
+        self._log({**new_entry(), "reason": f"more than {self.max_connections} connections at once", ENDED: True})
 
     def _log(self, entry: dict[str, Any]) -> None:
         with self.lock:
@@ -168,8 +191,7 @@ class Gate:
             else:
                 self.usage.dropped += 1
 
-    def _serve(self, client: socket.socket) -> None:
-        entry: dict[str, Any] = {"host": "", "port": 0, "allowed": False, "reason": "", "bytes_out": 0, "bytes_in": 0}
+    def _serve(self, client: socket.socket, entry: dict[str, Any]) -> None:
         upstream: socket.socket | None = None
         outcome = "refused"
         try:
@@ -214,7 +236,8 @@ class Gate:
                         self.open.discard(sock)
                     sock.close()
             self.on_connection(outcome, entry["bytes_out"], entry["bytes_in"])
-            self._log(entry)
+            with self.lock:
+                entry[ENDED] = True
 
     def _checked_address(self, request: Request, allow: tuple[Pattern, ...]) -> Address:
         """The address to connect to, resolved here and checked against the allow-list; Refusal (403) if none."""
