@@ -28,6 +28,7 @@ from server.egress.proxy import Gate
 
 ALLOWED_PORT, OTHER_PORT = 8000, 8001
 PRIVATE_NAME = "private.egress-test.invalid"  # put in /etc/hosts by the test host, naming its private address
+LOOPBACK_NAME = "loopback.egress-test.invalid"  # and this one naming 127.0.0.1, where the center listens
 BIG_BYTES = 3 * 1024 * 1024
 PACKAGE, PACKAGE_MODULE = "egress-test-pkg", "egress_test_pkg"  # on the test host's package index only
 PACKAGE_VALUE = "installed through the proxy"
@@ -103,12 +104,12 @@ class NamespaceHost:
 
         assert wait_until(listening, 30), "the test host's servers did not start"
         with open("/etc/hosts", "a") as hosts:
-            hosts.write(f"{self.address} {PRIVATE_NAME}\n")
+            hosts.write(f"{self.address} {PRIVATE_NAME}\n127.0.0.1 {LOOPBACK_NAME}\n")
 
     def stop(self) -> None:
         hosts = Path("/etc/hosts")
         hosts.write_text("".join(line for line in hosts.read_text().splitlines(keepends=True)
-                                 if PRIVATE_NAME not in line))
+                                 if PRIVATE_NAME not in line and LOOPBACK_NAME not in line))
         for server in self.servers:
             server.kill()
             server.wait(10)
@@ -213,6 +214,8 @@ def test_a_port_not_listed_and_internal_addresses_are_refused_with_a_reason(egre
                "http://169.254.169.254/latest/meta-data/",  # the metadata address
                f"http://{PRIVATE_NAME}:{OTHER_PORT}/hello.txt",  # an allowed name resolving to a private address
                "http://[::ffff:127.0.0.1]/",  # loopback, as an IPv4-mapped IPv6 address
+               "http://[::1]/",  # IPv6 loopback
+               f"http://{LOOPBACK_NAME}/",  # a name `*` covers, resolving to loopback (where the center listens)
                f"http://{test_host.gateway}/"]  # the center's own address
     code = "".join(FETCH.format(url=url) for url in targets)
     body = run(app, code, [f"{test_host.address}:{ALLOWED_PORT}", "*", f"{PRIVATE_NAME}:{OTHER_PORT}"])
@@ -259,7 +262,7 @@ def test_hostile_requests_to_the_proxy_are_refused_and_leave_nothing_behind(egre
         "t = time.monotonic(); s = socket.create_connection(('127.0.0.1', 3128)); s.sendall(b'CONN')",
         "print('slow', s.recv(100).split(b'\\r\\n')[0].decode(), round(time.monotonic() - t))",
         "many = []",
-        "for _ in range(150):",
+        "for _ in range(1000):",  # the program's own descriptor limit (256) ends it first
         "    try: many.append(socket.create_connection(('127.0.0.1', 3128), timeout=5))",
         "    except OSError: break",
         "time.sleep(1)",
