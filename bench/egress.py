@@ -3,11 +3,11 @@
 Usage (after `make test` or `python3 build.py` has built the image):
     python3 bench/egress.py [--rounds 5] [--megabytes 50] [--requests 50] [--runtime runc|crun|runsc]
 
-A plain HTTP server on this machine's loopback serves a file of `--megabytes` and a tiny one. In the same
-process, alternated round by round:
+A plain HTTP server on this machine's own address (not loopback: the sandbox's loopback is its own)
+serves a file of `--megabytes` and a tiny one. In the same process, alternated round by round:
 - direct: this process downloads the file, and fetches the tiny one `--requests` times in a row
   (a new connection each, as a program's proxy connections are);
-- through the proxy: a session of a center of its own (allowed 127.0.0.1:PORT literally) runs the same
+- through the proxy: a session of a center of its own (allowed ADDRESS:PORT literally) runs the same
   code, timed inside the sandbox, so the center's HTTP and the interpreter's start are not counted.
 It prints the throughput of each, their ratio (goal: at least 0.5), and the added latency of one small
 request (goal: under 5 ms). Nothing is asserted.
@@ -21,6 +21,7 @@ import http.server
 import json
 import os
 import platform
+import socket
 import statistics
 import sys
 import tempfile
@@ -53,9 +54,16 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
         """Nothing."""
 
 
-def serve(folder: str) -> tuple[http.server.ThreadingHTTPServer, int]:
-    """A threaded file server on 127.0.0.1 (a free port), serving `folder`."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=folder))
+def own_address() -> str:
+    """This machine's address on its default route (no packet is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("10.255.255.255", 9))
+        return probe.getsockname()[0]
+
+
+def serve(folder: str, address: str) -> tuple[http.server.ThreadingHTTPServer, int]:
+    """A threaded file server on `address` (a free port), serving `folder`."""
+    server = http.server.ThreadingHTTPServer((address, 0), functools.partial(QuietHandler, directory=folder))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, server.server_address[1]
 
@@ -76,16 +84,19 @@ def main() -> None:
     parser.add_argument("--megabytes", type=int, default=50)
     parser.add_argument("--requests", type=int, default=50)
     parser.add_argument("--runtime", default="runc")
+    parser.add_argument("--cpus", default="1", help="the sandbox's CPU limit (its program and agent share it)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         Path(folder, "big.bin").write_bytes(os.urandom(args.megabytes * 1024 * 1024))
         Path(folder, "tiny.txt").write_text("ok\n")
-        server, port = serve(folder)
-        target = f"127.0.0.1:{port}"
+        address = own_address()
+        server, port = serve(folder, address)
+        target = f"{address}:{port}"
         urls = {"big": f"http://{target}/big.bin", "tiny": f"http://{target}/tiny.txt", "count": args.requests}
         on_host = MEASURE.format(proxy="urllib.request.ProxyHandler({})", **urls)
         in_sandbox = MEASURE.format(proxy="", **urls)  # the sandbox's proxy variables
-        settings = {"egress": {"allow": [target], "max_bytes": "100g", "max_connections": 64}, "timeout_seconds": 300}
+        settings = {"egress": {"allow": [target], "max_bytes": "100g", "max_connections": 64}, "timeout_seconds": 300,
+                    "resource_limits": {"cpus": args.cpus}}
         measured: dict[str, list[dict]] = {"direct": [], "proxy": []}
         with running_center(args.runtime, 1, **settings) as url:
             session = requests.post(f"{url}/sessions", json={"network": {"allow": [target]}}, timeout=120).json()
@@ -103,7 +114,8 @@ def main() -> None:
         server.shutdown()
     rates = {side: statistics.median(m["mb_per_s"] for m in runs) for side, runs in measured.items()}
     small = {side: statistics.median(ms for m in runs for ms in m["small_ms"]) for side, runs in measured.items()}
-    print(f"egress proxy, {args.runtime}, {platform.node()}, {os.cpu_count()} CPUs; {args.rounds} rounds, "
+    print(f"egress proxy, {args.runtime}, sandbox cpus {args.cpus}, {platform.node()}, {os.cpu_count()} CPUs; "
+          f"{args.rounds} rounds, "
           f"{args.megabytes} MB and {args.requests} small requests each")
     print(f"  download     direct {rates['direct']:8.1f} MB/s   proxy {rates['proxy']:8.1f} MB/s   "
           f"ratio {rates['proxy'] / rates['direct']:.2f} (goal >= 0.5)")

@@ -38,7 +38,7 @@ SETTLE_SECONDS = 2.0  # after a cell, for its connections to end and be listed w
 DRAIN_SECONDS = 2.0  # after a refusal, for the rest of what the client sends
 MAX_LOG_ENTRIES = 100
 MAX_LOGGED_HOST_CHARS = 255  # per run or cell, as the result body's `network` holds them
-CHUNK = 65536
+CHUNK = 256 * 1024  # read at once, and most waiting for one side (a download's pace is set by its reader)
 GATE_SOCKET_NAME = "egress.sock"
 # Headers about the hop to the proxy, not for the origin.
 HOP_HEADERS = frozenset({b"proxy-connection", b"proxy-authorization", b"connection", b"keep-alive", b"te",
@@ -257,26 +257,35 @@ class Gate:
         return verdict.address
 
     def _relay(self, client: socket.socket, upstream: socket.socket, first: bytes, entry: dict[str, Any]) -> str:
-        """Bytes both ways until either side ends; "" then, else why the gate cut the connection."""
+        """Bytes both ways until the origin is done (or both sides are); "" then, else why the gate cut it.
+
+        Non-blocking, with at most CHUNK bytes waiting for each side: what is read goes straight on when
+        the other side takes it, and a side is watched only for what can happen next (a side that sent its
+        end is not watched for reading again: its end stays readable, and would spin this loop).
+        """
         for sock in (client, upstream):
             sock.setblocking(False)
         pending = {upstream: bytearray(first), client: bytearray()}  # bytes waiting to be written to each
         peer = {client: upstream, upstream: client}
+        counter = {client: "bytes_out", upstream: "bytes_in"}
         ended: set[socket.socket] = set()  # sides that sent their end
+        watched = {client: 0, upstream: 0}
         with selectors.DefaultSelector() as selector:
-            for sock in (client, upstream):
-                selector.register(sock, selectors.EVENT_READ)
             last = time.monotonic()
             while True:
-                for sock in (client, upstream):
-                    events = (0 if sock in ended or len(pending[peer[sock]]) >= CHUNK else selectors.EVENT_READ) | (
-                        selectors.EVENT_WRITE if pending[sock] else 0)
-                    if events:
-                        selector.modify(sock, events)
-                    else:
-                        selector.modify(sock, selectors.EVENT_READ)  # keep it registered; a read of b"" ends it
-                if len(ended) == 2 and not pending[client] and not pending[upstream]:
+                if upstream in ended and not pending[client]:  # the origin is done, and all it sent is through
                     return ""
+                for sock in (client, upstream):
+                    events = (selectors.EVENT_READ if sock not in ended and len(pending[peer[sock]]) < CHUNK else 0) \
+                        | (selectors.EVENT_WRITE if pending[sock] else 0)
+                    if events != watched[sock]:
+                        if not watched[sock]:
+                            selector.register(sock, events)
+                        elif events:
+                            selector.modify(sock, events)
+                        else:
+                            selector.unregister(sock)
+                        watched[sock] = events
                 ready = selector.select(timeout=5)
                 if not ready:
                     if time.monotonic() - last > IDLE_SECONDS:
@@ -286,32 +295,43 @@ class Gate:
                 for key, mask in ready:
                     sock = key.fileobj
                     if mask & selectors.EVENT_WRITE and pending[sock]:
-                        sent = sock.send(pending[sock])
-                        del pending[sock][:sent]
-                    if mask & selectors.EVENT_READ and sock not in ended:
                         try:
-                            data = sock.recv(CHUNK)
+                            sent = sock.send(pending[sock])
                         except BlockingIOError:
-                            continue
-                        if not data:
-                            ended.add(sock)
-                            if not pending[peer[sock]]:
-                                try:
-                                    peer[sock].shutdown(socket.SHUT_WR)
-                                except OSError:
-                                    pass
-                            if sock is upstream or upstream in ended:
-                                if not pending[client]:
-                                    return ""
-                            continue
-                        key_name = "bytes_out" if sock is client else "bytes_in"
-                        entry[key_name] += len(data)
-                        with self.lock:
-                            self.usage.used += len(data)
-                            over = self.usage.used > self.usage.max_bytes
-                        if over:
-                            return f"cut at the egress allowance of {self.usage.max_bytes} bytes"
-                        pending[peer[sock]] += data
+                            sent = 0
+                        del pending[sock][:sent]
+                        if not pending[sock] and peer[sock] in ended:  # all its peer sent is through: its end too
+                            try:
+                                sock.shutdown(socket.SHUT_WR)
+                            except OSError:
+                                pass
+                    if not mask & selectors.EVENT_READ:
+                        continue
+                    try:
+                        data = sock.recv(CHUNK)
+                    except BlockingIOError:
+                        continue
+                    other = peer[sock]
+                    if not data:
+                        ended.add(sock)
+                        if not pending[other]:
+                            try:
+                                other.shutdown(socket.SHUT_WR)
+                            except OSError:
+                                pass
+                        continue
+                    entry[counter[sock]] += len(data)
+                    with self.lock:
+                        self.usage.used += len(data)
+                        over = self.usage.used > self.usage.max_bytes
+                    if over:
+                        return f"cut at the egress allowance of {self.usage.max_bytes} bytes"
+                    if not pending[other]:  # straight on, the rest waits
+                        try:
+                            data = data[other.send(data):]
+                        except BlockingIOError:
+                            pass
+                    pending[other] += data
 
 
 def answer_refusal(client: socket.socket, refusal: Refusal) -> None:
