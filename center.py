@@ -26,6 +26,8 @@ from server.api import http, ops, outputs, pages, runs, sessions
 from server.config import Config, ConfigError, load_config
 from server.containers.docker_sandboxes import SandboxStartError
 from server.containers.pool import SandboxPool
+from server.e2b import control as e2b_control
+from server.e2b import sandbox as e2b_sandbox
 from server.services import EXTENSION_KEY, Services, build_services, close_db_session, limit_malloc_arenas
 from server.spool import DiskFormRequest
 from server.waitress_server import make_server
@@ -60,6 +62,8 @@ def create_app(config: Config | None = None, *, pool: SandboxPool | None = None,
     app.register_blueprint(sessions.blueprint)
     app.register_blueprint(ops.blueprint)
     app.register_blueprint(pages.blueprint)
+    app.register_blueprint(e2b_control.blueprint)
+    app.register_blueprint(e2b_sandbox.blueprint)
     app.teardown_appcontext(close_db_session)
     return app
 

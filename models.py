@@ -79,6 +79,8 @@ class SessionRecord(Base):
     dead: Mapped[bool] = mapped_column(Boolean, default=False)  # ended because it could not go on
     # What it may reach through the egress proxy: a JSON list of allow-list patterns (None: nothing).
     network: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # An E2B sandbox's own facts (server/e2b): JSON {"template", "metadata", "envs", "token"}; None for others.
+    e2b: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class CenterRecord(Base):

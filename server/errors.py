@@ -92,6 +92,12 @@ class EngineUnavailable(ServiceUnavailable):
         super().__init__(message, retry_after)
 
 
+class NotBuilt(ServiceError):
+    """A part of a compatible API (E2B's) that this server does not build: said, naming it."""
+
+    status = 501
+
+
 class EngineError(ServiceError):
     """The Docker engine answered, but refused what was asked of it."""
 

@@ -172,10 +172,16 @@ class SessionRegistry:
     # --- the routes' operations --------------------------------------------------------------
 
     def create(self, db: DbSession, owner: str, idle_timeout: float | None,
-               network: tuple[Pattern, ...] = ()) -> SessionRecord:
+               network: tuple[Pattern, ...] = (), lifetime: float | None = None, e2b: str | None = None
+               ) -> SessionRecord:
         """A new session of this owner (that may reach `network`), on a warm sandbox when one is ready; 503 past
-        max_sessions."""
+        max_sessions. `lifetime` (at most session_max_lifetime_seconds) ends it sooner; an E2B sandbox (`e2b`,
+        its facts as JSON) has no idle timeout of its own: it lives until its lifetime ends (E2B's timeout)."""
         idle = min(idle_timeout or self.config.session_idle_timeout_seconds, self.config.session_idle_timeout_seconds)
+        longest = self.config.session_max_lifetime_seconds
+        if e2b is not None:
+            idle = longest
+        lifetime = min(lifetime, longest) if lifetime is not None else longest
         with self._lock:
             if len(self.live) + self._creating >= self.config.max_sessions:
                 raise ServiceUnavailable(f"all {self.config.max_sessions} sessions of this center are in use; "
@@ -192,8 +198,8 @@ class SessionRegistry:
                     id=sandbox.sandbox_id, owner=owner, node=self.node, container_id=sandbox.container_id,
                     socket_dir=sandbox.socket_dir, program_uid=sandbox.program_uid, idle_timeout=idle,
                     execution_count=0, created_at=started, last_active_at=started,
-                    lifetime_ends_at=started + timedelta(seconds=self.config.session_max_lifetime_seconds),
-                    network=stored_network(network))
+                    lifetime_ends_at=started + timedelta(seconds=lifetime),
+                    network=stored_network(network), e2b=e2b)
                 with self._lock:  # live before it is in the registry: a sweep in between must not end it
                     self.live[record.id] = live
                 db.add(record)
@@ -250,6 +256,31 @@ class SessionRegistry:
         if live.gate is not None:
             live.gate.set_allow(network)
         return current
+
+    def set_lifetime(self, db: DbSession, record: SessionRecord, seconds: float) -> SessionRecord:
+        """End the session `seconds` from now (E2B's set_timeout), never past its maximum lifetime."""
+        try:
+            current = db.get(SessionRecord, record.id)
+            if current is None or current.ended_at is not None:
+                raise Gone(f"the session has ended: {current.end_reason if current else 'it ended'}")
+            longest = utc(current.created_at) + timedelta(seconds=self.config.session_max_lifetime_seconds)
+            current.lifetime_ends_at = min(now() + timedelta(seconds=seconds), longest)
+            db.commit()
+        except SQLAlchemyError as e:
+            db.rollback()
+            raise ServiceUnavailable("the session registry is unavailable: the database does not answer",
+                                     retry_after=5) from e
+        return current
+
+    def owned(self, db: DbSession, owner: str) -> list[SessionRecord]:
+        """The owner's live sessions on every center, the oldest first."""
+        try:
+            return list(db.scalars(select(SessionRecord).where(
+                SessionRecord.owner == owner, SessionRecord.ended_at.is_(None)).order_by(SessionRecord.created_at)))
+        except SQLAlchemyError as e:
+            db.rollback()
+            raise ServiceUnavailable("the session registry is unavailable: the database does not answer",
+                                     retry_after=5) from e
 
     def _new_sandbox(self) -> Sandbox:
         """A warm sandbox from the pool when one is ready at once, else one started for the session."""

@@ -756,7 +756,9 @@ def openapi_document(*, auth_required: bool | None = None, egress_open: bool | N
                 "**Request ids:** every answer carries `X-Request-ID`: the client's own (1 to 128 of "
                 "`A-Za-z0-9._-`), else a new one; the server's access log names it.\n\n"
                 "**CORS:** browser origins listed in the server's `cors_origins` get "
-                "`Access-Control-Allow-Origin` (preflight included)."
+                "`Access-Control-Allow-Origin` (preflight included).\n\n"
+                "**E2B's API** is served at `/e2b` for E2B's SDKs (`E2B_API_URL=<base>/e2b`, "
+                "`E2B_SANDBOX_URL=<base>/e2b/sandbox`); it is E2B's to document, and not listed here."
             ),
         },
         "servers": [{"url": "/"}],

@@ -1,0 +1,268 @@
+"""What E2B serves inside a sandbox, at /e2b/sandbox (E2B_SANDBOX_URL): envd's health and files, and the code
+interpreter's /execute, each for the session the E2b-Sandbox-Id header names.
+
+E2B's SDK sends every sandbox's requests to this one URL and names the sandbox in a header; its access
+token (X-Access-Token, given at create) is checked on every request that carries it, and required on
+all but /contexts (which the SDK sends without it: there the unguessable sandbox id is the secret).
+envd's errors are JSON {"code", "message"} (an ended sandbox: 502 "... was not found", which the SDK
+takes for a sandbox that is not running); the interpreter's are text (an ended sandbox: 404).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hmac
+import json
+import queue
+import tempfile
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import datetime, timezone
+from typing import IO, Any
+
+from flask import Blueprint, Response, g, jsonify, request, stream_with_context
+
+from models import SessionRecord
+from server.api.answers import bundle_images, stored_bundles
+from server.api.http import json_body
+from server.api.streaming import EVENT, FAILED, KEEPALIVE_SECONDS, POLL_SECONDS, RunInThread, coalesced
+from server.e2b.wire import Facts, api_error, error_line, result_line, text_error, workspace_path
+from server.errors import BadRequest, Gone, NotBuilt, PayloadTooLarge, ServiceError, Unauthorized
+from server.run_requests import parse_run_request
+from server.services import close_db_session, db_session, services
+
+blueprint = Blueprint("e2b_sandbox", __name__, url_prefix="/e2b/sandbox")
+INTERPRETER_PATHS = ("/e2b/sandbox/execute", "/e2b/sandbox/contexts")
+LANGUAGES = {None: "python", "python": "python", "bash": "bash", "sh": "bash"}
+SPOOL_CHUNK = 1024 * 1024
+
+
+def interpreter_route() -> bool:
+    """Whether the request is for the code interpreter (text errors) rather than envd (JSON errors)."""
+    return request.path.startswith(INTERPRETER_PATHS)
+
+
+@blueprint.before_request
+def find_sandbox() -> None:
+    """The sandbox the E2b-Sandbox-Id header names, live; its access token checked."""
+    sandbox_id = request.headers.get("E2b-Sandbox-Id", "")
+    if not sandbox_id:
+        raise BadRequest("the E2b-Sandbox-Id header is required (E2B's SDK sends it)")
+    try:
+        record = db_session().get(SessionRecord, sandbox_id) if len(sandbox_id) <= 64 else None
+        facts = Facts.of(record) if record is not None else None
+        if record is None or facts is None:
+            raise Gone("no sandbox has that id")
+        token = request.headers.get("X-Access-Token")
+        if token is None and not request.path.startswith("/e2b/sandbox/contexts"):
+            raise Unauthorized("the sandbox's access token is required (X-Access-Token)")
+        if token is not None and not hmac.compare_digest(token.encode(), facts.token.encode()):
+            raise Unauthorized("the sandbox's access token is not accepted")
+        g.sandbox = services().registry.find(db_session(), sandbox_id, record.owner), facts
+    finally:
+        close_db_session()
+
+
+@blueprint.errorhandler(ServiceError)
+def service_error(error: ServiceError) -> Response:
+    """The center's errors as the SDK reads them from the interpreter (text; an ended sandbox 404) or from
+    envd (JSON; an ended sandbox 502 "... was not found", a sandbox that is not running)."""
+    if interpreter_route():
+        return text_error(404 if isinstance(error, Gone) else error.status, error.message)
+    if isinstance(error, Gone):
+        return api_error(502, f"The sandbox {request.headers.get('E2b-Sandbox-Id', '')} was not found: "
+                              f"{error.message}")
+    return api_error(error.status, error.message)
+
+
+@blueprint.get("/health")
+def health() -> tuple[str, int]:
+    """envd's health: 204 while the sandbox lives (is_running())."""
+    return "", 204
+
+
+# --- files --------------------------------------------------------------------------------------------
+
+
+def _path(raw: str | None) -> str:
+    """The workspace path of an SDK path; 400 outside /home/user."""
+    if not raw:
+        raise BadRequest("path is required")
+    path = workspace_path(raw)
+    if path is None:
+        raise BadRequest(f"{raw} is outside /home/user, the sandbox's working folder (the only one files reach)")
+    return path
+
+
+@blueprint.get("/files")
+def read_file() -> Response:
+    """files.read: the file's bytes."""
+    record, _ = g.sandbox
+    path = _path(request.args.get("path"))
+    size, chunks = services().registry.download(record, path)
+    response = Response(stream_with_context(chunks), mimetype="application/octet-stream")
+    response.headers["Content-Length"] = str(size)
+    return response
+
+
+@blueprint.post("/files")
+def write_files() -> Response:
+    """files.write / write_files: multipart `file` parts (each named by its filename, or by ?path= when one),
+    or the raw body (application/octet-stream, gzip or not) for ?path=."""
+    svc = services()
+    record, _ = g.sandbox
+    limit = svc.config.max_upload_bytes
+    written = []
+    if request.mimetype == "multipart/form-data":
+        parts = request.files.getlist("file")
+        if not parts:
+            raise BadRequest("send the files as multipart/form-data parts named 'file'")
+        query_path = request.args.get("path")
+        for part in parts:
+            target = query_path if query_path and len(parts) == 1 else part.filename
+            path = _path(target)
+            stream = part.stream
+            stream.seek(0, 2)
+            size = stream.tell()
+            stream.seek(0)
+            svc.registry.upload(record, path, stream, size)
+            written.append(path)
+    else:
+        path = _path(request.args.get("path"))
+        with _spooled_body(limit) as (stream, size):
+            svc.registry.upload(record, path, stream, size)
+        written.append(path)
+    return jsonify([{"name": path.rsplit("/", 1)[-1], "type": "file", "path": f"/home/user/{path}"}
+                    for path in written])
+
+
+class _spooled_body:
+    """The raw request body in a temporary file (gunzipped when sent so), at most `limit` bytes."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.file: IO[bytes] = tempfile.TemporaryFile()
+
+    def __enter__(self) -> tuple[IO[bytes], int]:
+        source = request.stream
+        inflate = zlib.decompressobj(16 + zlib.MAX_WBITS) if request.headers.get(
+            "Content-Encoding", "").lower() == "gzip" else None
+        size = 0
+        try:
+            while chunk := source.read(SPOOL_CHUNK):
+                if inflate is not None:
+                    chunk = inflate.decompress(chunk, self.limit + 1 - size)
+                size += len(chunk)
+                if size > self.limit:
+                    raise PayloadTooLarge(f"the file is over the upload limit of {self.limit} bytes")
+                self.file.write(chunk)
+        except (zlib.error, gzip.BadGzipFile) as e:
+            raise BadRequest(f"the gzip body could not be read: {e}") from None
+        except BaseException:
+            self.file.close()
+            raise
+        self.file.seek(0)
+        return self.file, size
+
+    def __exit__(self, *exc: object) -> None:
+        self.file.close()
+
+
+# --- the code interpreter --------------------------------------------------------------------------------
+
+
+@blueprint.post("/execute")
+def execute() -> Response:
+    """run_code: one cell in the sandbox's interpreter, streamed as E2B's lines (stdout, stderr, result,
+    error, number_of_executions, end_of_execution)."""
+    svc = services()
+    record, facts = g.sandbox
+    body = json_body(request.get_data(cache=False))
+    if not isinstance(body, dict) or not isinstance(body.get("code"), str):
+        raise BadRequest("the body must be a JSON object with 'code'")
+    if body.get("context_id") is not None:
+        raise NotBuilt("code contexts are not built by this server yet (run_code without a context)")
+    language = LANGUAGES.get(body.get("language"))
+    if language is None:
+        raise BadRequest(f"language {body.get('language')!r} is not one this server runs (python, bash)")
+    envs = {**facts.envs, **(body.get("env_vars") or {})}
+    if envs:
+        raise NotBuilt("envs (environment variables of a sandbox or a run) are not built by this server yet")
+    run = parse_run_request({"code": body["code"], "languageType": language}, svc.config)
+    run = replace(run, network=svc.registry.network_of(record))
+    job = json.dumps(run.job(svc.config), ensure_ascii=False).encode()
+    svc.sandboxes.warm_up.note(language, run.code)
+    cell = RunInThread(lambda listener: svc.registry.run_cell(record, job, run.timeout, listener))
+    early = cell.wait_started()
+    response = Response(stream_with_context(_lines(cell, early)), mimetype="application/json")
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Accel-Buffering"] = "no"
+    return response
+
+
+def _now() -> str:
+    """This moment as E2B's output lines stamp it."""
+    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _encode(line: dict[str, Any]) -> bytes:
+    return (json.dumps(line, ensure_ascii=False) + "\n").encode()
+
+
+def _lines(cell: RunInThread, early: list[tuple[str, Any]]) -> Iterator[bytes]:
+    """The cell's events as E2B's lines while it runs, its outcome last; a client gone interrupts it."""
+    svc = services()
+    images = bundle_images(svc, inline=True)  # E2B's results carry images as base64
+    client_gone = request.environ.get("waitress.client_disconnected", lambda: False)
+    stderr: list[str] = []
+    pending = list(early)
+    last_sent = time.monotonic()
+    done = False
+    try:
+        while True:
+            if pending:
+                kind, item = pending.pop(0)
+            else:
+                try:
+                    kind, item = cell.queue.get(timeout=POLL_SECONDS)
+                except queue.Empty:
+                    if client_gone():
+                        return
+                    if time.monotonic() - last_sent >= KEEPALIVE_SECONDS:
+                        last_sent = time.monotonic()
+                        yield _encode({"type": "keepalive"})
+                    continue
+            last_sent = time.monotonic()
+            if kind == EVENT:
+                if item["type"] in ("stdout", "stderr"):
+                    item = coalesced(item, cell.queue, pending)
+                    if item["type"] == "stderr":
+                        stderr.append(item["text"])
+                    yield _encode({"type": item["type"], "text": item["text"], "timestamp": _now()})
+                elif item["type"] == "display":
+                    bundles, _ = stored_bundles(svc, [item], images)
+                    for bundle in bundles:
+                        yield _encode(result_line(bundle))
+                continue
+            done = True
+            if kind == FAILED:
+                message = item.message if isinstance(item, ServiceError) else f"{type(item).__name__}: {item}"
+                yield _encode({"type": "error", "name": "UnexpectedEndOfExecution", "value": message,
+                               "traceback": message})
+                yield _encode({"type": "end_of_execution"})
+                return
+            report = item
+            if report.get("status") == "timeout":
+                yield _encode({"type": "error", "name": "TimeoutError", "value": str(report.get("error") or ""),
+                               "traceback": str(report.get("error") or "")})
+            elif report.get("status") != "ok" and report.get("error"):
+                yield _encode(error_line(str(report["error"]), report.get("stderr") or "".join(stderr)))
+            if report.get("execution_count") is not None:
+                yield _encode({"type": "number_of_executions", "execution_count": report["execution_count"]})
+            yield _encode({"type": "end_of_execution"})
+            return
+    finally:
+        if not done:
+            cell.listener.hangup()

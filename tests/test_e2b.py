@@ -1,0 +1,167 @@
+"""The E2B-compatible API (SPEC "The E2B-compatible API") through E2B's own SDKs, unchanged: the three
+environment variables point `e2b-code-interpreter` at a real center served by waitress."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import e2b
+import pytest
+import requests
+from e2b import AuthenticationException, NotFoundException, SandboxException
+from e2b_code_interpreter import AsyncSandbox, Sandbox
+
+KEY, OTHER_KEY = "e2b-key", "other-key"
+
+
+@pytest.fixture
+def center(waitress_server: Callable[..., str], monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A center with two keys, and the SDK pointed at it as its README says (three variables)."""
+    url = waitress_server(auth_tokens=(KEY, OTHER_KEY), timeout_seconds=60)
+    monkeypatch.setenv("E2B_API_URL", f"{url}/e2b")
+    monkeypatch.setenv("E2B_SANDBOX_URL", f"{url}/e2b/sandbox")
+    monkeypatch.setenv("E2B_API_KEY", KEY)
+    yield url
+
+
+@pytest.fixture
+def sandbox(center: str) -> Iterator[Any]:
+    """One sandbox of KEY's, killed afterwards."""
+    sbx = Sandbox.create(timeout=120)
+    yield sbx
+    sbx.kill()
+
+
+def test_run_code_keeps_state_streams_output_and_reports_errors(sandbox: Any) -> None:
+    printed: list[str] = []
+    execution = sandbox.run_code("x = 41\nprint('hi')\nx + 1", on_stdout=lambda message: printed.append(message.line))
+    assert execution.text == "42" and execution.logs.stdout == ["hi\n"] and execution.error is None
+    assert printed == ["hi\n"] and execution.execution_count == 1
+    assert sandbox.run_code("x * 2").text == "82"  # the state carries over
+    failed = sandbox.run_code("def f():\n    return 1 / 0\nf()")
+    assert failed.error is not None and failed.error.name == "ZeroDivisionError", failed
+    assert failed.error.value == "division by zero" and "ZeroDivisionError" in failed.error.traceback
+    assert sandbox.run_code("echo from bash", language="bash").logs.stdout == ["from bash\n"]
+
+
+def test_rich_results_come_as_e2b_results(sandbox: Any) -> None:
+    table = sandbox.run_code("import pandas as pd\npd.DataFrame({'a': [1, 2]})")
+    assert "<table" in table.results[0].html and table.results[0].is_main_result
+    figure = sandbox.run_code("import matplotlib.pyplot as plt\nplt.bar(['x', 'y'], [3, 5])\nplt.title('t')\n"
+                              "plt.show()")
+    shown, = figure.results
+    assert base64.b64decode(shown.png).startswith(b"\x89PNG") and shown.chart is not None
+    assert shown.chart.title == "t" and [e.value for e in shown.chart.elements] == [3, 5]
+    markdown = sandbox.run_code("from IPython.display import Markdown, display\ndisplay(Markdown('**b**'))")
+    assert markdown.results[0].markdown == "**b**"
+
+
+def test_files_write_read_and_the_working_folder_is_home_user(sandbox: Any) -> None:
+    info = sandbox.files.write("data.txt", "hello")
+    assert info.path == "/home/user/data.txt"
+    sandbox.files.write("/home/user/sub/b.bin", b"\x00\x01")
+    assert sandbox.files.read("data.txt") == "hello"
+    assert bytes(sandbox.files.read("/home/user/sub/b.bin", format="bytes")) == b"\x00\x01"
+    assert sandbox.run_code("open('/home/user/data.txt').read()").text == "'hello'"
+    sandbox.run_code("open('made.csv', 'w').write('a,b')")
+    assert sandbox.files.read("/home/user/made.csv") == "a,b"
+    with pytest.raises(e2b.FileNotFoundException):
+        sandbox.files.read("nope.txt")
+    with pytest.raises(e2b.InvalidArgumentException, match="outside /home/user"):
+        sandbox.files.read("/etc/passwd")
+
+
+def test_the_lifecycle_get_info_list_set_timeout_connect_kill(center: str) -> None:
+    sbx = Sandbox.create(timeout=60, metadata={"purpose": "lifecycle"})
+    try:
+        assert sbx.is_running()
+        info = sbx.get_info()
+        assert info.sandbox_id == sbx.sandbox_id and info.metadata == {"purpose": "lifecycle"}
+        assert 50 <= (info.end_at - info.started_at).total_seconds() <= 61
+        sbx.set_timeout(300)
+        assert (sbx.get_info().end_at - info.started_at).total_seconds() > 250
+        listed = Sandbox.list(query=e2b.SandboxQuery(metadata={"purpose": "lifecycle"})).next_items()
+        assert [item.sandbox_id for item in listed] == [sbx.sandbox_id]
+        again = Sandbox.connect(sbx.sandbox_id)
+        assert again.run_code("1 + 1").text == "2"
+    finally:
+        assert sbx.kill() is True
+    assert not sbx.is_running()
+    assert Sandbox.kill(sbx.sandbox_id) is False  # gone: E2B's kill says so, it does not raise
+    with pytest.raises(NotFoundException):
+        sbx.run_code("1")
+
+
+def test_keys_are_checked_and_one_key_never_reaches_another_keys_sandbox(sandbox: Any, center: str) -> None:
+    with pytest.raises(AuthenticationException):
+        Sandbox.create(api_key="not-a-key")
+    with pytest.raises(NotFoundException):
+        Sandbox.connect(sandbox.sandbox_id, api_key=OTHER_KEY)
+    assert Sandbox.kill(sandbox.sandbox_id, api_key=OTHER_KEY) is False
+    assert sandbox.sandbox_id not in [item.sandbox_id for item in Sandbox.list(api_key=OTHER_KEY).next_items()]
+    # A sandbox request without its access token, or with a wrong one, is refused.
+    answer = requests.post(f"{center}/e2b/sandbox/execute", json={"code": "1"},
+                           headers={"E2b-Sandbox-Id": sandbox.sandbox_id}, timeout=30)
+    assert answer.status_code == 401
+    answer = requests.post(f"{center}/e2b/sandbox/execute", json={"code": "1"},
+                           headers={"E2b-Sandbox-Id": sandbox.sandbox_id, "X-Access-Token": "guess"}, timeout=30)
+    assert answer.status_code == 401
+
+
+def test_what_is_not_built_says_so(sandbox: Any, center: str) -> None:
+    with pytest.raises(SandboxException, match="404"):
+        Sandbox.create(template="no-such-template")
+    with pytest.raises(SandboxException, match="not built"):
+        sandbox.pause()
+    with pytest.raises(SandboxException, match="not built"):
+        sandbox.run_code("1", envs={"A": "b"})
+    assert sandbox.run_code("1 + 1").text == "2"  # and the sandbox goes on
+
+
+def test_the_async_sdk_works_the_same(center: str) -> None:
+    async def flow() -> tuple[str | None, list[str], bool]:
+        sbx = await AsyncSandbox.create(timeout=60)
+        try:
+            execution = await sbx.run_code("print('async')\n6 * 7")
+            await sbx.files.write("a.txt", "async file")
+            text = await sbx.files.read("a.txt")
+            return execution.text, execution.logs.stdout + [text], await sbx.is_running()
+        finally:
+            await sbx.kill()
+
+    text, lines, running = asyncio.run(flow())
+    assert text == "42" and lines == ["async\n", "async file"] and running
+
+
+def test_hostile_requests_get_a_clear_4xx_in_e2b_s_shape_never_a_500(sandbox: Any, center: str) -> None:
+    key = {"X-API-KEY": KEY}
+    own = {"E2b-Sandbox-Id": sandbox.sandbox_id, "X-Access-Token": sandbox._envd_access_token}
+    for body in (b"not json", b"[]", b'{"timeout": "x"}', b'{"timeout": -1}', b'{"metadata": {"a": 1}}',
+                 b'{"envVars": "A=b"}', b'{"templateID": "x" }'):
+        answer = requests.post(f"{center}/e2b/v2/sandboxes", data=body, headers={**key, "Content-Type":
+                               "application/json"}, timeout=30)
+        assert 400 <= answer.status_code < 500 and set(answer.json()) == {"code", "message"}, (body, answer.text)
+    for path in ("/e2b/sandboxes/" + "x" * 600, "/e2b/sandboxes/..%2E", "/e2b/v2/sandboxes/nope/connect"):
+        answer = requests.request("POST" if path.endswith("connect") else "GET", f"{center}{path}", headers=key,
+                                  timeout=30)
+        assert answer.status_code == 404 and answer.json()["code"] == 404, (path, answer.text)
+    assert requests.get(f"{center}/e2b/v2/sandboxes?limit=x", headers=key, timeout=30).status_code == 400
+    assert requests.get(f"{center}/e2b/templates", headers=key, timeout=30).status_code == 501
+    answer = requests.post(f"{center}/e2b/sandbox/execute", data=b"{", headers=own, timeout=30)
+    assert answer.status_code == 400
+    answer = requests.post(f"{center}/e2b/sandbox/execute", json={"code": "1"}, timeout=30)
+    assert answer.status_code == 400 and "E2b-Sandbox-Id" in answer.text
+    answer = requests.post(f"{center}/e2b/sandbox/execute", json={"code": "1"},
+                           headers={"E2b-Sandbox-Id": "x" * 100, "X-Access-Token": "t"}, timeout=30)
+    assert answer.status_code == 404
+    for path in ("../../etc/passwd", "/home/user/../../etc/passwd", ""):
+        answer = requests.get(f"{center}/e2b/sandbox/files", params={"path": path}, headers=own, timeout=30)
+        assert answer.status_code == 400 and answer.json()["code"] == 400, (path, answer.text)
+    answer = requests.post(f"{center}/e2b/sandbox/files", params={"path": "z.gz"}, data=b"not gzip",
+                           headers={**own, "Content-Type": "application/octet-stream", "Content-Encoding": "gzip"},
+                           timeout=30)
+    assert answer.status_code == 400 and "gzip" in answer.json()["message"]
+    assert sandbox.run_code("1 + 1").text == "2"
