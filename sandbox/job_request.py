@@ -7,6 +7,7 @@ import binascii
 import json
 import math
 import os
+import re
 import sys
 import threading
 from typing import Any
@@ -29,6 +30,10 @@ from contract import (
 MAX_EXEC_SIZE = 6 * 1024 * 1024  # Linux: argument and environment strings with their pointers, at most
 
 
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+CONTEXT_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
+
+
 class Job:
     """A validated run request."""
 
@@ -36,7 +41,8 @@ class Job:
         "language": "python", "variables": None, "timeout": DEFAULT_TIMEOUT_SECONDS,
         "max_output_bytes": DEFAULT_MAX_OUTPUT_BYTES, "max_images": DEFAULT_MAX_IMAGES,
         "max_image_bytes": DEFAULT_MAX_IMAGE_BYTES, "files": None, "max_files": DEFAULT_MAX_FILES,
-        "max_file_bytes": DEFAULT_MAX_FILE_BYTES, "environment": None,
+        "max_file_bytes": DEFAULT_MAX_FILE_BYTES, "environment": None, "env": None, "context": None,
+        "restart": False,
     }
     LIMITS = ("timeout", "max_output_bytes", "max_images", "max_image_bytes", "max_files", "max_file_bytes")
 
@@ -55,6 +61,11 @@ class Job:
         self.files: Any = settings["files"] or []
         # The egress variables (contract.EGRESS_VARIABLES) while the run may reach the network; {} else.
         self.environment: dict[str, str] = settings["environment"] or {}
+        # A session's cell only: environment variables for this cell (E2B's envs), the interpreter state it
+        # runs in (an E2B code context; None: the session's own) and whether that state starts afresh.
+        self.env: dict[str, str] = settings["env"] or {}
+        self.context: str | None = settings["context"]
+        self.restart: bool = settings["restart"]
 
     def uses_preloaded_modules(self) -> bool:
         """Whether the program mentions a module the warm-up imports (or one built on them)."""
@@ -72,7 +83,7 @@ class Job:
 
         Otherwise bash would not even start: exit status 127, not a word said.
         """
-        environment = {**worker_environment(options), **self.environment, **self.program_variables()}
+        environment = {**worker_environment(options), **self.environment, **self.env, **self.program_variables()}
         sizes = {}
         for name, value in environment.items():
             if "\0" in value:
@@ -120,6 +131,14 @@ class Job:
                 name in EGRESS_VARIABLES and isinstance(value, str) and "\0" not in value
                 for name, value in job.environment.items()):
             raise ValueError(f"environment may hold only {', '.join(EGRESS_VARIABLES)}, as strings")
+        if not isinstance(job.env, dict) or not all(
+                ENV_NAME.fullmatch(name) and isinstance(value, str) and "\0" not in value
+                for name, value in job.env.items()):
+            raise ValueError("env must be an object of variable names ([A-Za-z_][A-Za-z0-9_]*) to strings")
+        if job.context is not None and (not isinstance(job.context, str) or not CONTEXT_ID.fullmatch(job.context)):
+            raise ValueError("context must be an id of 1 to 64 letters, digits or dashes")
+        if not isinstance(job.restart, bool):
+            raise ValueError("restart must be true or false")
         if job.language == "bash":
             job.check_bash_environment(options)
         job.files = input_files(job.files)

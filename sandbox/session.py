@@ -141,7 +141,8 @@ class Session:
         before = workspace_snapshot()
         oom_before = oom_kill_count()
         line = json.dumps({"language": job.language, "code": job.code, "variables": job.program_variables(),
-                           "count": count, "environment": job.environment}).encode() + b"\n"
+                           "count": count, "environment": job.environment, "env": job.env,
+                           "context": job.context, "restart": job.restart}).encode() + b"\n"
         cell = CellRun(self, job, count, events)
         cell.follow(line)
 

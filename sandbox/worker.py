@@ -42,6 +42,7 @@ import site
 import sys
 import threading
 import types
+from collections.abc import Callable
 from typing import Any, BinaryIO, NoReturn
 
 import rich_display
@@ -204,12 +205,35 @@ def set_egress_environment(variables: Any) -> None:
         request._opener = None  # type: ignore[attr-defined]
 
 
-def main_module() -> types.ModuleType:
-    """A fresh __main__ for the program, as `python3 program.py` has."""
+def fresh_module() -> types.ModuleType:
+    """An empty __main__ module: a program's (or a code context's) globals."""
     main = types.ModuleType("__main__")
     main.__dict__["__builtins__"] = builtins
+    return main
+
+
+def main_module() -> types.ModuleType:
+    """A fresh __main__ for the program, as `python3 program.py` has."""
+    main = fresh_module()
     sys.modules["__main__"] = main
     return main
+
+
+def set_cell_environment(variables: Any) -> Callable[[], None] | None:
+    """A cell's own environment variables (E2B's envs, checked by the agent), set for the cell; what puts
+    back the values they replaced (None when there were none)."""
+    if not isinstance(variables, dict) or not variables:
+        return None
+    before = {name: os.environ.get(name) for name in variables}
+    os.environ.update({name: str(value) for name, value in variables.items()})
+
+    def restore() -> None:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    return restore
 
 
 def serve_session(commands: BinaryIO, status_fd: int) -> NoReturn:
@@ -220,7 +244,8 @@ def serve_session(commands: BinaryIO, status_fd: int) -> NoReturn:
     record: {"count", "exit": status, "result": repr or null}, written after its output is flushed, so
     the agent knows that what came before it is the cell's (and, by its count, which cell's).
     """
-    namespace = main_module().__dict__
+    main = main_module()
+    contexts: dict[str, types.ModuleType] = {}  # E2B's code contexts: each an interpreter state of its own
     sys.argv = [""]
     os.write(status_fd, b"s")
     while True:
@@ -229,23 +254,34 @@ def serve_session(commands: BinaryIO, status_fd: int) -> NoReturn:
             os._exit(0)  # the agent is gone
         record: dict[str, Any] = {"exit": 1, "result": None}
         job: dict[str, Any] = {}
+        restore_env = None
         try:
             job = json.loads(line)
             # Each cell is interruptible again, even if an earlier one ignored SIGINT.
             signal.signal(signal.SIGINT, on_interrupt)
             CellState.running = True
             set_egress_environment(job.get("environment"))
+            restore_env = set_cell_environment(job.get("env"))
+            module = main
+            if job.get("context") is not None:
+                if job.get("restart") or job["context"] not in contexts:
+                    contexts[job["context"]] = fresh_module()
+                module = contexts[job["context"]]
+            sys.modules["__main__"] = module  # pickle and friends find the cell's own globals
             write_record(status_fd, {"started": job["count"]})
             if job["language"] == "bash":
                 record = {"exit": run_bash_cell(job["code"], job["variables"]), "result": None}
             else:
-                record = run_python(job["code"], job["variables"], namespace, job["count"])
+                record = run_python(job["code"], job["variables"], module.__dict__, job["count"])
         except KeyboardInterrupt:  # between the cell's end and the flag's reset
             pass
         except BaseException as e:  # noqa: BLE001 - the worker's own failure: said, and the session goes on
             print(f"the sandbox could not run the cell: {type(e).__name__}: {e}", file=sys.stderr)
         finally:
             CellState.running = False
+            sys.modules["__main__"] = main
+            if restore_env is not None:
+                restore_env()
         flush_output()
         write_record(status_fd, {**record, "count": job.get("count")})
 

@@ -272,6 +272,19 @@ class SessionRegistry:
                                      retry_after=5) from e
         return current
 
+    def set_e2b(self, db: DbSession, record: SessionRecord, facts: str) -> None:
+        """Record an E2B sandbox's changed facts (its code contexts)."""
+        try:
+            current = db.get(SessionRecord, record.id)
+            if current is None or current.ended_at is not None:
+                raise Gone(f"the session has ended: {current.end_reason if current else 'it ended'}")
+            current.e2b = facts
+            db.commit()
+        except SQLAlchemyError as e:
+            db.rollback()
+            raise ServiceUnavailable("the session registry is unavailable: the database does not answer",
+                                     retry_after=5) from e
+
     def owned(self, db: DbSession, owner: str) -> list[SessionRecord]:
         """The owner's live sessions on every center, the oldest first."""
         try:

@@ -74,6 +74,39 @@ def test_files_write_read_and_the_working_folder_is_home_user(sandbox: Any) -> N
         sandbox.files.read("/etc/passwd")
 
 
+def test_envs_of_the_sandbox_and_of_a_run(center: str) -> None:
+    sbx = Sandbox.create(timeout=60, envs={"STAGE": "test", "SHARED": "sandbox"})
+    try:
+        read = "import os\n(os.environ.get('STAGE'), os.environ.get('SHARED'), os.environ.get('ONLY_RUN'))"
+        assert sbx.run_code(read).text == "('test', 'sandbox', None)"
+        assert sbx.run_code(read, envs={"SHARED": "run", "ONLY_RUN": "1"}).text == "('test', 'run', '1')"
+        assert sbx.run_code(read).text == "('test', 'sandbox', None)"  # a run's envs end with it
+        assert sbx.run_code("echo $STAGE-$ONLY_RUN", language="bash", envs={"ONLY_RUN": "x"}).logs.stdout == \
+            ["test-x\n"]
+        with pytest.raises(SandboxException):
+            sbx.run_code("1", envs={"NOT A NAME": "x"})
+    finally:
+        sbx.kill()
+
+
+def test_code_contexts_each_keep_their_own_state(sandbox: Any) -> None:
+    sandbox.run_code("who = 'default'")
+    first, second = sandbox.create_code_context(), sandbox.create_code_context(language="python")
+    assert first.cwd == "/home/user" and first.language == "python"
+    sandbox.run_code("who = 'first'", context=first)
+    sandbox.run_code("who = 'second'", context=second)
+    assert [sandbox.run_code("who", context=c).text for c in (first, second)] == ["'first'", "'second'"]
+    assert sandbox.run_code("who").text == "'default'"
+    assert {c.id for c in sandbox.list_code_contexts()} >= {first.id, second.id}
+    sandbox.restart_code_context(first)
+    assert sandbox.run_code("who", context=first).error.name == "NameError"
+    assert sandbox.run_code("who", context=second).text == "'second'"
+    sandbox.remove_code_context(second)
+    with pytest.raises(NotFoundException):
+        sandbox.run_code("who", context=second)
+    assert second.id not in {c.id for c in sandbox.list_code_contexts()}
+
+
 def test_the_lifecycle_get_info_list_set_timeout_connect_kill(center: str) -> None:
     sbx = Sandbox.create(timeout=60, metadata={"purpose": "lifecycle"})
     try:
@@ -117,7 +150,7 @@ def test_what_is_not_built_says_so(sandbox: Any, center: str) -> None:
     with pytest.raises(SandboxException, match="not built"):
         sandbox.pause()
     with pytest.raises(SandboxException, match="not built"):
-        sandbox.run_code("1", envs={"A": "b"})
+        sandbox.create_code_context(cwd="/tmp")
     assert sandbox.run_code("1 + 1").text == "2"  # and the sandbox goes on
 
 

@@ -14,8 +14,10 @@ import gzip
 import hmac
 import json
 import queue
+import re
 import tempfile
 import time
+import uuid
 import zlib
 from collections.abc import Iterator
 from dataclasses import replace
@@ -28,8 +30,8 @@ from models import SessionRecord
 from server.api.answers import bundle_images, stored_bundles
 from server.api.http import json_body
 from server.api.streaming import EVENT, FAILED, KEEPALIVE_SECONDS, POLL_SECONDS, RunInThread, coalesced
-from server.e2b.wire import Facts, api_error, error_line, result_line, text_error, workspace_path
-from server.errors import BadRequest, Gone, NotBuilt, PayloadTooLarge, ServiceError, Unauthorized
+from server.e2b.wire import HOME, Facts, api_error, error_line, result_line, text_error, workspace_path
+from server.errors import BadRequest, Gone, NotBuilt, NotFound, PayloadTooLarge, ServiceError, Unauthorized
 from server.run_requests import parse_run_request
 from server.services import close_db_session, db_session, services
 
@@ -37,6 +39,7 @@ blueprint = Blueprint("e2b_sandbox", __name__, url_prefix="/e2b/sandbox")
 INTERPRETER_PATHS = ("/e2b/sandbox/execute", "/e2b/sandbox/contexts")
 LANGUAGES = {None: "python", "python": "python", "bash": "bash", "sh": "bash"}
 SPOOL_CHUNK = 1024 * 1024
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def interpreter_route() -> bool:
@@ -182,17 +185,20 @@ def execute() -> Response:
     body = json_body(request.get_data(cache=False))
     if not isinstance(body, dict) or not isinstance(body.get("code"), str):
         raise BadRequest("the body must be a JSON object with 'code'")
-    if body.get("context_id") is not None:
-        raise NotBuilt("code contexts are not built by this server yet (run_code without a context)")
-    language = LANGUAGES.get(body.get("language"))
+    context = body.get("context_id")
+    if context is not None and body.get("language") is not None:
+        raise BadRequest("give a context or a language, not both")
+    if context is not None and context not in facts.contexts:
+        raise NotFound(f"Context {context} not found")
+    language = LANGUAGES.get(facts.contexts[context]["language"] if context is not None else body.get("language"))
     if language is None:
         raise BadRequest(f"language {body.get('language')!r} is not one this server runs (python, bash)")
-    envs = {**facts.envs, **(body.get("env_vars") or {})}
-    if envs:
-        raise NotBuilt("envs (environment variables of a sandbox or a run) are not built by this server yet")
+    env_vars = body.get("env_vars") or {}
+    if not isinstance(env_vars, dict):
+        raise BadRequest("env_vars must be an object of strings")
     run = parse_run_request({"code": body["code"], "languageType": language}, svc.config)
     run = replace(run, network=svc.registry.network_of(record))
-    job = json.dumps(run.job(svc.config), ensure_ascii=False).encode()
+    job = cell_job(run.job(svc.config), {**facts.envs, **env_vars}, context)
     svc.sandboxes.warm_up.note(language, run.code)
     cell = RunInThread(lambda listener: svc.registry.run_cell(record, job, run.timeout, listener))
     early = cell.wait_started()
@@ -200,6 +206,68 @@ def execute() -> Response:
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"
     return response
+
+
+def cell_job(job: dict[str, Any], env: dict[str, Any], context: str | None, restart: bool = False) -> bytes:
+    """A session cell's job with E2B's parts: its environment variables and its code context."""
+    if not all(ENV_NAME.fullmatch(str(name)) and isinstance(value, str) for name, value in env.items()):
+        raise BadRequest("envs must be an object of variable names ([A-Za-z_][A-Za-z0-9_]*) to strings")
+    job = {**job, "env": env, "context": context, "restart": restart}
+    return json.dumps(job, ensure_ascii=False).encode()
+
+
+@blueprint.post("/contexts")
+def create_context() -> Response:
+    """create_code_context: an interpreter state of its own in the sandbox (python or bash), in /home/user."""
+    svc = services()
+    record, facts = g.sandbox
+    body = request.get_json(silent=True) or {}
+    language = LANGUAGES.get(body.get("language"))
+    if language is None:
+        raise BadRequest(f"language {body.get('language')!r} is not one this server runs (python, bash)")
+    cwd = body.get("cwd") or HOME
+    if cwd != HOME:
+        raise NotBuilt(f"a code context's own folder is not built by this server (cwd {cwd!r}; contexts run in "
+                       f"{HOME})")
+    context = str(uuid.uuid4())
+    facts.contexts[context] = {"language": language, "cwd": HOME}
+    svc.registry.set_e2b(db_session(), record, facts.stored())
+    return jsonify({"id": context, "language": language, "cwd": HOME})
+
+
+@blueprint.get("/contexts")
+def list_contexts() -> Response:
+    """list_code_contexts: the contexts made in this sandbox."""
+    _, facts = g.sandbox
+    return jsonify([{"id": context, **about} for context, about in facts.contexts.items()])
+
+
+def _context(context: str) -> tuple[SessionRecord, Facts]:
+    """The sandbox and its facts, when it has that context; 404 else."""
+    record, facts = g.sandbox
+    if context not in facts.contexts:
+        raise NotFound(f"Context {context} not found")
+    return record, facts
+
+
+@blueprint.post("/contexts/<context>/restart")
+def restart_context(context: str) -> Response:
+    """restart_code_context: the context's state starts afresh (its variables and imports are gone)."""
+    svc = services()
+    record, facts = _context(context)
+    run = parse_run_request({"code": "", "languageType": facts.contexts[context]["language"]}, svc.config)
+    svc.registry.run_cell(record, cell_job(run.job(svc.config), {}, context, restart=True), run.timeout)
+    return jsonify(None)
+
+
+@blueprint.delete("/contexts/<context>")
+def remove_context(context: str) -> Response:
+    """remove_code_context: the context is forgotten (a run naming it is a 404)."""
+    svc = services()
+    record, facts = _context(context)
+    del facts.contexts[context]
+    svc.registry.set_e2b(db_session(), record, facts.stored())
+    return jsonify(None)
 
 
 def _now() -> str:

@@ -27,10 +27,13 @@ SUMMARY_TAIL = re.compile(r" \((?:line \d+|[^()]*, line \d+)(?::.*)?\)(?: - .*)?
 
 
 class Facts:
-    """What an E2B sandbox keeps beside its session: template, metadata, environment, access token."""
+    """What an E2B sandbox keeps beside its session: template, metadata, environment, access token, and its
+    code contexts (id -> {"language", "cwd"})."""
 
-    def __init__(self, template: str, metadata: dict[str, str], envs: dict[str, str], token: str) -> None:
+    def __init__(self, template: str, metadata: dict[str, str], envs: dict[str, str], token: str,
+                 contexts: dict[str, dict[str, str]] | None = None) -> None:
         self.template, self.metadata, self.envs, self.token = template, metadata, envs, token
+        self.contexts = contexts or {}
 
     @classmethod
     def new(cls, template: str, metadata: dict[str, str], envs: dict[str, str]) -> Facts:
@@ -47,12 +50,12 @@ class Facts:
         if not isinstance(raw, dict):
             return None
         return cls(str(raw.get("template", "")), dict(raw.get("metadata") or {}), dict(raw.get("envs") or {}),
-                   str(raw.get("token", "")))
+                   str(raw.get("token", "")), dict(raw.get("contexts") or {}))
 
     def stored(self) -> str:
         """As the record keeps them."""
         return json.dumps({"template": self.template, "metadata": self.metadata, "envs": self.envs,
-                           "token": self.token})
+                           "token": self.token, "contexts": self.contexts})
 
 
 def timestamp(moment: datetime) -> str:
