@@ -79,8 +79,10 @@ class SessionRecord(Base):
     dead: Mapped[bool] = mapped_column(Boolean, default=False)  # ended because it could not go on
     # What it may reach through the egress proxy: a JSON list of allow-list patterns (None: nothing).
     network: Mapped[str | None] = mapped_column(Text, nullable=True)
-    # An E2B sandbox's own facts (server/e2b): JSON {"template", "metadata", "envs", "token"}; None for others.
+    # An E2B sandbox's own facts (server/e2b): JSON {"template", "metadata", "envs", "contexts"}; None for others.
     e2b: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # A credential the requests to the session's sandbox itself carry (E2B's envd access token); None: none.
+    access_token: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class CenterRecord(Base):

@@ -16,6 +16,7 @@ session, and each cell's connections come back as that cell's `network` list.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
 import threading
@@ -88,6 +89,7 @@ class LiveSession:
 
     sandbox: Sandbox
     gate: Gate | None = None
+    access_token: str | None = None  # what requests to its sandbox carry (E2B's), for the edge's size check
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -155,7 +157,8 @@ class SessionRegistry:
                         continue
                     sandbox.program_uid = record.program_uid
                     self.sandboxes.claim_uid(record.program_uid)
-                    live = LiveSession(sandbox, self._open_gate(sandbox, self.network_of(record)))
+                    live = LiveSession(sandbox, self._open_gate(sandbox, self.network_of(record)),
+                                       record.access_token)
                     with self._lock:
                         self.live[record.id] = live
                 db.commit()
@@ -172,8 +175,8 @@ class SessionRegistry:
     # --- the routes' operations --------------------------------------------------------------
 
     def create(self, db: DbSession, owner: str, idle_timeout: float | None,
-               network: tuple[Pattern, ...] = (), lifetime: float | None = None, e2b: str | None = None
-               ) -> SessionRecord:
+               network: tuple[Pattern, ...] = (), lifetime: float | None = None, e2b: str | None = None,
+               access_token: str | None = None) -> SessionRecord:
         """A new session of this owner (that may reach `network`), on a warm sandbox when one is ready; 503 past
         max_sessions. `lifetime` (at most session_max_lifetime_seconds) ends it sooner; an E2B sandbox (`e2b`,
         its facts as JSON) has no idle timeout of its own: it lives until its lifetime ends (E2B's timeout)."""
@@ -189,7 +192,7 @@ class SessionRegistry:
             self._creating += 1
         try:
             sandbox = self._new_sandbox()
-            live = LiveSession(sandbox)
+            live = LiveSession(sandbox, access_token=access_token)
             try:
                 self.sandboxes.start_session(sandbox)
                 live.gate = self._open_gate(sandbox, network)
@@ -199,7 +202,7 @@ class SessionRegistry:
                     socket_dir=sandbox.socket_dir, program_uid=sandbox.program_uid, idle_timeout=idle,
                     execution_count=0, created_at=started, last_active_at=started,
                     lifetime_ends_at=started + timedelta(seconds=lifetime),
-                    network=stored_network(network), e2b=e2b)
+                    network=stored_network(network), e2b=e2b, access_token=access_token)
                 with self._lock:  # live before it is in the registry: a sweep in between must not end it
                     self.live[record.id] = live
                 db.add(record)
@@ -228,6 +231,15 @@ class SessionRegistry:
         if live.gate is not None:
             live.gate.close()
         self.sandboxes.destroy(live.sandbox)
+
+    def knows_access_token(self, token: str) -> bool:
+        """Whether a live session of this center has this access token (compared in constant time)."""
+        with self._lock:
+            tokens = [live.access_token for live in self.live.values() if live.access_token]
+        known = False
+        for candidate in tokens:  # no early exit: the time taken does not tell which matched
+            known |= hmac.compare_digest(token.encode("utf-8", "surrogateescape"), candidate.encode())
+        return known
 
     def network_of(self, record: SessionRecord) -> tuple[Pattern, ...]:
         """What the session may reach: its record's allow-list, less what the ceiling no longer holds (the

@@ -26,6 +26,7 @@ import re
 import resource
 import time
 import weakref
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from flask import Flask
@@ -37,6 +38,7 @@ from waitress.utilities import Error
 
 from server.auth import presented_token, token_accepted
 from server.config import Config
+from server.services import EXTENSION_KEY
 
 # What waitress itself takes of a request before the app sees it: the request line and headers
 # (a GET's code travels in its URL: ~100 KB of it fits).
@@ -45,7 +47,9 @@ SMALL_BODY_BYTES = 64 * 1024  # what a client without an accepted token may stil
 MAINTENANCE_SECONDS = 1.0  # how often connections are checked against their deadlines
 CONNECTION_LIMIT = 1000  # open connections at once (each costs a descriptor, no thread)
 DESCRIPTORS_SPARE = 200  # descriptors kept for the rest: the database, sandboxes' sockets, temporary files
-UPLOAD_ROUTE = re.compile(r"\A/sessions/[^/]+/files/?\Z")  # the one route that takes bodies over max_request_bytes
+# The routes that take bodies over max_request_bytes: a session's upload, and E2B's files.write.
+UPLOAD_ROUTE = re.compile(r"\A(?:/sessions/[^/]+/files/?|/e2b/sandbox/files)\Z")
+SANDBOX_ROUTE = "/e2b/sandbox/"  # E2B's sandbox routes: their credential is the sandbox's access token
 
 
 class Refusal(Error):
@@ -71,12 +75,17 @@ def largest_body_bytes(config: Config) -> int:
     return max(config.max_request_bytes + SMALL_BODY_BYTES, config.max_upload_body_bytes)
 
 
-def body_refusal(config: Config, method: str, path: str, authorization: str, length: int | None) -> Error | None:
-    """Why a request's body is refused on its head alone (None: read it). `length` None: chunked, unknown."""
+def body_refusal(config: Config, method: str, path: str, headers: Mapping[str, str], length: int | None,
+                 known_sandbox_token: Callable[[str], bool] = lambda _: False) -> Error | None:
+    """Why a request's body is refused on its head alone (None: read it). `length` None: chunked, unknown.
+    A large body needs a credential: an accepted token (as a bearer token, or E2B's X-API-KEY), or on E2B's
+    sandbox routes the access token of a live sandbox of this center."""
     large = length is None or length > SMALL_BODY_BYTES
     if large and config.auth_tokens:
-        token = presented_token(authorization)
-        if token is None or not token_accepted(config.auth_tokens, token):
+        token = presented_token(headers.get("AUTHORIZATION", "")) or headers.get("X_API_KEY", "").strip() or None
+        sandbox_token = headers.get("X_ACCESS_TOKEN", "") if path.startswith(SANDBOX_ROUTE) else ""
+        if not ((token is not None and token_accepted(config.auth_tokens, token))
+                or (sandbox_token and known_sandbox_token(sandbox_token))):
             return Unauthorized("a bearer token is required to send a request body of this size")
     upload = method == "POST" and UPLOAD_ROUTE.match(path) is not None
     if not upload and length is not None and length > config.max_request_bytes:
@@ -84,7 +93,8 @@ def body_refusal(config: Config, method: str, path: str, authorization: str, len
     return None
 
 
-def edge_parser(config: Config) -> type[HTTPRequestParser]:
+def edge_parser(config: Config, known_sandbox_token: Callable[[str], bool] = lambda _: False
+                ) -> type[HTTPRequestParser]:
     """waitress's request parser, judging each body on its request's head (see body_refusal)."""
 
     class EdgeParser(HTTPRequestParser):
@@ -100,8 +110,7 @@ def edge_parser(config: Config) -> type[HTTPRequestParser]:
             """The head as waitress parses it; then the body's limits for this request."""
             super().parse_header(header_plus)
             length = None if self.chunked else self.content_length
-            self.refusal = body_refusal(config, self.command, self.path, self.headers.get("AUTHORIZATION", ""),
-                                        length)
+            self.refusal = body_refusal(config, self.command, self.path, self.headers, length, known_sandbox_token)
             if self.chunked and self.refusal is None and not UPLOAD_ROUTE.match(self.path):
                 # A chunked body's size shows only as it arrives: cap it as a declared one would be.
                 self.adj = copy.copy(self.adj)
@@ -136,14 +145,15 @@ class JSONErrorTask(ErrorTask):
         self.write(body)
 
 
-def json_error_channel(config: Config) -> type[HTTPChannel]:
+def json_error_channel(config: Config, known_sandbox_token: Callable[[str], bool] = lambda _: False
+                       ) -> type[HTTPChannel]:
     """waitress's connection, with the edge's parser and JSON errors."""
 
     class JSONErrorChannel(HTTPChannel):
         """One client connection."""
 
         error_task_class = JSONErrorTask
-        parser_class = edge_parser(config)
+        parser_class = edge_parser(config, known_sandbox_token)
 
     return JSONErrorChannel
 
@@ -183,7 +193,8 @@ def make_server(app: Flask, config: Config, port: int | None = None) -> Any:
                            # A client that hangs up is noticed while its streamed run is silent: waitress
                            # then keeps reading the connection and offers waitress.client_disconnected.
                            channel_request_lookahead=1)
-    server.channel_class = json_error_channel(config)
+    registry = app.extensions[EXTENSION_KEY].registry if EXTENSION_KEY in app.extensions else None
+    server.channel_class = json_error_channel(config, registry.knows_access_token if registry else lambda _: False)
     install_deadlines(server, config)
     # A streamed event goes out as soon as it is written: waitress otherwise holds a running answer's
     # writes until 18 KB have gathered. Passing send_bytes is deprecated in waitress 3 (hence set here,

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -151,6 +153,10 @@ def test_what_is_not_built_says_so(sandbox: Any, center: str) -> None:
         sandbox.pause()
     with pytest.raises(SandboxException, match="not built"):
         sandbox.create_code_context(cwd="/tmp")
+    with pytest.raises(SandboxException, match="not built"):
+        sandbox.commands.run("ls")
+    with pytest.raises(SandboxException, match="not built"):
+        sandbox.files.list("/home/user")
     assert sandbox.run_code("1 + 1").text == "2"  # and the sandbox goes on
 
 
@@ -198,3 +204,14 @@ def test_hostile_requests_get_a_clear_4xx_in_e2b_s_shape_never_a_500(sandbox: An
                            timeout=30)
     assert answer.status_code == 400 and "gzip" in answer.json()["message"]
     assert sandbox.run_code("1 + 1").text == "2"
+
+
+def test_large_files_go_through_and_need_the_sandboxs_own_token_at_the_edge(sandbox: Any, center: str) -> None:
+    big = os.urandom(12 * 1024 * 1024)  # over max_request_bytes (10 MB): the upload's own limit holds
+    sandbox.files.write("big.bin", io.BytesIO(big))  # a file object: a streamed octet-stream body
+    assert bytes(sandbox.files.read("big.bin", format="bytes")) == big
+    # A guessed token sends nothing large: the edge refuses the body on its head, before reading it.
+    answer = requests.post(f"{center}/e2b/sandbox/files", params={"path": "x.bin"}, data=iter([b"x" * 65536] * 4),
+                           headers={"E2b-Sandbox-Id": sandbox.sandbox_id, "X-Access-Token": "guess",
+                                    "Content-Type": "application/octet-stream"}, timeout=30)
+    assert answer.status_code == 401

@@ -106,7 +106,7 @@ def create() -> tuple[Response, int]:
     facts = Facts.new(str(template), _strings(body.get("metadata"), "metadata"),
                       _strings(body.get("envVars"), "envVars"))
     record = svc.registry.create(db_session(), g.owner, None, svc.config.egress.default_patterns, lifetime=timeout,
-                                 e2b=facts.stored())
+                                 e2b=facts.stored(), access_token=facts.token)
     return jsonify(sandbox_body(record, facts)), 201
 
 

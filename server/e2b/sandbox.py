@@ -116,6 +116,7 @@ def write_files() -> Response:
     or the raw body (application/octet-stream, gzip or not) for ?path=."""
     svc = services()
     record, _ = g.sandbox
+    request.max_content_length = svc.config.max_upload_body_bytes  # an upload, not a run's request
     limit = svc.config.max_upload_bytes
     written = []
     if request.mimetype == "multipart/form-data":
@@ -334,3 +335,9 @@ def _lines(cell: RunInThread, early: list[tuple[str, Any]]) -> Iterator[bytes]:
     finally:
         if not done:
             cell.listener.hangup()
+
+
+@blueprint.route("/<path:rest>", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+def not_built(rest: str) -> Response:
+    """Any other route of a sandbox (envd's filesystem and process services...): 501 naming it."""
+    return api_error(501, f"{request.method} /{rest} (E2B's sandbox API) is not built by this server")

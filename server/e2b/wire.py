@@ -27,8 +27,8 @@ SUMMARY_TAIL = re.compile(r" \((?:line \d+|[^()]*, line \d+)(?::.*)?\)(?: - .*)?
 
 
 class Facts:
-    """What an E2B sandbox keeps beside its session: template, metadata, environment, access token, and its
-    code contexts (id -> {"language", "cwd"})."""
+    """What an E2B sandbox keeps beside its session: template, metadata, environment, access token (the
+    record's own column), and its code contexts (id -> {"language", "cwd"})."""
 
     def __init__(self, template: str, metadata: dict[str, str], envs: dict[str, str], token: str,
                  contexts: dict[str, dict[str, str]] | None = None) -> None:
@@ -50,12 +50,12 @@ class Facts:
         if not isinstance(raw, dict):
             return None
         return cls(str(raw.get("template", "")), dict(raw.get("metadata") or {}), dict(raw.get("envs") or {}),
-                   str(raw.get("token", "")), dict(raw.get("contexts") or {}))
+                   record.access_token or "", dict(raw.get("contexts") or {}))
 
     def stored(self) -> str:
-        """As the record keeps them."""
+        """As the record's `e2b` column keeps them (the token has a column of its own)."""
         return json.dumps({"template": self.template, "metadata": self.metadata, "envs": self.envs,
-                           "token": self.token, "contexts": self.contexts})
+                           "contexts": self.contexts})
 
 
 def timestamp(moment: datetime) -> str:
