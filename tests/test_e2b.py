@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -215,3 +216,17 @@ def test_large_files_go_through_and_need_the_sandboxs_own_token_at_the_edge(sand
                            headers={"E2b-Sandbox-Id": sandbox.sandbox_id, "X-Access-Token": "guess",
                                     "Content-Type": "application/octet-stream"}, timeout=30)
     assert answer.status_code == 401
+
+
+def test_the_recipe_of_an_agent_tool_written_for_e2b_runs_unchanged(center: str) -> None:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "examples" / "e2b_sdk_tool.py"
+    spec = importlib.util.spec_from_file_location("e2b_sdk_tool", path)
+    assert spec is not None and spec.loader is not None
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    first, second = (json.loads(answer) for answer in recipe.main())
+    assert first["stdout"] == "8\n" and "error" not in first
+    assert second["results"] == [{"text": "<Figure size 640x480 with 1 Axes>", "image": "png", "chart": "bar"}]
