@@ -110,6 +110,26 @@ def test_code_contexts_each_keep_their_own_state(sandbox: Any) -> None:
     assert second.id not in {c.id for c in sandbox.list_code_contexts()}
 
 
+def test_commands_run_in_the_sandbox_with_their_output_exit_code_envs_and_folder(sandbox: Any) -> None:
+    printed: list[str] = []
+    result = sandbox.commands.run("echo out; echo err >&2; pwd", on_stdout=printed.append)
+    assert result.exit_code == 0 and result.stdout == "out\n/home/user\n" and result.stderr == "err\n"
+    assert printed and "".join(printed).startswith("out")
+    sandbox.files.write("sub/here.txt", "x")
+    result = sandbox.commands.run("pwd; ls; echo $GREETING", cwd="/home/user/sub", envs={"GREETING": "hi"})
+    assert result.stdout == "/home/user/sub\nhere.txt\nhi\n", result
+    with pytest.raises(e2b.CommandExitException) as failed:
+        sandbox.commands.run("echo before; exit 3")
+    assert failed.value.exit_code == 3 and failed.value.stdout == "before\n"
+    handle = sandbox.commands.run("sleep 30", background=True)
+    assert [process.pid for process in sandbox.commands.list()] == [handle.pid]
+    assert handle.kill() is True
+    with pytest.raises(e2b.CommandExitException):
+        handle.wait()
+    assert sandbox.commands.kill(handle.pid) is False  # ended: envd's not_found
+    assert sandbox.run_code("1 + 1").text == "2"  # and the session goes on
+
+
 def test_the_lifecycle_get_info_list_set_timeout_connect_kill(center: str) -> None:
     sbx = Sandbox.create(timeout=60, metadata={"purpose": "lifecycle"})
     try:
@@ -154,8 +174,6 @@ def test_what_is_not_built_says_so(sandbox: Any, center: str) -> None:
         sandbox.pause()
     with pytest.raises(SandboxException, match="not built"):
         sandbox.create_code_context(cwd="/tmp")
-    with pytest.raises(SandboxException, match="not built"):
-        sandbox.commands.run("ls")
     with pytest.raises(SandboxException, match="not built"):
         sandbox.files.list("/home/user")
     assert sandbox.run_code("1 + 1").text == "2"  # and the sandbox goes on
