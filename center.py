@@ -28,6 +28,7 @@ from server.containers.docker_sandboxes import SandboxStartError
 from server.containers.pool import SandboxPool
 from server.e2b import commands as e2b_commands
 from server.e2b import control as e2b_control
+from server.e2b import filesystem as e2b_filesystem
 from server.e2b import sandbox as e2b_sandbox
 from server.services import EXTENSION_KEY, Services, build_services, close_db_session, limit_malloc_arenas
 from server.spool import DiskFormRequest
@@ -66,6 +67,7 @@ def create_app(config: Config | None = None, *, pool: SandboxPool | None = None,
     app.register_blueprint(e2b_control.blueprint)
     app.register_blueprint(e2b_sandbox.blueprint)
     app.register_blueprint(e2b_commands.blueprint)
+    app.register_blueprint(e2b_filesystem.blueprint)
     app.teardown_appcontext(close_db_session)
     return app
 

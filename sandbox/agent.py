@@ -11,7 +11,8 @@ and the agent stays ready. The program runs as an unprivileged user (--uid; see 
 agent runs as root with only the capabilities to start that user's process and to kill it.
 
 POST /session/start instead makes this a session's agent: one interpreter that runs cell after
-cell (POST /session/cell) and files to upload, list and download (/files): see session_routes.py.
+cell (POST /session/cell) and files to upload, list and download (/files), or stat, make, move and remove
+(/fs): see session_routes.py.
 
 Every container starts its own agent, so its start-up is paid by every request: the agent uses
 the standard library only (see http_server.py). Flask alone took ~140 ms of CPU to import here,
@@ -56,7 +57,7 @@ from http_server import HTTPError, RawResponse, Request, allow, serve_unix_socke
 from job_request import Job  # noqa: E402
 from output_pipes import streamed, wants_stream  # noqa: E402
 
-SESSION_PATHS = ("/session/start", "/session/cell", "/files")
+SESSION_PATHS = ("/session/start", "/session/cell", "/files", "/fs")
 
 
 def route(agent: Agent, request: Request) -> tuple[int, dict[str, Any] | RawResponse, bool]:

@@ -4,7 +4,8 @@ POST /session/start (on a fresh agent only) hands the worker over: from then on 
 exit after answering (the center removes its container; with no center left, see life_watch.py).
 POST /session/cell takes /run's job and answers its cell's report (see session.py); a dead session
 answers 410, a busy one 409. Files of the workspace: PUT /files/<path> (raw body), GET
-/files?limit=N&cursor=C (a page of the listing, see workspace.task_list), GET /files/<path> (raw bytes).
+/files?limit=N&cursor=C (a page of the listing, see workspace.task_list), GET /files/<path> (raw bytes),
+POST /fs (stat, list, mkdir, move, remove: see workspace.file_operation).
 
 Imported only when a session (or a file route) is asked for.
 """
@@ -41,6 +42,10 @@ def route(agent: Agent, request: Request) -> tuple[int, dict[str, Any] | RawResp
         except ValueError as e:
             return 400, {"error": str(e)}, False
         return (*session.cell(job, stream=wants_stream(request)), False)
+    if path == "/fs":
+        allow(method, path, "POST")
+        body = request.json()
+        return (*workspace_call(lambda: (200, workspace.file_operation(agent.options.uid, body))), False)
     if path == "/files":
         allow(method, path, "GET")
         try:

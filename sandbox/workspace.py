@@ -503,6 +503,116 @@ def task_list(sock: socket.socket, limit: int, after: str | None) -> None:
     answer(sock, result)
 
 
+MAX_FS_ENTRIES = 10_000  # entries one listing of a folder (E2B's files.list) gives
+
+
+def entry_of(info: os.stat_result, path: str, dir_fd: int, name: str) -> dict[str, Any]:
+    """One entry as the file operations answer it: name, path, kind, size, mode bits, modified, link target."""
+    kind = "dir" if stat.S_ISDIR(info.st_mode) else "file" if stat.S_ISREG(info.st_mode) else \
+        "symlink" if stat.S_ISLNK(info.st_mode) else file_kind(info.st_mode)
+    entry = {"name": path.rsplit("/", 1)[-1] if path else "", "path": path, "type": kind, "size": info.st_size,
+             "mode": stat.S_IMODE(info.st_mode), "modified": info.st_mtime}
+    if kind == "symlink":
+        try:
+            entry["target"] = os.readlink(name, dir_fd=dir_fd)
+        except OSError:
+            pass
+    return entry
+
+
+def folder_entries(fd: int, prefix: str, depth: int, found: list[dict[str, Any]]) -> None:
+    """The entries of the open folder `fd` (and, `depth` > 1, of its folders), never through a link."""
+    with os.scandir(fd) as entries:
+        for item in entries:
+            if len(found) >= MAX_FS_ENTRIES:
+                return
+            if not nameable(item.name):
+                continue
+            path = f"{prefix}/{item.name}" if prefix else item.name
+            try:
+                info = os.stat(item.name, dir_fd=fd, follow_symlinks=False)
+            except OSError:
+                continue
+            found.append(entry_of(info, path, fd, item.name))
+            if depth > 1 and stat.S_ISDIR(info.st_mode):
+                try:
+                    below = open_folder(item.name, fd)
+                except OSError:
+                    continue
+                try:
+                    folder_entries(below, path, depth - 1, found)
+                finally:
+                    os.close(below)
+
+
+def task_fs(sock: socket.socket, op: str, path: str, to: str, depth: int) -> None:
+    """One operation on the workspace's files and folders (E2B's files API): stat, list, mkdir, move, remove.
+    `path` "" is the workspace itself (stat and list only)."""
+    if not path:
+        if op not in ("stat", "list"):
+            raise WorkspaceError(400, "the working folder itself cannot be made, moved or removed")
+        fd = open_workspace()
+        try:
+            if op == "stat":
+                answer(sock, {"entry": {**entry_of(os.fstat(fd), "", fd, "."), "name": ""}})
+            else:
+                found: list[dict[str, Any]] = []
+                folder_entries(fd, "", depth, found)
+                answer(sock, {"entries": found})
+        finally:
+            os.close(fd)
+        return
+    dir_fd, name = open_parent(path, create=op == "mkdir")
+    try:
+        if op == "mkdir":
+            try:
+                os.mkdir(name, 0o755, dir_fd=dir_fd)
+            except FileExistsError:
+                raise WorkspaceError(409, f"{path} already exists") from None
+            except OSError as e:
+                raise explain(e, dir_fd, name, path) from None
+        if op == "move":
+            to_fd, to_name = open_parent(to, create=False)
+            try:
+                os.rename(name, to_name, src_dir_fd=dir_fd, dst_dir_fd=to_fd)
+                info = os.stat(to_name, dir_fd=to_fd, follow_symlinks=False)
+                answer(sock, {"entry": entry_of(info, to, to_fd, to_name)})
+            except OSError as e:
+                raise explain(e, dir_fd, name, path) from None
+            finally:
+                os.close(to_fd)
+            return
+        try:
+            info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except OSError as e:
+            raise explain(e, dir_fd, name, path) from None
+        if op == "remove":
+            import shutil
+
+            if stat.S_ISDIR(info.st_mode):
+                shutil.rmtree(name, dir_fd=dir_fd)  # descriptor-based: never follows a link planted inside
+            else:
+                os.unlink(name, dir_fd=dir_fd)
+            answer(sock, {})
+        elif op == "list":
+            if not stat.S_ISDIR(info.st_mode):
+                raise WorkspaceError(400, f"{path} is not a folder")
+            try:
+                fd = open_folder(name, dir_fd)
+            except OSError as e:
+                raise explain(e, dir_fd, name, path) from None
+            try:
+                found = []
+                folder_entries(fd, path, depth, found)
+            finally:
+                os.close(fd)
+            answer(sock, {"entries": found})
+        else:  # stat, and mkdir's answer
+            answer(sock, {"entry": entry_of(info, path, dir_fd, name)})
+    finally:
+        os.close(dir_fd)
+
+
 # --- what the agent calls ---------------------------------------------------------------------------
 
 def write_files(uid: int, files: list[tuple[str, bytes]]) -> None:
@@ -536,6 +646,28 @@ def open_file(uid: int, path: str) -> tuple[int, int]:
             os.close(fd)
         raise WorkspaceError(500, "the file operation sent no file")
     return fds[0], int(message["size"])
+
+
+FS_OPERATIONS = ("stat", "list", "mkdir", "move", "remove")
+
+
+def file_operation(uid: int, body: Any) -> dict[str, Any]:
+    """POST /fs: {"op", "path", "to"?, "depth"?} done as the program's user; WorkspaceError (400 for a bad request)."""
+    if not isinstance(body, dict) or body.get("op") not in FS_OPERATIONS:
+        raise WorkspaceError(400, f"op must be one of {', '.join(FS_OPERATIONS)}")
+    try:
+        path = check_path(body["path"]) if body.get("path") else ""
+        to = check_path(body.get("to")) if body["op"] == "move" else ""
+    except ValueError as e:
+        raise WorkspaceError(400, str(e)) from None
+    depth = body.get("depth", 1)
+    if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= 16:
+        raise WorkspaceError(400, "depth must be a whole number from 1 to 16")
+    helper = Helper(uid, task_fs, body["op"], path, to, depth)
+    try:
+        return helper.receive()[0]
+    finally:
+        helper.close()
 
 
 class Upload:

@@ -501,6 +501,11 @@ class SessionRegistry:
         with self._file_call(record, "list its files") as sandbox:
             return sandbox.agent.call("GET", "/files" + query, None, FILE_CALL_SECONDS)
 
+    def file_operation(self, record: SessionRecord, operation: dict[str, Any]) -> dict[str, Any]:
+        """stat, list, mkdir, move or remove in the workspace (the agent's /fs); 404, 409 and 400 in its words."""
+        with self._file_call(record, f"{operation.get('op')} the file") as sandbox:
+            return sandbox.agent.call("POST", "/fs", operation, FILE_CALL_SECONDS)
+
     def download(self, record: SessionRecord, path: str) -> tuple[int, Iterator[bytes]]:
         """One file of the workspace: (size, its bytes in chunks)."""
         with self._file_call(record, "give the file") as sandbox:

@@ -41,13 +41,14 @@ def sandbox(center: str) -> Iterator[Any]:
 def test_run_code_keeps_state_streams_output_and_reports_errors(sandbox: Any) -> None:
     printed: list[str] = []
     execution = sandbox.run_code("x = 41\nprint('hi')\nx + 1", on_stdout=lambda message: printed.append(message.line))
-    assert execution.text == "42" and execution.logs.stdout == ["hi\n"] and execution.error is None
-    assert printed == ["hi\n"] and execution.execution_count == 1
+    # Output comes in chunks as it is written (print writes its text and its newline apart): joined, it is whole.
+    assert execution.text == "42" and "".join(execution.logs.stdout) == "hi\n" and execution.error is None
+    assert "".join(printed) == "hi\n" and execution.execution_count == 1
     assert sandbox.run_code("x * 2").text == "82"  # the state carries over
     failed = sandbox.run_code("def f():\n    return 1 / 0\nf()")
     assert failed.error is not None and failed.error.name == "ZeroDivisionError", failed
     assert failed.error.value == "division by zero" and "ZeroDivisionError" in failed.error.traceback
-    assert sandbox.run_code("echo from bash", language="bash").logs.stdout == ["from bash\n"]
+    assert "".join(sandbox.run_code("echo from bash", language="bash").logs.stdout) == "from bash\n"
 
 
 def test_rich_results_come_as_e2b_results(sandbox: Any) -> None:
@@ -84,8 +85,8 @@ def test_envs_of_the_sandbox_and_of_a_run(center: str) -> None:
         assert sbx.run_code(read).text == "('test', 'sandbox', None)"
         assert sbx.run_code(read, envs={"SHARED": "run", "ONLY_RUN": "1"}).text == "('test', 'run', '1')"
         assert sbx.run_code(read).text == "('test', 'sandbox', None)"  # a run's envs end with it
-        assert sbx.run_code("echo $STAGE-$ONLY_RUN", language="bash", envs={"ONLY_RUN": "x"}).logs.stdout == \
-            ["test-x\n"]
+        assert "".join(sbx.run_code("echo $STAGE-$ONLY_RUN", language="bash", envs={"ONLY_RUN": "x"}).logs.stdout) \
+            == "test-x\n"
         with pytest.raises(SandboxException):
             sbx.run_code("1", envs={"NOT A NAME": "x"})
     finally:
@@ -128,6 +129,34 @@ def test_commands_run_in_the_sandbox_with_their_output_exit_code_envs_and_folder
         handle.wait()
     assert sandbox.commands.kill(handle.pid) is False  # ended: envd's not_found
     assert sandbox.run_code("1 + 1").text == "2"  # and the session goes on
+
+
+def test_files_list_exists_get_info_make_dir_rename_remove(sandbox: Any) -> None:
+    sandbox.files.write("docs/a.txt", "aaa")
+    assert sandbox.files.make_dir("docs/deep/er") is True
+    assert sandbox.files.make_dir("docs/deep") is False  # there already: E2B's False, not an error
+    listed = {entry.name: entry for entry in sandbox.files.list("/home/user/docs")}
+    assert set(listed) == {"a.txt", "deep"} and listed["a.txt"].size == 3
+    assert listed["a.txt"].type == e2b.FileType.FILE and listed["deep"].type == e2b.FileType.DIR
+    assert listed["a.txt"].path == "/home/user/docs/a.txt"
+    assert {entry.path for entry in sandbox.files.list("docs", depth=3)} >= {"/home/user/docs/deep/er"}
+    assert sandbox.files.exists("docs/a.txt") and not sandbox.files.exists("docs/b.txt")
+    info = sandbox.files.get_info("/home/user/docs/a.txt")
+    assert info.name == "a.txt" and info.size == 3 and info.permissions == "-rw-r--r--"
+    moved = sandbox.files.rename("docs/a.txt", "docs/deep/b.txt")
+    assert moved.path == "/home/user/docs/deep/b.txt" and sandbox.files.read("docs/deep/b.txt") == "aaa"
+    with pytest.raises(e2b.FileNotFoundException):
+        sandbox.files.get_info("docs/a.txt")
+    sandbox.run_code("import os\nos.symlink('/etc/passwd', 'docs/link')")
+    link = sandbox.files.get_info("docs/link")
+    assert link.type == e2b.FileType.SYMLINK and link.symlink_target == "/etc/passwd"
+    with pytest.raises(e2b.InvalidArgumentException):
+        sandbox.files.list("docs/link")  # never through a link
+    sandbox.files.remove("docs")
+    assert not sandbox.files.exists("docs") and sandbox.run_code("import os\nos.path.exists('docs')").text == "False"
+    assert sandbox.run_code("open('/etc/passwd').read(4)").text == "'root'"  # what the link named is untouched
+    with pytest.raises(e2b.InvalidArgumentException, match="outside /home/user"):
+        sandbox.files.remove("/etc")
 
 
 def test_the_lifecycle_get_info_list_set_timeout_connect_kill(center: str) -> None:
@@ -175,7 +204,7 @@ def test_what_is_not_built_says_so(sandbox: Any, center: str) -> None:
     with pytest.raises(SandboxException, match="not built"):
         sandbox.create_code_context(cwd="/tmp")
     with pytest.raises(SandboxException, match="not built"):
-        sandbox.files.list("/home/user")
+        sandbox.files.watch_dir("/home/user")
     assert sandbox.run_code("1 + 1").text == "2"  # and the sandbox goes on
 
 
@@ -186,7 +215,7 @@ def test_the_async_sdk_works_the_same(center: str) -> None:
             execution = await sbx.run_code("print('async')\n6 * 7")
             await sbx.files.write("a.txt", "async file")
             text = await sbx.files.read("a.txt")
-            return execution.text, execution.logs.stdout + [text], await sbx.is_running()
+            return execution.text, ["".join(execution.logs.stdout), text], await sbx.is_running()
         finally:
             await sbx.kill()
 
