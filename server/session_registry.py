@@ -114,6 +114,7 @@ class SessionRegistry:
         self._creating = 0
         self._sweeper = Periodic("session-sweeper", SWEEP_SECONDS, self.sweep)
         self._orphans: dict[str, Sandbox] = {}  # session sandboxes found at start, until the database says whose
+        self._deployment_tokens: list[str] = []  # the access tokens of every live session, read by each sweep
 
     # --- life cycle of the registry ------------------------------------------------------------
 
@@ -233,9 +234,11 @@ class SessionRegistry:
         self.sandboxes.destroy(live.sandbox)
 
     def knows_access_token(self, token: str) -> bool:
-        """Whether a live session of this center has this access token (compared in constant time)."""
+        """Whether a live session has this access token: one of this center's, or of another center of the
+        deployment as of the last sweep (SWEEP_SECONDS). In memory: the server's edge asks it for each body."""
         with self._lock:
             tokens = [live.access_token for live in self.live.values() if live.access_token]
+        tokens += self._deployment_tokens
         known = False
         for candidate in tokens:  # no early exit: the time taken does not tell which matched
             known |= hmac.compare_digest(token.encode("utf-8", "surrogateescape"), candidate.encode())
@@ -591,6 +594,8 @@ class SessionRegistry:
                     if reason is not None:
                         # Ending the sessions before it took a while (~0.1 s each): it may have been used since.
                         self._end_if_due(db, record, live, reason)
+                self._deployment_tokens = [token for token in db.scalars(select(SessionRecord.access_token).where(
+                    SessionRecord.ended_at.is_(None), SessionRecord.access_token.is_not(None))) if token]
                 cutoff = now() - timedelta(seconds=ENDED_KEPT_SECONDS)
                 db.execute(delete(SessionRecord).where(SessionRecord.ended_at < cutoff))
                 db.commit()

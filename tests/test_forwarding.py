@@ -226,3 +226,28 @@ def test_a_path_with_dot_segments_is_refused_before_it_is_forwarded(two_centers:
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.split()[1] in (b"400", b"404"), answer[:300]
     assert b"code_interpreter" not in body and "error" in json.loads(body)
+
+
+def test_an_e2b_sandbox_on_one_center_is_used_through_the_other(make_app: Callable[..., Flask],
+                                                               tmp_path: Path) -> None:
+    """E2B's SDK pointed at center B reaches a sandbox center A holds: every call is relayed (streams too)."""
+    from e2b_code_interpreter import Sandbox
+
+    a, b = start_pair(make_app, tmp_path)
+    try:
+        created = Sandbox.create(api_key=TOKEN, api_url=f"{a.url}/e2b", sandbox_url=f"{a.url}/e2b/sandbox")
+        assert created.sandbox_id in a.services.registry.live
+        b.services.registry.sweep()  # B learns the deployment's sandbox tokens at its sweeps (every 5 s)
+        sbx = Sandbox.connect(created.sandbox_id, api_key=TOKEN, api_url=f"{b.url}/e2b",
+                              sandbox_url=f"{b.url}/e2b/sandbox")
+        assert sbx.run_code("x = 6\nprint('through b')\nx * 7").text == "42"
+        sbx.files.write("via-b.txt", "relayed")
+        assert sbx.files.read("via-b.txt") == "relayed"
+        assert [entry.name for entry in sbx.files.list("/home/user")] == ["via-b.txt"]
+        assert sbx.commands.run("cat via-b.txt").stdout == "relayed"
+        assert sbx.get_info().sandbox_id == created.sandbox_id
+        assert sbx.kill() is True
+        assert created.sandbox_id not in a.services.registry.live
+    finally:
+        for center in (a, b):
+            center.stop()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from typing import IO
+from typing import IO, Any
 from urllib.parse import quote, unquote
 
 import requests
@@ -72,9 +72,22 @@ def forward_if_elsewhere() -> Response | None:
         return None
     try:
         record = db_session().get(SessionRecord, session_id)
-        if record is None or record.owner != g.owner or record.ended_at is not None \
-                or record.node == svc.registry.node:
-            return None
+    except SQLAlchemyError:
+        db_session().rollback()
+        return None  # the route meets the same database and answers 503
+    if record is None or record.owner != g.owner:
+        return None
+    return forward_to_its_center(record)
+
+
+def forward_to_its_center(record: SessionRecord) -> Response | None:
+    """Relay this request to the center holding the session (None: it is this one, has ended, or the
+    request was relayed already); 410 when that center has left the deployment."""
+    svc = services()
+    if not svc.peers.enabled or request.headers.get(FORWARDED_HEADER) or record.ended_at is not None \
+            or record.node == svc.registry.node:
+        return None
+    try:
         peer = svc.peers.find(record.node)
     except SQLAlchemyError:
         db_session().rollback()
@@ -122,7 +135,11 @@ def relay(base_url: str) -> Response:
     headers["X-Request-ID"] = g.get("request_id", "")
     headers[FORWARDED_HEADER] = services().registry.node
     length = request.content_length or 0
-    body = RequestBody(request.environ["wsgi.input"], length) if length else None
+    body: Any = RequestBody(request.environ["wsgi.input"], length) if length else None
+    if body is None and request.headers.get("Transfer-Encoding", "").lower() == "chunked":
+        # A streamed body of unknown length (E2B's Connect streams): passed on as it comes, chunked.
+        stream = request.stream
+        body = iter(lambda: stream.read(CHUNK_BYTES), b"")
     try:
         with requests.Session() as client:
             prepared = client.prepare_request(requests.Request(request.method, url, headers=headers, data=body))
@@ -130,7 +147,7 @@ def relay(base_url: str) -> Response:
             upstream = client.send(prepared, stream=True, allow_redirects=False,
                                    timeout=(CONNECT_SECONDS, READ_SECONDS))
     except (requests.ConnectionError, requests.ConnectTimeout) as e:
-        if body is not None and body.remaining < length:
+        if isinstance(body, RequestBody) and body.remaining < length:
             raise SandboxFailed("the session's center stopped answering while it took the request") from e
         log.warning("the center at %s does not answer: %s", base_url, type(e).__name__)
         raise ServiceUnavailable("the session's center does not answer (it may be restarting); try again shortly",

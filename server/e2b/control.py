@@ -15,6 +15,7 @@ from urllib.parse import parse_qsl, unquote
 from flask import Blueprint, Response, g, jsonify, request
 
 from models import SessionRecord
+from server.api.forwarding import forward_to_its_center
 from server.api.http import json_body
 from server.auth import token_accepted
 from server.e2b.wire import DEFAULT_TIMEOUT_SECONDS, TEMPLATES, Facts, api_error, sandbox_body, sandbox_detail
@@ -40,6 +41,18 @@ def require_key() -> None:
     if not key or not token_accepted(list(config.auth_tokens), key):
         raise Unauthorized("the API key is not accepted (E2B_API_KEY must be one of this center's tokens)")
     g.owner = owner_of(key)
+
+
+@blueprint.before_request
+def forward_elsewhere() -> Response | None:
+    """A request about a sandbox another center of the swarm holds is relayed there (after the key's check)."""
+    sandbox_id = (request.view_args or {}).get("sandbox_id")
+    if sandbox_id is None or len(sandbox_id) > 64:
+        return None
+    record = db_session().get(SessionRecord, sandbox_id)
+    if record is None or record.owner != g.owner:
+        return None
+    return forward_to_its_center(record)
 
 
 @blueprint.errorhandler(ServiceError)

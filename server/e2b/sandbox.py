@@ -28,6 +28,7 @@ from flask import Blueprint, Response, g, jsonify, request, stream_with_context
 
 from models import SessionRecord
 from server.api.answers import bundle_images, stored_bundles
+from server.api.forwarding import forward_to_its_center
 from server.api.http import json_body
 from server.api.streaming import EVENT, FAILED, KEEPALIVE_SECONDS, POLL_SECONDS, RunInThread, coalesced
 from server.e2b.wire import HOME, Facts, api_error, error_line, result_line, text_error, workspace_path
@@ -48,8 +49,9 @@ def interpreter_route() -> bool:
 
 
 @blueprint.before_request
-def find_sandbox() -> None:
-    """The sandbox the E2b-Sandbox-Id header names, live; its access token checked."""
+def find_sandbox() -> Response | None:
+    """The sandbox the E2b-Sandbox-Id header names, live; its access token checked. One held by another
+    center of the swarm: the request is relayed there (its answer returned)."""
     sandbox_id = request.headers.get("E2b-Sandbox-Id", "")
     if not sandbox_id:
         raise BadRequest("the E2b-Sandbox-Id header is required (E2B's SDK sends it)")
@@ -63,9 +65,13 @@ def find_sandbox() -> None:
             raise Unauthorized("the sandbox's access token is required (X-Access-Token)")
         if token is not None and not hmac.compare_digest(token.encode(), facts.token.encode()):
             raise Unauthorized("the sandbox's access token is not accepted")
+        forwarded = forward_to_its_center(record)  # a sandbox of another center of the swarm is served there
+        if forwarded is not None:
+            return forwarded
         g.sandbox = services().registry.find(db_session(), sandbox_id, record.owner), facts
     finally:
         close_db_session()
+    return None
 
 
 @blueprint.errorhandler(ServiceError)
