@@ -186,6 +186,14 @@ class Config:
     kubeconfig_path: str = ""
     k8s_interpreter_yaml: str = ""
     egress: EgressSettings = field(default_factory=EgressSettings)
+    # E2B's template names and the images they stand for (empty: the SDKs' defaults, both interpreter_image).
+    e2b_templates: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def templates(self) -> dict[str, str]:
+        """E2B's templates by name: the configured ones, else code-interpreter-v1 and base as interpreter_image."""
+        return dict(self.e2b_templates) or {"code-interpreter-v1": self.interpreter_image,
+                                            "base": self.interpreter_image}
 
     @property
     def max_upload_body_bytes(self) -> int:
@@ -365,6 +373,14 @@ def _section(cls: type, parsers: Mapping[str, Callable[[str, Any], Any]]) -> Cal
     return parse
 
 
+def _templates(key: str, value: Any) -> tuple[tuple[str, str], ...]:
+    """A mapping of E2B template names to image names, both non-empty strings."""
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) and k and isinstance(v, str) and v
+                                                 for k, v in value.items()):
+        raise _fail(key, "a mapping of template names to image names", value)
+    return tuple(value.items())
+
+
 def _non_empty(parse: Callable[[str, Any], str]) -> Callable[[str, Any], str]:
     def wrapped(key: str, value: Any) -> str:
         text = parse(key, value)
@@ -421,6 +437,7 @@ PARSERS: dict[str, Callable[[str, Any], Any]] = {
         "allow": _patterns, "default": _patterns, "max_bytes": _size, "max_connections": _integer(1, 1024),
         "package_index": _url_or_empty,
     }),
+    "e2b_templates": _templates,
 }
 assert set(PARSERS) == {f.name for f in fields(Config)}, "every Config field needs a parser"
 

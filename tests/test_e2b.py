@@ -277,3 +277,18 @@ def test_the_recipe_of_an_agent_tool_written_for_e2b_runs_unchanged(center: str)
     first, second = (json.loads(answer) for answer in recipe.main())
     assert first["stdout"] == "8\n" and "error" not in first
     assert second["results"] == [{"text": "<Figure size 640x480 with 1 Axes>", "image": "png", "chart": "bar"}]
+
+
+def test_templates_are_the_operators_names_for_images(waitress_server: Callable[..., str], base_config: Any,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    url = waitress_server(auth_tokens=(KEY,), e2b_templates=(("data-science", base_config.interpreter_image),
+                                                            ("gpu", "someone/else:latest")))
+    monkeypatch.setenv("E2B_API_URL", f"{url}/e2b")
+    monkeypatch.setenv("E2B_SANDBOX_URL", f"{url}/e2b/sandbox")
+    monkeypatch.setenv("E2B_API_KEY", KEY)
+    with Sandbox.create(template="data-science") as sbx:
+        assert sbx.get_info().template_id == "data-science" and sbx.run_code("2 ** 5").text == "32"
+    with pytest.raises(SandboxException, match="404"):
+        Sandbox.create()  # code-interpreter-v1 is not among this center's templates
+    with pytest.raises(SandboxException, match="not built"):
+        Sandbox.create(template="gpu")

@@ -18,7 +18,7 @@ from models import SessionRecord
 from server.api.forwarding import forward_to_its_center
 from server.api.http import json_body
 from server.auth import token_accepted
-from server.e2b.wire import DEFAULT_TIMEOUT_SECONDS, TEMPLATES, Facts, api_error, sandbox_body, sandbox_detail
+from server.e2b.wire import DEFAULT_TIMEOUT_SECONDS, Facts, api_error, sandbox_body, sandbox_detail
 from server.errors import BadRequest, Gone, NotBuilt, NotFound, ServiceError, Unauthorized
 from server.services import close_db_session, db_session, services
 from server.session_registry import owner_of
@@ -110,8 +110,12 @@ def create() -> tuple[Response, int]:
     svc = services()
     body = _body()
     template = body.get("templateID") or "base"
-    if template not in TEMPLATES:
-        raise NotFound(f"template '{template}' not found (this center has: {', '.join(TEMPLATES)})")
+    templates = svc.config.templates
+    if not isinstance(template, str) or template not in templates:
+        raise NotFound(f"template '{template}' not found (this center has: {', '.join(templates)})")
+    if templates[template] != svc.config.interpreter_image:
+        raise NotBuilt(f"template '{template}' is the image {templates[template]}: sandboxes of images other than "
+                       f"interpreter_image ({svc.config.interpreter_image}) are not built by this server")
     for unbuilt in ("autoPause", "autoResume", "volumeMounts", "mcp"):
         if body.get(unbuilt):
             raise NotBuilt(f"{unbuilt} is not built by this server")

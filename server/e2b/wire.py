@@ -16,7 +16,6 @@ from server.config import Config, size_in_bytes
 
 ENVD_VERSION = "0.6.13"  # the envd whose API this server answers: the SDK enables its features by it
 DEFAULT_TIMEOUT_SECONDS = 300  # E2B's, when a create names none
-TEMPLATES = ("code-interpreter-v1", "base")  # the SDKs' defaults, both this center's interpreter image
 HOME = "/home/user"  # E2B's working folder: the session's workspace
 # A bundle's MIME types as E2B's Result names them (the rest go to `extra`).
 RESULT_KEYS = {"text/plain": "text", "text/html": "html", "text/markdown": "markdown", "text/latex": "latex",
