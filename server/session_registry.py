@@ -20,6 +20,7 @@ import hmac
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -60,6 +61,7 @@ ENDED_KEPT_SECONDS = 24 * 3600  # an ended session answers 410 with its reason t
 SWEEP_SECONDS = 5.0
 FILE_CALL_SECONDS = 60.0  # a listing or the start of a download
 UPLOAD_SECONDS = 600.0
+INTERRUPTED_GRACE_SECONDS = 5.0  # for an agent to finish a cell whose exchange was cut, before the next
 
 
 def owner_of(token: str | None) -> str:
@@ -254,51 +256,43 @@ class SessionRegistry:
             return ()
         return tuple(pattern for pattern in patterns if outside((pattern,), self.config.egress.ceiling) is None)
 
-    def set_network(self, db: DbSession, record: SessionRecord, network: tuple[Pattern, ...]) -> SessionRecord:
-        """A new allow-list for the session: recorded, and its gate follows at once (for the connections that
-        come next; a cell under way keeps its connections, and gets proxy variables from its next cell)."""
-        live = self._still_live(record.id)
+    @staticmethod
+    @contextmanager
+    def _changing(db: DbSession, record: SessionRecord) -> Iterator[SessionRecord]:
+        """`with self._changing(db, record) as current:` change the session's record as read now, committed
+        when the block ends; 410 when it has ended meanwhile, 503 when the database does not answer."""
         try:
             current = db.get(SessionRecord, record.id)
             if current is None or current.ended_at is not None:
                 raise Gone(f"the session has ended: {current.end_reason if current else 'it ended'}")
-            current.network = stored_network(network)
+            yield current
             db.commit()
         except SQLAlchemyError as e:
             db.rollback()
             raise ServiceUnavailable("the session registry is unavailable: the database does not answer",
                                      retry_after=5) from e
+
+    def set_network(self, db: DbSession, record: SessionRecord, network: tuple[Pattern, ...]) -> SessionRecord:
+        """A new allow-list for the session: recorded, and its gate follows at once (for the connections that
+        come next; a cell under way keeps its connections, and gets proxy variables from its next cell)."""
+        live = self._still_live(record.id)
+        with self._changing(db, record) as current:
+            current.network = stored_network(network)
         if live.gate is not None:
             live.gate.set_allow(network)
         return current
 
     def set_lifetime(self, db: DbSession, record: SessionRecord, seconds: float) -> SessionRecord:
         """End the session `seconds` from now (E2B's set_timeout), never past its maximum lifetime."""
-        try:
-            current = db.get(SessionRecord, record.id)
-            if current is None or current.ended_at is not None:
-                raise Gone(f"the session has ended: {current.end_reason if current else 'it ended'}")
+        with self._changing(db, record) as current:
             longest = utc(current.created_at) + timedelta(seconds=self.config.session_max_lifetime_seconds)
             current.lifetime_ends_at = min(now() + timedelta(seconds=seconds), longest)
-            db.commit()
-        except SQLAlchemyError as e:
-            db.rollback()
-            raise ServiceUnavailable("the session registry is unavailable: the database does not answer",
-                                     retry_after=5) from e
         return current
 
     def set_e2b(self, db: DbSession, record: SessionRecord, facts: str) -> None:
         """Record an E2B sandbox's changed facts (its code contexts)."""
-        try:
-            current = db.get(SessionRecord, record.id)
-            if current is None or current.ended_at is not None:
-                raise Gone(f"the session has ended: {current.end_reason if current else 'it ended'}")
+        with self._changing(db, record) as current:
             current.e2b = facts
-            db.commit()
-        except SQLAlchemyError as e:
-            db.rollback()
-            raise ServiceUnavailable("the session registry is unavailable: the database does not answer",
-                                     retry_after=5) from e
 
     def owned(self, db: DbSession, owner: str) -> list[SessionRecord]:
         """The owner's live sessions on every center, the oldest first."""
@@ -396,7 +390,7 @@ class SessionRegistry:
         try:
             self._record_use(session_id)
             try:
-                report = live.sandbox.run_cell(job, timeout, listener)
+                report = self._run_when_agent_free(live, job, timeout, listener)
             except AgentRefused as e:
                 if e.status == 410:
                     self._end_by_id(session_id, e.agent_message, dead=True)
@@ -425,6 +419,21 @@ class SessionRegistry:
             return report
         finally:
             live.lock.release()
+
+    @staticmethod
+    def _run_when_agent_free(live: LiveSession, job: bytes, timeout: float, listener: Listener | None
+                             ) -> dict[str, Any]:
+        """The cell's report. With the session's lock held, an agent that says a cell is running is still
+        ending one whose exchange was cut (its client hung up, or a command was killed): it is asked again
+        for up to INTERRUPTED_GRACE_SECONDS."""
+        deadline = time.monotonic() + INTERRUPTED_GRACE_SECONDS
+        while True:
+            try:
+                return live.sandbox.run_cell(job, timeout, listener)
+            except AgentRefused as e:
+                if e.status != 409 or time.monotonic() >= deadline:
+                    raise
+            time.sleep(0.1)
 
     def _recorded_end(self, session_id: str) -> str:
         """Why the registry says the session ended ("it ended" when the database cannot say)."""

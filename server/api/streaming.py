@@ -33,8 +33,8 @@ KEEPALIVE_SECONDS = 5.0  # the contract says at least every 10 s: proxies drop i
 POLL_SECONDS = 0.1  # how often a silent run looks whether its client is still there
 MAX_EVENT_CHARS = 64 * 1024  # of output in one event, when queued output is joined
 
-# A run's outcome, as the thread leaves it in the queue beside the events.
-EVENT, REPORT, FAILED = "event", "report", "failed"
+# A run's outcome, as the thread leaves it in the queue beside the events (and a silence, see RunItems).
+EVENT, REPORT, FAILED, KEEPALIVE = "event", "report", "failed", "keepalive"
 
 
 def requested_format() -> str | None:
@@ -66,6 +66,39 @@ class RunInThread:
         if kind == FAILED:
             raise item
         return [] if kind == EVENT and item.get("type") == "started" else [(kind, item)]
+
+
+class RunItems:
+    """What a streamed run leaves in its queue, as it comes: (EVENT, event), then (REPORT, report) or
+    (FAILED, error); (KEEPALIVE, None) after KEEPALIVE_SECONDS without anything. It ends early when the
+    client has hung up (asked every POLL_SECONDS while the run is silent)."""
+
+    def __init__(self, run: RunInThread, early: list[tuple[str, Any]]) -> None:
+        self.run, self.pending = run, list(early)
+        self.client_gone: Callable[[], bool] = request.environ.get("waitress.client_disconnected", lambda: False)
+
+    def __iter__(self) -> Iterator[tuple[str, Any]]:
+        last = time.monotonic()
+        while True:
+            if self.pending:
+                yield self.pending.pop(0)
+                last = time.monotonic()
+                continue
+            try:
+                kind, item = self.run.queue.get(timeout=POLL_SECONDS)
+            except queue.Empty:
+                if self.client_gone():
+                    return
+                if time.monotonic() - last >= KEEPALIVE_SECONDS:
+                    last = time.monotonic()
+                    yield KEEPALIVE, None
+                continue
+            last = time.monotonic()
+            yield kind, item
+
+    def joined(self, event: dict[str, Any]) -> dict[str, Any]:
+        """The output event with the same stream's text queued behind it (see coalesced)."""
+        return coalesced(event, self.run.queue, self.pending)
 
 
 def encode(event: dict[str, Any], fmt: str) -> bytes:
@@ -109,40 +142,28 @@ def stream_answer(svc: Services, fmt: str, language: str, run: RunInThread,
     """200 at once with the run's events in `fmt`, the result body last; raises what stopped it from starting."""
     early = run.wait_started()
     images = bundle_images(svc, inline)
-    client_gone: Callable[[], bool] = request.environ.get("waitress.client_disconnected", lambda: False)
 
     def events() -> Iterator[bytes]:
         stdout: list[str] = []
         stderr: list[str] = []
         shown: list[dict[str, Any]] = []  # the displays sent: the results of a run that fails midway
-        started = last_sent = time.monotonic()
-        pending = list(early)
+        started = time.monotonic()
+        items = RunItems(run, early)
         done = False
         try:
-            while True:
-                if pending:
-                    kind, item = pending.pop(0)
-                else:
-                    try:
-                        kind, item = run.queue.get(timeout=POLL_SECONDS)
-                    except queue.Empty:
-                        if client_gone():
-                            return
-                        if time.monotonic() - last_sent >= KEEPALIVE_SECONDS:
-                            last_sent = time.monotonic()
-                            yield encode({"type": "keepalive"}, fmt)
-                        continue
+            for kind, item in items:
+                if kind == KEEPALIVE:
+                    yield encode({"type": "keepalive"}, fmt)
+                    continue
                 if kind == EVENT:
                     if item["type"] in ("stdout", "stderr"):
-                        item = coalesced(item, run.queue, pending)
+                        item = items.joined(item)
                         (stdout if item["type"] == "stdout" else stderr).append(item["text"])
-                        last_sent = time.monotonic()
                         yield encode(item, fmt)
                     elif item["type"] == "display":
                         bundles, _ = stored_bundles(svc, [item], images)
                         shown.extend(bundles)
                         for bundle in bundles:
-                            last_sent = time.monotonic()
                             yield encode({"type": "display", **bundle}, fmt)
                     continue
                 if kind == REPORT:

@@ -14,17 +14,15 @@ from __future__ import annotations
 import base64
 import itertools
 import json
-import queue
 import shlex
 import struct
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request, stream_with_context
 
-from server.api.streaming import EVENT, FAILED, KEEPALIVE_SECONDS, POLL_SECONDS, RunInThread
+from server.api.streaming import EVENT, FAILED, KEEPALIVE, RunInThread, RunItems
 from server.e2b.sandbox import cell_job, find_sandbox, service_error
 from server.e2b.wire import HOME, workspace_path
 from server.errors import BadRequest, NotBuilt, NotFound, ServiceError
@@ -37,6 +35,7 @@ blueprint.register_error_handler(ServiceError, service_error)
 CONNECT_STREAM = "application/connect+json"  # exactly: the SDK refuses a charset parameter
 END_OF_STREAM = 0x02
 MAX_ENVELOPE_BYTES = 4 * 1024 * 1024
+SIGNAL_SECONDS = 10.0  # for a killed command's cell to end before SendSignal answers
 
 
 class Running:
@@ -128,35 +127,21 @@ def _deadline() -> float | None:
 
 def _events(pid: int, cell: RunInThread, early: list[tuple[str, Any]]) -> Iterator[bytes]:
     """The command's process events, as they come; the end event last, then the end of the stream."""
-    client_gone = request.environ.get("waitress.client_disconnected", lambda: False)
-    pending = list(early)
     done = False
     try:
         yield envelope({"event": {"start": {"pid": pid}}})
-        last_sent = time.monotonic()
-        while True:
-            if pending:
-                kind, item = pending.pop(0)
-            else:
-                try:
-                    kind, item = cell.queue.get(timeout=POLL_SECONDS)
-                except queue.Empty:
-                    if client_gone():
-                        return
-                    if time.monotonic() - last_sent >= KEEPALIVE_SECONDS:
-                        last_sent = time.monotonic()
-                        yield envelope({"event": {"keepalive": {}}})
-                    continue
-            last_sent = time.monotonic()
-            if kind == EVENT:
+        for kind, item in RunItems(cell, early):
+            if kind == KEEPALIVE:
+                yield envelope({"event": {"keepalive": {}}})
+            elif kind == EVENT:
                 if item.get("type") in ("stdout", "stderr"):
                     data = base64.b64encode(item["text"].encode()).decode()
                     yield envelope({"event": {"data": {item["type"]: data}}})
-                continue
-            done = True
-            yield envelope({"event": {"end": _end(kind, item)}})
-            yield envelope({}, END_OF_STREAM)
-            return
+            else:
+                done = True
+                yield envelope({"event": {"end": _end(kind, item)}})
+                yield envelope({}, END_OF_STREAM)
+                return
     finally:
         with Running.lock:
             Running.commands.pop(pid, None)
@@ -201,4 +186,5 @@ def send_signal() -> Response:
     if found is None or found[0] != record.id:
         raise NotFound(f"process with pid {pid} not found")
     found[2].listener.hangup()
+    found[2].thread.join(SIGNAL_SECONDS)  # answered once it has ended, as a killed process has
     return jsonify({})

@@ -13,10 +13,8 @@ from __future__ import annotations
 import gzip
 import hmac
 import json
-import queue
 import re
 import tempfile
-import time
 import uuid
 import zlib
 from collections.abc import Iterator
@@ -30,7 +28,7 @@ from models import SessionRecord
 from server.api.answers import bundle_images, stored_bundles
 from server.api.forwarding import forward_to_its_center
 from server.api.http import json_body
-from server.api.streaming import EVENT, FAILED, KEEPALIVE_SECONDS, POLL_SECONDS, RunInThread, coalesced
+from server.api.streaming import EVENT, FAILED, KEEPALIVE, RunInThread, RunItems
 from server.e2b.wire import HOME, Facts, api_error, error_line, result_line, text_error, workspace_path
 from server.errors import BadRequest, Gone, NotBuilt, NotFound, PayloadTooLarge, ServiceError, Unauthorized
 from server.run_requests import parse_run_request
@@ -290,29 +288,17 @@ def _lines(cell: RunInThread, early: list[tuple[str, Any]]) -> Iterator[bytes]:
     """The cell's events as E2B's lines while it runs, its outcome last; a client gone interrupts it."""
     svc = services()
     images = bundle_images(svc, inline=True)  # E2B's results carry images as base64
-    client_gone = request.environ.get("waitress.client_disconnected", lambda: False)
+    items = RunItems(cell, early)
     stderr: list[str] = []
-    pending = list(early)
-    last_sent = time.monotonic()
     done = False
     try:
-        while True:
-            if pending:
-                kind, item = pending.pop(0)
-            else:
-                try:
-                    kind, item = cell.queue.get(timeout=POLL_SECONDS)
-                except queue.Empty:
-                    if client_gone():
-                        return
-                    if time.monotonic() - last_sent >= KEEPALIVE_SECONDS:
-                        last_sent = time.monotonic()
-                        yield _encode({"type": "keepalive"})
-                    continue
-            last_sent = time.monotonic()
+        for kind, item in items:
+            if kind == KEEPALIVE:
+                yield _encode({"type": "keepalive"})
+                continue
             if kind == EVENT:
                 if item["type"] in ("stdout", "stderr"):
-                    item = coalesced(item, cell.queue, pending)
+                    item = items.joined(item)
                     if item["type"] == "stderr":
                         stderr.append(item["text"])
                     yield _encode({"type": item["type"], "text": item["text"], "timestamp": _now()})
@@ -322,25 +308,26 @@ def _lines(cell: RunInThread, early: list[tuple[str, Any]]) -> Iterator[bytes]:
                         yield _encode(result_line(bundle))
                 continue
             done = True
-            if kind == FAILED:
-                message = item.message if isinstance(item, ServiceError) else f"{type(item).__name__}: {item}"
-                yield _encode({"type": "error", "name": "UnexpectedEndOfExecution", "value": message,
-                               "traceback": message})
-                yield _encode({"type": "end_of_execution"})
-                return
-            report = item
-            if report.get("status") == "timeout":
-                yield _encode({"type": "error", "name": "TimeoutError", "value": str(report.get("error") or ""),
-                               "traceback": str(report.get("error") or "")})
-            elif report.get("status") != "ok" and report.get("error"):
-                yield _encode(error_line(str(report["error"]), report.get("stderr") or "".join(stderr)))
-            if report.get("execution_count") is not None:
-                yield _encode({"type": "number_of_executions", "execution_count": report["execution_count"]})
-            yield _encode({"type": "end_of_execution"})
+            yield from _outcome(kind, item, "".join(stderr))
             return
     finally:
         if not done:
             cell.listener.hangup()
+
+
+def _outcome(kind: str, item: Any, stderr: str) -> Iterator[bytes]:
+    """The last lines of a cell: its error if any, its execution count, the end."""
+    if kind == FAILED:
+        message = item.message if isinstance(item, ServiceError) else f"{type(item).__name__}: {item}"
+        yield _encode({"type": "error", "name": "UnexpectedEndOfExecution", "value": message, "traceback": message})
+    elif item.get("status") == "timeout":
+        reason = str(item.get("error") or "the cell ran past its time limit")
+        yield _encode({"type": "error", "name": "TimeoutError", "value": reason, "traceback": reason})
+    elif item.get("status") != "ok" and item.get("error"):
+        yield _encode(error_line(str(item["error"]), item.get("stderr") or stderr))
+    if kind != FAILED and item.get("execution_count") is not None:
+        yield _encode({"type": "number_of_executions", "execution_count": item["execution_count"]})
+    yield _encode({"type": "end_of_execution"})
 
 
 @blueprint.route("/<path:rest>", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])

@@ -307,8 +307,10 @@ class Gate:
                                 pass
                     if not mask & selectors.EVENT_READ:
                         continue
+                    with self.lock:  # never more than one byte past the allowance: the cut is at its edge
+                        room = self.usage.max_bytes - self.usage.used + 1
                     try:
-                        data = sock.recv(CHUNK)
+                        data = sock.recv(max(1, min(CHUNK, room)))
                     except BlockingIOError:
                         continue
                     other = peer[sock]
