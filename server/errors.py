@@ -81,6 +81,10 @@ class ServiceUnavailable(ServiceError):
         self.headers = {"Retry-After": str(retry_after)}
 
 
+class SessionsExhausted(ServiceUnavailable):
+    """Every session this center may hold (max_sessions) is in use."""
+
+
 class PoolExhausted(ServiceUnavailable):
     """No sandbox became free within the configured wait (or the center is shutting down)."""
 

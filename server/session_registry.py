@@ -52,6 +52,7 @@ from server.errors import (
     PoolExhausted,
     SandboxFailed,
     ServiceUnavailable,
+    SessionsExhausted,
 )
 from server.periodic import Periodic
 
@@ -190,8 +191,8 @@ class SessionRegistry:
         lifetime = min(lifetime, longest) if lifetime is not None else longest
         with self._lock:
             if len(self.live) + self._creating >= self.config.max_sessions:
-                raise ServiceUnavailable(f"all {self.config.max_sessions} sessions of this center are in use; "
-                                         "end one or try again later", retry_after=10)
+                raise SessionsExhausted(f"all {self.config.max_sessions} sessions of this center are in use; "
+                                        "end one or try again later", retry_after=10)
             self._creating += 1
         try:
             sandbox = self._new_sandbox()
@@ -372,11 +373,13 @@ class SessionRegistry:
             "expires_at": expires_at(record).isoformat(), "idle_timeout": record.idle_timeout,
             "execution_count": record.execution_count,
             "network": {"allow": [pattern.text for pattern in self.network_of(record)]},
+            "kind": "e2b" if record.e2b else "session",
         }
 
     def run_cell(self, record: SessionRecord, job: bytes, timeout: float,
-                 listener: Listener | None = None) -> dict[str, Any]:
-        """Run one cell; 409 while another runs. A cell that kills the session ends it (dead) with its reason.
+                 listener: Listener | None = None, wait: float = 0.0) -> dict[str, Any]:
+        """Run one cell; 409 while another runs (after `wait` seconds for it to end). A cell that kills the
+        session ends it (dead) with its reason.
 
         Streamed (`listener`), a hangup interrupts the cell and leaves the session as it is.
 
@@ -385,7 +388,8 @@ class SessionRegistry:
         """
         session_id, count = record.id, record.execution_count
         live = self._still_live(session_id)
-        if not live.lock.acquire(blocking=False):
+        # `wait`: for a caller that expects a cell it gave up on (its client timed out) to be ending now.
+        if not (live.lock.acquire(timeout=wait) if wait > 0 else live.lock.acquire(blocking=False)):
             raise Conflict("a cell is already running in this session; try again when it has finished")
         try:
             self._record_use(session_id)

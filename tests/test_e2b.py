@@ -8,12 +8,18 @@ import base64
 import io
 import json
 import os
+import shutil
+import signal
+import subprocess
+import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import e2b
 import pytest
 import requests
+from conftest import unavailable
 from e2b import AuthenticationException, NotFoundException, SandboxException
 from e2b_code_interpreter import AsyncSandbox, Sandbox
 
@@ -292,3 +298,99 @@ def test_templates_are_the_operators_names_for_images(waitress_server: Callable[
         Sandbox.create()  # code-interpreter-v1 is not among this center's templates
     with pytest.raises(SandboxException, match="not built"):
         Sandbox.create(template="gpu")
+
+
+def test_more_of_the_files_and_commands_api(sandbox: Any) -> None:
+    written = sandbox.files.write_files([{"path": "many/one.txt", "data": "1"},
+                                         {"path": "/home/user/many/two.bin", "data": b"\x02"}])
+    assert sorted(info.path for info in written) == ["/home/user/many/one.txt", "/home/user/many/two.bin"]
+    assert b"".join(sandbox.files.read("many/one.txt", format="stream")) == b"1"
+    with pytest.raises(e2b.TimeoutException):
+        sandbox.commands.run("sleep 20", timeout=2)
+    assert sandbox.commands.run("echo after the timeout").stdout == "after the timeout\n"
+
+
+def test_a_center_at_its_session_limit_is_e2bs_rate_limit(waitress_server: Callable[..., str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    url = waitress_server(auth_tokens=(KEY,), max_sessions=1)
+    monkeypatch.setenv("E2B_API_URL", f"{url}/e2b")
+    monkeypatch.setenv("E2B_SANDBOX_URL", f"{url}/e2b/sandbox")
+    monkeypatch.setenv("E2B_API_KEY", KEY)
+    with Sandbox.create():
+        with pytest.raises(e2b.RateLimitException, match="sessions of this center are in use"):
+            Sandbox.create()
+    with Sandbox.create() as again:  # one ended: there is room again
+        assert again.run_code("1").text == "1"
+
+
+def test_an_e2b_sandbox_is_a_session_listed_with_the_others(sandbox: Any, center: str) -> None:
+    listed = requests.get(f"{center}/sessions", headers={"Authorization": f"Bearer {KEY}"}, timeout=30).json()
+    mine = [entry for entry in listed["sessions"] if entry["session_id"] == sandbox.sandbox_id]
+    assert len(mine) == 1 and mine[0]["kind"] == "e2b" and mine[0]["status"] in ("idle", "busy")
+    other = requests.get(f"{center}/sessions", headers={"Authorization": f"Bearer {OTHER_KEY}"}, timeout=30)
+    assert sandbox.sandbox_id not in [entry["session_id"] for entry in other.json()["sessions"]]
+
+
+def test_past_its_timeout_a_sandbox_is_gone(center: str) -> None:
+    sbx = Sandbox.create(timeout=2)
+    assert sbx.run_code("1").text == "1"
+    deadline = time.monotonic() + 60  # the sweeper ends it within its round (5 s) after the timeout
+    while sbx.is_running() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not sbx.is_running()
+    with pytest.raises(NotFoundException):
+        sbx.run_code("1")
+    assert Sandbox.kill(sbx.sandbox_id) is False
+
+
+def test_a_sandbox_and_its_contexts_survive_a_restart_of_the_center(center_process: Callable[..., Any]) -> None:
+    process = center_process(auth_tokens=[KEY]).start()
+    urls = {"api_key": KEY, "api_url": f"{process.url}/e2b", "sandbox_url": f"{process.url}/e2b/sandbox"}
+    sbx = Sandbox.create(timeout=300, **urls)
+    context = sbx.create_code_context()
+    sbx.run_code("kept = 'in the default context'")
+    sbx.run_code("kept = 'in its own context'", context=context)
+    process.signal(signal.SIGTERM)
+    process.process.wait(60)
+    process.start()
+    again = Sandbox.connect(sbx.sandbox_id, **urls)
+    assert again.run_code("kept").text == "'in the default context'"
+    assert again.run_code("kept", context=context).text == "'in its own context'"
+    assert again.files.write("after.txt", "restart").path == "/home/user/after.txt"  # its token is known again
+    assert again.kill() is True
+
+
+def test_e2bs_own_readme_example_runs_unchanged(center: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """The example of the installed SDK's own README (its package metadata), as E2B's users copy it."""
+    from importlib.metadata import metadata
+
+    readme = metadata("e2b-code-interpreter").get_payload()  # type: ignore[attr-defined]
+    start = readme.index("```py\n", readme.index("Execute code with code interpreter")) + len("```py\n")
+    example = readme[start:readme.index("```", start)]
+    assert "Sandbox.create()" in example and "run_code" in example
+    exec(compile(example, "e2b-readme", "exec"), {})  # noqa: S102 - E2B's published example, unchanged
+    assert capsys.readouterr().out == "2\n"
+
+
+JS_FOLDER = Path(__file__).resolve().parent / "e2b_js"
+
+
+def test_e2bs_javascript_sdk_runs_unchanged_under_debians_node(center: str) -> None:
+    """tests/e2b_js/flow.mjs: E2B's JavaScript SDK (npm, pinned by its lock file) against the center."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        unavailable("E2B's JavaScript SDK needs Node.js and npm (apt-get install nodejs npm)")
+    if not (JS_FOLDER / "node_modules" / "@e2b" / "code-interpreter").is_dir():
+        installed = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=JS_FOLDER, capture_output=True,
+                                   text=True, timeout=600)
+        assert installed.returncode == 0, installed.stderr[-2000:]
+    ran = subprocess.run([node, "flow.mjs"], cwd=JS_FOLDER, capture_output=True, text=True, timeout=300,
+                         env={**os.environ})
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    out = json.loads(ran.stdout.strip().splitlines()[-1])
+    assert out["text"] == "42" and out["stdout"] == "hi js\n"
+    assert out["error"] == ["ZeroDivisionError", "division by zero"] and out["html"] is True
+    assert out["context"] == "'context'" and out["read"] == "from js" and out["listed"] == ["js.txt"]
+    assert out["command"] == [0, "from js/home/user\n"] and out["running"] is True
+    assert out["info"] == {"from": "js"} and out["listedSandboxes"] is True
+    assert out["killed"] is True and out["afterKill"] is False

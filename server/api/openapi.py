@@ -594,7 +594,13 @@ def _session_schemas(egress_open: bool | None) -> dict[str, Any]:
                 "execution_count": {"type": "integer", "description": "Cells run so far."},
                 "network": {**_ref("schemas", "Network"),
                             "description": "What its cells may reach (within today's `egress.allow`)."},
+                "kind": {"type": "string", "enum": ["session", "e2b"],
+                         "description": "`e2b`: a sandbox made through E2B's API (`/e2b`)."},
             },
+        },
+        "SessionList": {
+            "type": "object", "required": ["sessions"],
+            "properties": {"sessions": {"type": "array", "items": _ref("schemas", "Session")}},
         },
         "SessionCreate": {
             "type": ["object", "null"],
@@ -659,7 +665,13 @@ def _session_paths(security: list[dict[str, list[str]]], egress_open: bool | Non
                                         "state when the interrupt took).", "CellResult")
     cell_responses["409"] = _ref("responses", "Conflict")
     return {
-        "/sessions": {"post": {
+        "/sessions": {"get": {
+            "tags": ["sessions"], "operationId": "listSessions", "security": security,
+            "summary": "The caller's live sessions (E2B sandboxes too), on every center, oldest first",
+            "responses": {"200": json_answer("The sessions.", "SessionList"),
+                          "401": _ref("responses", "Unauthorized"),
+                          "503": _ref("responses", "ServiceUnavailable")},
+        }, "post": {
             "tags": ["sessions"], "operationId": "createSession", "security": security,
             "summary": "Start a session: a sandbox that keeps its state between cells",
             "requestBody": {"required": False, "content": {"application/json": {

@@ -107,6 +107,14 @@ def set_network(session_id: str) -> Response:
     return jsonify(svc.registry.describe(svc.registry.set_network(db_session(), record, network)))
 
 
+@blueprint.get("/sessions")
+def list_sessions() -> Response:
+    """GET /sessions: the caller's live sessions on every center of the deployment (E2B sandboxes too), oldest
+    first."""
+    registry = services().registry
+    return jsonify(sessions=[registry.describe(record) for record in registry.owned(db_session(), g.owner)])
+
+
 @blueprint.get("/sessions/<session_id>")
 def get_session(session_id: str) -> Response:
     """GET /sessions/<id>: the session's state."""

@@ -28,6 +28,7 @@ from server.e2b.wire import HOME, workspace_path
 from server.errors import BadRequest, NotBuilt, NotFound, ServiceError
 from server.run_requests import parse_run_request
 from server.services import services
+from server.session_registry import INTERRUPTED_GRACE_SECONDS
 
 blueprint = Blueprint("e2b_commands", __name__, url_prefix="/e2b/sandbox")
 blueprint.before_request(find_sandbox)
@@ -106,7 +107,8 @@ def start() -> Response:
         raise BadRequest("process.envs must be an object of strings")
     run = parse_run_request({"code": line, "languageType": "bash", "timeout": _deadline()}, svc.config)
     job = cell_job(run.job(svc.config), {**facts.envs, **envs}, None)
-    cell = RunInThread(lambda listener: svc.registry.run_cell(record, job, run.timeout, listener))
+    cell = RunInThread(lambda listener: svc.registry.run_cell(record, job, run.timeout, listener,
+                                                              wait=INTERRUPTED_GRACE_SECONDS))
     early = cell.wait_started()
     pid = next(Running.pids)
     with Running.lock:

@@ -19,7 +19,16 @@ from server.api.forwarding import forward_to_its_center
 from server.api.http import json_body
 from server.auth import token_accepted
 from server.e2b.wire import DEFAULT_TIMEOUT_SECONDS, Facts, api_error, sandbox_body, sandbox_detail
-from server.errors import BadRequest, Gone, NotBuilt, NotFound, ServiceError, Unauthorized
+from server.errors import (
+    BadRequest,
+    Gone,
+    NotBuilt,
+    NotFound,
+    PoolExhausted,
+    ServiceError,
+    SessionsExhausted,
+    Unauthorized,
+)
 from server.services import close_db_session, db_session, services
 from server.session_registry import owner_of
 
@@ -57,8 +66,10 @@ def forward_elsewhere() -> Response | None:
 
 @blueprint.errorhandler(ServiceError)
 def service_error(error: ServiceError) -> Response:
-    """The center's errors in E2B's shape; an ended sandbox is not found, as at E2B."""
-    status = 404 if isinstance(error, Gone) else error.status
+    """The center's errors in E2B's shape: an ended sandbox is not found, and a limit (every session in use,
+    no sandbox free) a 429 with its Retry-After, which the SDK raises as RateLimitException, as at E2B."""
+    limit = isinstance(error, (SessionsExhausted, PoolExhausted))
+    status = 404 if isinstance(error, Gone) else 429 if limit else error.status
     response = api_error(status, error.message)
     response.headers.update(error.headers)
     return response

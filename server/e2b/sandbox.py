@@ -33,6 +33,7 @@ from server.e2b.wire import HOME, Facts, api_error, error_line, result_line, tex
 from server.errors import BadRequest, Gone, NotBuilt, NotFound, PayloadTooLarge, ServiceError, Unauthorized
 from server.run_requests import parse_run_request
 from server.services import close_db_session, db_session, services
+from server.session_registry import INTERRUPTED_GRACE_SECONDS
 
 blueprint = Blueprint("e2b_sandbox", __name__, url_prefix="/e2b/sandbox")
 INTERPRETER_PATHS = ("/e2b/sandbox/execute", "/e2b/sandbox/contexts")
@@ -205,7 +206,9 @@ def execute() -> Response:
     run = replace(run, network=svc.registry.network_of(record))
     job = cell_job(run.job(svc.config), {**facts.envs, **env_vars}, context)
     svc.sandboxes.warm_up.note(language, run.code)
-    cell = RunInThread(lambda listener: svc.registry.run_cell(record, job, run.timeout, listener))
+    # E2B's SDK times out on its own side and goes on: a cell it gave up on may still be ending.
+    cell = RunInThread(lambda listener: svc.registry.run_cell(record, job, run.timeout, listener,
+                                                              wait=INTERRUPTED_GRACE_SECONDS))
     early = cell.wait_started()
     response = Response(stream_with_context(_lines(cell, early)), mimetype="application/json")
     response.headers["Cache-Control"] = "no-cache"
