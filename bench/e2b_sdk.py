@@ -1,7 +1,7 @@
 """What E2B's API costs over this center's own: run_code through E2B's SDK against a session cell through client.py.
 
 Usage (after `make test` or `python3 build.py` has built the image):
-    python3 bench/e2b.py [--rounds 30] [--runtime runc|crun|runsc]
+    python3 bench/e2b_sdk.py [--rounds 30] [--runtime runc|crun|runsc]
 
 One center of its own; one E2B sandbox (through `e2b_code_interpreter.Sandbox`) and one session (through
 `client.Session`), each warmed by a first cell. Then, alternated in this one process, the same cells in
