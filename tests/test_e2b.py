@@ -394,3 +394,19 @@ def test_e2bs_javascript_sdk_runs_unchanged_under_debians_node(center: str) -> N
     assert out["command"] == [0, "from js/home/user\n"] and out["running"] is True
     assert out["info"] == {"from": "js"} and out["listedSandboxes"] is True
     assert out["killed"] is True and out["afterKill"] is False
+
+
+def test_every_callback_is_called_as_output_happens(sandbox: Any) -> None:
+    seen: list[tuple[str, str]] = []
+    execution = sandbox.run_code(
+        "import sys\nprint('out')\nprint('err', file=sys.stderr)\n"
+        "from IPython.display import display, HTML\ndisplay(HTML('<b>x</b>'))\n1 / 0",
+        on_stdout=lambda m: seen.append(("stdout", m.line)), on_stderr=lambda m: seen.append(("stderr", m.line)),
+        on_result=lambda r: seen.append(("result", r.html or "")), on_error=lambda e: seen.append(("error", e.name)))
+    kinds = [kind for kind, _ in seen]
+    assert ("result", "<b>x</b>") in seen and ("error", "ZeroDivisionError") in seen, seen
+    # display() also prints its object's text into the output here (this center's runs keep that).
+    assert "".join(text for kind, text in seen if kind == "stdout").startswith("out\n")
+    assert "err\n" in "".join(text for kind, text in seen if kind == "stderr")
+    assert kinds.index("stdout") < kinds.index("result") < kinds.index("error")  # in the order it happened
+    assert execution.error is not None and execution.results[0].html == "<b>x</b>"
