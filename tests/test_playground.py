@@ -273,7 +273,7 @@ def test_docs_render_the_api_from_packaged_assets_only(live_server: Callable[...
 
     expect(on("/runcode")).to_have_count(3)  # POST, GET and the refused HEAD
     expect(on("/image/{filename}")).to_have_count(2)
-    expect(on("/sessions")).to_have_count(1)
+    expect(on("/sessions")).to_have_count(2)  # GET the list, POST a new one
     expect(on("/sessions/{session_id}/runcode")).to_have_count(1)
     expect(on("/sessions/{session_id}/files")).to_have_count(2)  # GET the list, POST an upload
     assert f"{base}/openapi.json" in page.requested
