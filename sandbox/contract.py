@@ -167,6 +167,8 @@ MAX_COMPONENT_BYTES = 255  # NAME_MAX
 # Characters a path must not have: they would break a line, a log or a page showing it (C0 and C1
 # controls, DEL, line and paragraph separators) or reorder the text around it (bidi controls).
 UNSAFE_PATH_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+# A name a cell's own environment variable may have (E2B's envs), checked by the center and by the agent.
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def check_path(path: Any) -> str:

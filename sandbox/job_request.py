@@ -21,6 +21,7 @@ from contract import (
     DEFAULT_MAX_OUTPUT_BYTES,
     DEFAULT_TIMEOUT_SECONDS,
     EGRESS_VARIABLES,
+    ENV_NAME,
     MAX_ARG_STRLEN,
     PRELOADED_LIBRARIES,
     check_path,
@@ -30,7 +31,6 @@ from contract import (
 MAX_EXEC_SIZE = 6 * 1024 * 1024  # Linux: argument and environment strings with their pointers, at most
 
 
-ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 CONTEXT_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
 
 

@@ -257,6 +257,9 @@ def test_hostile_requests_get_a_clear_4xx_in_e2b_s_shape_never_a_500(sandbox: An
                            headers={**own, "Content-Type": "application/octet-stream", "Content-Encoding": "gzip"},
                            timeout=30)
     assert answer.status_code == 400 and "gzip" in answer.json()["message"]
+    answer = requests.post(f"{center}/e2b/sandbox/filesystem.Filesystem/ListDir", json={"path": "/home/user",
+                           "depth": 99}, headers=own, timeout=30)
+    assert answer.status_code == 400 and "depth must be a whole number from 1 to 16" in answer.json()["message"]
     assert sandbox.run_code("1 + 1").text == "2"
 
 

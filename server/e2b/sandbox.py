@@ -13,7 +13,6 @@ from __future__ import annotations
 import gzip
 import hmac
 import json
-import re
 import tempfile
 import uuid
 import zlib
@@ -25,6 +24,7 @@ from typing import IO, Any
 from flask import Blueprint, Response, g, jsonify, request, stream_with_context
 
 from models import SessionRecord
+from sandbox.contract import ENV_NAME
 from server.api.answers import bundle_images, stored_bundles
 from server.api.forwarding import forward_to_its_center
 from server.api.http import json_body
@@ -39,7 +39,6 @@ blueprint = Blueprint("e2b_sandbox", __name__, url_prefix="/e2b/sandbox")
 INTERPRETER_PATHS = ("/e2b/sandbox/execute", "/e2b/sandbox/contexts")
 LANGUAGES = {None: "python", "python": "python", "bash": "bash", "sh": "bash"}
 SPOOL_CHUNK = 1024 * 1024
-ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def interpreter_route() -> bool:
